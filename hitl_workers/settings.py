@@ -1,0 +1,65 @@
+"""One settings object for every process (workers, beat, gateway, CLI).
+
+Read from the environment with the prefix ``HITL_`` (a ``.env`` file may supply it) and
+validated at start-up, so a typo in a URL fails loudly before any task runs.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="HITL_", env_file=".env", extra="ignore")
+
+    broker_url: str = "redis://localhost:6379/0"
+    result_backend_url: str = "redis://localhost:6379/1"
+    redis_url: str = Field(
+        "redis://localhost:6379/2", description="Redis for agent notifications (Streams)."
+    )
+    database_url: str = "sqlite:///hitl_workers.db"
+
+    default_reply_task: str = "flow.step_exited"
+    default_reply_queue: str = "flow"
+
+    timer_horizon_s: float = Field(600.0, gt=0)
+    """ETA wake-ups are published only for deadlines this close; later ones wait in the DB."""
+    reconcile_interval_s: float = Field(1.0, gt=0)
+    outbox_retry_after_s: float = Field(5.0, gt=0)
+    """An outbox row unsent for this long is re-sent by the reconciler."""
+    visibility_timeout_s: float | None = None
+    """Redis transport visibility timeout; default: the timer horizon plus a margin."""
+
+    db_pool_size: int = Field(5, ge=1)
+    notification_stream_maxlen: int = Field(10_000, ge=100)
+
+    secret: str = "dev-insecure-secret-change-me"
+    token_max_age_s: int = Field(12 * 3600, gt=0)
+    dev_login: bool = False
+
+    log_json: bool = False
+    log_level: str = "INFO"
+
+    @field_validator("database_url")
+    @classmethod
+    def _known_database(cls, value: str) -> str:
+        if not value.startswith(("sqlite", "postgresql")):
+            raise ValueError("HITL_DATABASE_URL must be a sqlite:// or postgresql+psycopg2:// URL")
+        return value
+
+    @property
+    def effective_visibility_timeout_s(self) -> float:
+        # A Redis broker re-delivers an unacked message after the visibility timeout. An ETA
+        # task is unacked until it runs, so the timeout must outlast the horizon or every armed
+        # timer comes back twice (harmless, but wasteful).
+        if self.visibility_timeout_s is not None:
+            return self.visibility_timeout_s
+        return self.timer_horizon_s * 2 + 60
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

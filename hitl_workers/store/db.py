@@ -1,0 +1,78 @@
+"""Engines and transactions.
+
+One engine per process: a forked Celery child must never reuse its parent's connections
+(they would be shared sockets), so the engine is created lazily and re-created when the
+process id changes.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from hitl_workers.settings import get_settings
+
+_engine: Engine | None = None
+_engine_pid: int | None = None
+
+
+def make_engine(url: str, pool_size: int = 5) -> Engine:
+    if url.startswith("sqlite"):
+        engine = sa.create_engine(url, connect_args={"timeout": 30})
+
+        @sa.event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+            # Let pysqlite leave transactions to us, so BEGIN IMMEDIATE below takes the write
+            # lock up front: two workers then queue for it instead of deadlocking on upgrade.
+            dbapi_conn.isolation_level = None
+            cursor = dbapi_conn.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA busy_timeout=30000")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.close()
+
+        @sa.event.listens_for(engine, "begin")
+        def _sqlite_begin(conn: Connection) -> None:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+        return engine
+    return sa.create_engine(
+        url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True,
+        pool_recycle=1800,
+    )
+
+
+def get_engine() -> Engine:
+    global _engine, _engine_pid
+    if _engine is None or _engine_pid != os.getpid():
+        if _engine is not None:
+            # Inherited from the parent across fork: drop the pool without closing the
+            # parent's sockets.
+            _engine.dispose(close=False)
+        settings = get_settings()
+        _engine = make_engine(settings.database_url, settings.db_pool_size)
+        _engine_pid = os.getpid()
+    return _engine
+
+
+def reset_engine() -> None:
+    global _engine, _engine_pid
+    if _engine is not None:
+        _engine.dispose(close=_engine_pid == os.getpid())
+    _engine, _engine_pid = None, None
+
+
+@contextmanager
+def transaction() -> Iterator[Connection]:
+    """One transaction: commits on success, rolls back on any exception."""
+    with get_engine().begin() as conn:
+        yield conn
+
+
+def is_postgres(conn: Connection) -> bool:
+    return conn.dialect.name == "postgresql"

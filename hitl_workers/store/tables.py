@@ -1,0 +1,223 @@
+"""The schema, as SQLAlchemy Core tables.
+
+The database holds the invariants that no race may break:
+
+* one exit per execution — ``executions.exit`` is set once by a guarded update, and the exit
+  message row in ``outbox`` has a unique ``dedupe_key`` (``exit:<execution_id>``);
+* one waiting execution per conversation — a partial unique index;
+* one answer per client event — ``agent_events`` is keyed by ``(agent_id, event_id)``.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
+
+metadata = sa.MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "ck": "ck_%(table_name)s_%(constraint_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+
+class UTCDateTime(sa.TypeDecorator[datetime]):
+    """Aware UTC datetimes in, aware UTC datetimes out — also on SQLite, which drops the zone."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the store; use hitl_workers.clock.utcnow()")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: Any, dialect: sa.Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+JSONType = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
+
+ID_LEN = 128
+EXECUTION_STATES = ("waiting", "exited", "cancelled", "failed")
+EXITS = ("claimed", "not_claimed", "timer_action", "timeout", "error")
+
+agents = sa.Table(
+    "agents",
+    metadata,
+    sa.Column("agent_id", sa.String(ID_LEN), primary_key=True),
+    sa.Column("name", sa.String(200), nullable=False, server_default=""),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("rule_groups", JSONType, nullable=False),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+    sa.CheckConstraint("status IN ('available', 'busy', 'offline')", name="status"),
+)
+
+conversations = sa.Table(
+    "conversations",
+    metadata,
+    sa.Column("conversation_id", sa.String(ID_LEN), primary_key=True),
+    sa.Column("status", sa.String(16), nullable=False, server_default="open"),
+    sa.Column("tags", JSONType, nullable=False),
+    sa.Column("contact", JSONType, nullable=True),
+    sa.Column("claimed_by", JSONType, nullable=False),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+    sa.CheckConstraint("status IN ('open', 'needs_action', 'claimed')", name="status"),
+)
+
+executions = sa.Table(
+    "executions",
+    metadata,
+    sa.Column("execution_id", sa.String(ID_LEN), primary_key=True),
+    sa.Column("conversation_id", sa.String(ID_LEN), nullable=True),
+    sa.Column("flow_id", sa.String(ID_LEN), nullable=True),
+    sa.Column("step_id", sa.String(ID_LEN), nullable=True),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("exit", sa.String(16), nullable=True),
+    sa.Column("merge_field", JSONType, nullable=True),
+    sa.Column("settings", JSONType, nullable=True),
+    sa.Column("reply_task", sa.String(200), nullable=True),
+    sa.Column("reply_queue", sa.String(200), nullable=True),
+    sa.Column("conversation_prev_status", sa.String(16), nullable=True),
+    sa.Column("requested_at", UTCDateTime, nullable=False),
+    sa.Column("dispatched_at", UTCDateTime, nullable=True),
+    sa.Column("countdown_at", UTCDateTime, nullable=True),
+    sa.Column("timeout_at", UTCDateTime, nullable=True),
+    sa.Column("ended_at", UTCDateTime, nullable=True),
+    sa.Column("errors", JSONType, nullable=True),
+    sa.CheckConstraint(
+        "state IN ('waiting', 'exited', 'cancelled', 'failed')", name="state"
+    ),
+    sa.CheckConstraint(
+        "exit IS NULL OR exit IN ('claimed', 'not_claimed', 'timer_action', 'timeout', 'error')",
+        name="exit",
+    ),
+    # An exit exists exactly when the execution left by one (``failed`` leaves by ``error``).
+    sa.CheckConstraint(
+        "(state IN ('exited', 'failed')) = (exit IS NOT NULL)", name="exit_iff_ended"
+    ),
+)
+sa.Index(
+    "ux_executions_one_waiting_per_conversation",
+    executions.c.conversation_id,
+    unique=True,
+    postgresql_where=executions.c.state == "waiting",
+    sqlite_where=executions.c.state == "waiting",
+)
+sa.Index("ix_executions_state_conversation", executions.c.state, executions.c.conversation_id)
+
+offers = sa.Table(
+    "offers",
+    metadata,
+    # The agents notified at dispatch; under reject_policy=all, those who must reject.
+    sa.Column("execution_id", sa.String(ID_LEN), sa.ForeignKey("executions.execution_id"),
+              primary_key=True),
+    sa.Column("agent_id", sa.String(ID_LEN), primary_key=True),
+    sa.Column("status", sa.String(16), nullable=False, server_default="offered"),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+    sa.CheckConstraint(
+        "status IN ('offered', 'closed', 'rejected', 'withdrawn')", name="status"
+    ),
+)
+sa.Index("ix_offers_agent", offers.c.agent_id)
+
+timers = sa.Table(
+    "timers",
+    metadata,
+    # A deadline is a row; an ETA task is only a wake-up for it.
+    sa.Column("execution_id", sa.String(ID_LEN), sa.ForeignKey("executions.execution_id"),
+              primary_key=True),
+    sa.Column("kind", sa.String(16), primary_key=True),
+    sa.Column("due_at", UTCDateTime, nullable=False),
+    sa.Column("state", sa.String(16), nullable=False, server_default="pending"),
+    sa.Column("armed_at", UTCDateTime, nullable=True),
+    sa.Column("fired_at", UTCDateTime, nullable=True),
+    sa.CheckConstraint("kind IN ('countdown', 'timeout')", name="kind"),
+    sa.CheckConstraint("state IN ('pending', 'fired', 'cancelled')", name="state"),
+)
+sa.Index(
+    "ix_timers_pending_due",
+    timers.c.due_at,
+    postgresql_where=timers.c.state == "pending",
+    sqlite_where=timers.c.state == "pending",
+)
+
+agent_events = sa.Table(
+    "agent_events",
+    metadata,
+    # One row per client event id: a repeat answers the stored result verbatim.
+    sa.Column("agent_id", sa.String(ID_LEN), primary_key=True),
+    sa.Column("event_id", sa.String(ID_LEN), primary_key=True),
+    sa.Column("action", sa.String(16), nullable=False),
+    sa.Column("execution_id", sa.String(ID_LEN), nullable=True),
+    sa.Column("result", JSONType, nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+)
+
+audit_events = sa.Table(
+    "audit_events",
+    metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True,
+              autoincrement=True),
+    sa.Column("execution_id", sa.String(ID_LEN), nullable=False),
+    sa.Column("at", UTCDateTime, nullable=False),
+    sa.Column("kind", sa.String(32), nullable=False),
+    sa.Column("agent_id", sa.String(ID_LEN), nullable=True),
+    sa.Column("detail", JSONType, nullable=True),
+)
+sa.Index("ix_audit_events_execution", audit_events.c.execution_id, audit_events.c.id)
+
+outbox = sa.Table(
+    "outbox",
+    metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True,
+              autoincrement=True),
+    sa.Column("dedupe_key", sa.String(300), nullable=False, unique=True),
+    sa.Column("kind", sa.String(16), nullable=False),
+    sa.Column("execution_id", sa.String(ID_LEN), nullable=True),
+    sa.Column("payload", JSONType, nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("attempted_at", UTCDateTime, nullable=True),
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("sent_at", UTCDateTime, nullable=True),
+    sa.Column("last_error", sa.Text, nullable=True),
+    sa.CheckConstraint("kind IN ('exit', 'notify')", name="kind"),
+)
+sa.Index(
+    "ix_outbox_unsent",
+    outbox.c.created_at,
+    postgresql_where=outbox.c.sent_at.is_(None),
+    sqlite_where=outbox.c.sent_at.is_(None),
+)
+
+dead_letters = sa.Table(
+    "dead_letters",
+    metadata,
+    # Requests that could not even be tied to an execution: kept, never dropped.
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True,
+              autoincrement=True),
+    sa.Column("received_at", UTCDateTime, nullable=False),
+    sa.Column("task_name", sa.String(200), nullable=False),
+    sa.Column("task_id", sa.String(200), nullable=True),
+    sa.Column("payload", sa.Text, nullable=False),
+    sa.Column("reason", sa.Text, nullable=False),
+)
+
+heartbeats = sa.Table(
+    "heartbeats",
+    metadata,
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("beat_at", UTCDateTime, nullable=False),
+    sa.Column("detail", JSONType, nullable=True),
+)
