@@ -33,6 +33,8 @@ class Settings(BaseSettings):
     visibility_timeout_s: float | None = None
     """Redis transport visibility timeout; default: the timer horizon plus a margin."""
 
+    revoke_timers: bool = True
+    """Revoke a finished step's pending wake-ups (saves work only; correctness never needs it)."""
     db_pool_size: int = Field(5, ge=1)
     notification_stream_maxlen: int = Field(10_000, ge=100)
 

@@ -1,0 +1,238 @@
+"""The step execution's state machine: ``decide(view, event, now) -> Decision``.
+
+Pure: the caller loads the execution *locked* (so no other worker can change it meanwhile),
+asks :func:`decide`, and applies the decision in the same transaction. Every (state, event)
+pair has a row in the table below; anything not ``waiting`` is final and answers every agent
+event with ``already_resolved`` (or ``already_claimed`` to the winner's repeat).
+
+    state      event            result
+    ---------  ---------------  -----------------------------------------------------------
+    waiting    claim (may act)  exited claimed            outcome claimed
+    waiting    claim (may not)  unchanged                 outcome not_eligible
+    waiting    reject, any      exited not_claimed        outcome rejected
+    waiting    reject, all      exited when every agent notified at dispatch has rejected
+                                (outcome rejected), else recorded (reject_recorded)
+    waiting    reject (may not) unchanged                 outcome not_eligible
+    waiting    close (may act)  offer closed              outcome closed
+    waiting    close (may not)  unchanged                 outcome not_eligible
+    waiting    timer due        exited timer_action | timeout   outcome fired
+    waiting    timer not due    unchanged (re-arm)        outcome early
+    waiting    timer not pending unchanged                outcome stale
+    waiting    cancel           cancelled                 outcome cancelled
+    waiting    agent removed    offer withdrawn; under reject_policy=all the step may now
+                                be rejected by everyone left (outcome rejected) else withdrawn
+    exited     claim by winner  unchanged                 outcome already_claimed
+    final      agent event      unchanged                 outcome already_resolved
+    final      timer            unchanged                 outcome stale
+    final      cancel           unchanged                 outcome already_resolved
+    final      agent removed    unchanged                 outcome stale
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal
+
+from hitl_workers.domain.eligibility import AgentView, Audience, refusal
+
+State = Literal["waiting", "exited", "cancelled", "failed"]
+ExitName = Literal["claimed", "not_claimed", "timer_action", "timeout", "error"]
+TimerKind = Literal["countdown", "timeout"]
+RejectPolicy = Literal["any", "all"]
+
+TIMER_EXITS: dict[str, ExitName] = {"countdown": "timer_action", "timeout": "timeout"}
+LIVE_OFFERS = frozenset({"offered", "closed", "rejected"})
+
+
+@dataclass(frozen=True)
+class TimerView:
+    due_at: datetime
+    state: str
+
+
+@dataclass(frozen=True)
+class ExecutionView:
+    execution_id: str
+    state: State
+    exit: ExitName | None = None
+    merge_field: Mapping[str, Any] | None = None
+    tags: tuple[str, ...] = ()
+    audience: Audience = Audience()
+    reject_policy: RejectPolicy = "any"
+    offers: Mapping[str, str] = field(default_factory=dict)
+    """agent id → offer status (offered / closed / rejected / withdrawn)."""
+    rejected_by: tuple[str, ...] = ()
+    """Agents who rejected, in the order they did."""
+    timers: Mapping[str, TimerView] = field(default_factory=dict)
+
+    @property
+    def winner(self) -> str | None:
+        if self.exit == "claimed" and self.merge_field:
+            winner = self.merge_field.get("addClaimedBy")
+            return str(winner) if winner is not None else None
+        return None
+
+
+@dataclass(frozen=True)
+class Claim:
+    agent_id: str
+    agent: AgentView | None
+
+
+@dataclass(frozen=True)
+class Reject:
+    agent_id: str
+    agent: AgentView | None
+
+
+@dataclass(frozen=True)
+class Close:
+    agent_id: str
+    agent: AgentView | None
+
+
+@dataclass(frozen=True)
+class TimerFired:
+    kind: TimerKind
+
+
+@dataclass(frozen=True)
+class Cancel:
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class AgentRemoved:
+    agent_id: str
+
+
+Event = Claim | Reject | Close | TimerFired | Cancel | AgentRemoved
+
+
+@dataclass(frozen=True)
+class Decision:
+    outcome: str
+    state: State
+    exit: ExitName | None = None
+    merge_field: Mapping[str, Any] | None = None
+    offer_change: tuple[str, str] | None = None
+    """(agent id, new offer status) to record, if any."""
+    audit: str | None = None
+    """The audit event kind to append, if any."""
+    detail: Mapping[str, Any] = field(default_factory=dict)
+
+    def ends(self, view: ExecutionView) -> bool:
+        return view.state == "waiting" and self.state != "waiting"
+
+
+def decide(view: ExecutionView, event: Event, now: datetime) -> Decision:
+    """What ``event`` does to the execution ``view`` at time ``now``."""
+    if view.state != "waiting":
+        return _after_the_end(view, event)
+    match event:
+        case Claim():
+            return _claim(view, event)
+        case Reject():
+            return _reject(view, event)
+        case Close():
+            return _close(view, event)
+        case TimerFired():
+            return _timer(view, event, now)
+        case Cancel():
+            return Decision("cancelled", "cancelled", audit="cancelled",
+                            detail={"reason": event.reason})
+        case AgentRemoved():
+            return _agent_removed(view, event)
+
+
+def _unchanged(view: ExecutionView, outcome: str, audit: str | None = None,
+               **detail: Any) -> Decision:
+    return Decision(outcome, view.state, view.exit, view.merge_field, audit=audit, detail=detail)
+
+
+def _after_the_end(view: ExecutionView, event: Event) -> Decision:
+    if isinstance(event, Claim) and view.winner == event.agent_id:
+        return _unchanged(view, "already_claimed")
+    if isinstance(event, Claim | Reject | Close | Cancel):
+        audit = "claim_lost" if isinstance(event, Claim) else None
+        return _unchanged(view, "already_resolved", audit)
+    return _unchanged(view, "stale")
+
+
+def _claim(view: ExecutionView, event: Claim) -> Decision:
+    reason = refusal(event.agent, view.tags, view.audience)
+    if reason is not None:
+        return _unchanged(view, "not_eligible", "claim_refused", reason=reason)
+    return Decision("claimed", "exited", "claimed", {"addClaimedBy": event.agent_id},
+                    audit="claimed")
+
+
+def _may_answer(view: ExecutionView, agent_id: str, agent: AgentView | None) -> str | None:
+    """Reject and close: open to anyone notified at dispatch (their popup is up) and to
+    anyone who may claim now. Returns the refusal reason, or None."""
+    if agent is not None and view.offers.get(agent_id) in LIVE_OFFERS:
+        return None
+    return refusal(agent, view.tags, view.audience)
+
+
+def _reject(view: ExecutionView, event: Reject) -> Decision:
+    reason = _may_answer(view, event.agent_id, event.agent)
+    if reason is not None:
+        return _unchanged(view, "not_eligible", "reject_refused", reason=reason)
+    rejected = tuple(dict.fromkeys((*view.rejected_by, event.agent_id)))
+    if view.reject_policy == "any" or _everyone_rejected(view, rejected):
+        return Decision("rejected", "exited", "not_claimed",
+                        {"reason": "REJECTED", "rejectedBy": list(rejected)},
+                        offer_change=(event.agent_id, "rejected"), audit="rejected")
+    return Decision("reject_recorded", "waiting", offer_change=(event.agent_id, "rejected"),
+                    audit="rejected", detail={"waiting_for": _still_to_reject(view, rejected)})
+
+
+def _still_to_reject(view: ExecutionView, rejected: tuple[str, ...]) -> list[str]:
+    return sorted(a for a, status in view.offers.items()
+                  if status in LIVE_OFFERS and a not in rejected)
+
+
+def _everyone_rejected(view: ExecutionView, rejected: tuple[str, ...]) -> bool:
+    return bool(rejected) and not _still_to_reject(view, rejected)
+
+
+def _close(view: ExecutionView, event: Close) -> Decision:
+    reason = _may_answer(view, event.agent_id, event.agent)
+    if reason is not None:
+        return _unchanged(view, "not_eligible", "close_refused", reason=reason)
+    current = view.offers.get(event.agent_id)
+    # A close after a reject must not turn the reject back into a mere close.
+    change = None if current == "rejected" else (event.agent_id, "closed")
+    return Decision("closed", "waiting", offer_change=change, audit="popup_closed")
+
+
+def _timer(view: ExecutionView, event: TimerFired, now: datetime) -> Decision:
+    timer = view.timers.get(event.kind)
+    if timer is None or timer.state != "pending":
+        return _unchanged(view, "stale")
+    if now < timer.due_at:
+        return _unchanged(view, "early")
+    audit = "timer_fired" if event.kind == "countdown" else "timeout_fired"
+    lateness_ms = (now - timer.due_at).total_seconds() * 1000
+    return Decision("fired", "exited", TIMER_EXITS[event.kind], {}, audit=audit,
+                    detail={"due_at": timer.due_at.isoformat(), "late_ms": round(lateness_ms, 1)})
+
+
+def _agent_removed(view: ExecutionView, event: AgentRemoved) -> Decision:
+    if view.offers.get(event.agent_id) not in LIVE_OFFERS:
+        return _unchanged(view, "stale")
+    # A removed agent no longer counts among those who must reject (§5).
+    remaining = {a: s for a, s in view.offers.items() if a != event.agent_id}
+    rejected = view.rejected_by  # a reject made before the removal still stands
+    after = ExecutionView(view.execution_id, view.state, offers=remaining, rejected_by=rejected)
+    change = (event.agent_id, "withdrawn")
+    if view.reject_policy == "all" and _everyone_rejected(after, rejected):
+        return Decision("rejected", "exited", "not_claimed",
+                        {"reason": "REJECTED", "rejectedBy": list(rejected)},
+                        offer_change=change, audit="rejected",
+                        detail={"completed_by_removal_of": event.agent_id})
+    return Decision("withdrawn", "waiting", offer_change=change, audit="offer_withdrawn",
+                    detail={"reason": "agent_removed"})

@@ -1,0 +1,223 @@
+"""``hitl.request_assistance``: validate, record, offer to agents, arm the deadlines."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy.engine import Connection
+
+from hitl_workers.domain.eligibility import Audience, select_agents
+from hitl_workers.domain.request import AssistanceRequest, ReplyTo
+from hitl_workers.domain.validation import (
+    Invalid,
+    salvage_execution_id,
+    salvage_reply_to,
+    validate_request,
+)
+from hitl_workers.notify import events as notifications
+from hitl_workers.services import outbox
+from hitl_workers.services.effects import Effects
+from hitl_workers.services.transitions import queue_exit_message
+from hitl_workers.store import repo
+
+MAX_SKIPPED_IN_AUDIT = 200
+DEAD_LETTER_PAYLOAD_CHARS = 64 * 1024
+
+
+@dataclass(frozen=True)
+class Defaults:
+    reply_task: str
+    reply_queue: str
+    timer_horizon_s: float
+
+
+def result(execution_id: str | None, state: str, exit: str | None, duplicate: bool
+           ) -> dict[str, Any]:
+    return {"execution_id": execution_id, "state": state, "exit": exit, "duplicate": duplicate}
+
+
+def submit(conn: Connection, args: tuple[Any, ...], kwargs: dict[str, Any], *,
+           task_id: str | None, now: datetime, defaults: Defaults
+           ) -> tuple[dict[str, Any], Effects]:
+    """Handle one request in one transaction. Never raises for bad input."""
+    if args:
+        problem = Invalid(())
+        reason = "positional arguments are not accepted; send the request as keyword arguments"
+        if not kwargs:
+            return _dead_letter(conn, args, kwargs, reason, task_id, now)
+        return _record_invalid(conn, kwargs, reason, ["(args)"], now, defaults, problem)
+    checked = validate_request(kwargs)
+    if isinstance(checked, Invalid):
+        return _record_invalid(conn, kwargs, checked.message, checked.fields, now, defaults,
+                               checked, task_id=task_id)
+    return _dispatch(conn, checked, now, defaults)
+
+
+def _dead_letter(conn: Connection, args: tuple[Any, ...], kwargs: dict[str, Any], reason: str,
+                 task_id: str | None, now: datetime) -> tuple[dict[str, Any], Effects]:
+    try:
+        payload = json.dumps({"args": args, "kwargs": kwargs}, default=repr)
+    except (RecursionError, ValueError, TypeError):
+        payload = repr({"args": args, "kwargs": kwargs})[:DEAD_LETTER_PAYLOAD_CHARS]
+    repo.add_dead_letter(conn, task_name="hitl.request_assistance", task_id=task_id,
+                         payload=payload[:DEAD_LETTER_PAYLOAD_CHARS], reason=reason, now=now)
+    answer = result(None, "failed", None, False)
+    answer["error"] = {"code": "invalid_request", "message": reason, "fields": []}
+    return answer, Effects()
+
+
+def _record_invalid(conn: Connection, kwargs: dict[str, Any], message: str, fields: list[str],
+                    now: datetime, defaults: Defaults, problem: Invalid,
+                    task_id: str | None = None) -> tuple[dict[str, Any], Effects]:
+    execution_id = salvage_execution_id(kwargs)
+    if execution_id is None:
+        return _dead_letter(conn, (), kwargs, f"no usable execution_id: {message}", task_id, now)
+    reply = salvage_reply_to(kwargs)
+    error = {"code": "invalid_request", "message": message, "fields": fields}
+    return _fail(conn, execution_id, kwargs, error, reply, now, defaults,
+                 errors=[{"field": e.field, "message": e.message} for e in problem.errors]
+                 or [{"field": f, "message": message} for f in fields])
+
+
+def _fail(conn: Connection, execution_id: str, kwargs: dict[str, Any], error: dict[str, Any],
+          reply: ReplyTo | None | bool, now: datetime, defaults: Defaults, *,
+          errors: list[dict[str, str]]) -> tuple[dict[str, Any], Effects]:
+    """Record a failed execution and queue its ``error`` exit (when a reply target is known)."""
+    reply_task, reply_queue = _reply_target(reply, defaults)
+    conversation_id = kwargs.get("conversation_id") if isinstance(
+        kwargs.get("conversation_id"), str) else None
+    values = {
+        "execution_id": execution_id,
+        "conversation_id": (conversation_id or "")[:128] or None,
+        "flow_id": _short_str(kwargs.get("flow_id")),
+        "step_id": _short_str(kwargs.get("step_id")),
+        "state": "failed", "exit": "error", "merge_field": {"error": error},
+        "reply_task": reply_task, "reply_queue": reply_queue,
+        "requested_at": now, "ended_at": now, "errors": errors,
+    }
+    if not repo.insert_execution(conn, values):
+        return _duplicate(conn, execution_id), Effects()
+    repo.audit(conn, execution_id, "request_invalid", now, detail={"error": error})
+    effects = Effects()
+    row = repo.get_execution(conn, execution_id)
+    queue_exit_message(conn, effects, row, "error", {"error": error}, now)
+    repo.audit(conn, execution_id, "exit_recorded", now,
+               detail={"exit": "error", "merge_field": {"error": error},
+                       "reply": bool(reply_task)})
+    return result(execution_id, "failed", "error", False), effects
+
+
+def _short_str(value: Any) -> str | None:
+    return value if isinstance(value, str) and 0 < len(value) <= 128 else None
+
+
+def _reply_target(reply: ReplyTo | None | bool, defaults: Defaults
+                  ) -> tuple[str | None, str | None]:
+    if reply is False:
+        return None, None  # unreadable reply_to: nowhere safe to answer
+    if isinstance(reply, ReplyTo):
+        return reply.task, reply.queue
+    return defaults.reply_task, defaults.reply_queue
+
+
+def _duplicate(conn: Connection, execution_id: str) -> dict[str, Any]:
+    row = repo.get_execution(conn, execution_id)
+    assert row is not None
+    return result(execution_id, row.state, row.exit, True)
+
+
+def _dispatch(conn: Connection, request: AssistanceRequest, now: datetime,
+              defaults: Defaults) -> tuple[dict[str, Any], Effects]:
+    execution_id = request.execution_id
+    # Lock the conversation first: two requests for one conversation queue here, so the
+    # "one waiting execution" check below cannot race (the partial unique index backs it up).
+    conversation = repo.lock_conversation(conn, request.conversation_id, now)
+    if repo.get_execution(conn, execution_id) is not None:
+        return _duplicate(conn, execution_id), Effects()  # a flow-engine retry
+
+    busy_with = repo.waiting_execution_id(conn, request.conversation_id)
+    if busy_with is not None:
+        error = {"code": "conversation_busy",
+                 "message": f"conversation {request.conversation_id} already has a waiting "
+                            f"execution ({busy_with}); cancel it or wait for its exit",
+                 "fields": ["conversation_id"]}
+        return _fail(conn, execution_id, request.model_dump(mode="json"), error,
+                     request.reply_to, now, defaults,
+                     errors=[{"field": "conversation_id", "message": error["message"]}])
+
+    tags, contact = list(conversation.tags or []), conversation.contact
+    if request.conversation is not None:
+        tags, contact = list(request.conversation.tags), request.conversation.contact
+        repo.update_conversation(conn, request.conversation_id, now, tags=tags,
+                                 contact=contact)
+
+    settings = request.settings
+    audience = Audience(settings.specific_agent_id, settings.allow_busy, settings.allow_offline)
+    if settings.specific_agent_id is not None:
+        agent = repo.get_agent(conn, settings.specific_agent_id)
+        candidates = [agent] if agent else []
+    else:
+        candidates = repo.all_agents(conn)
+    selection = select_agents(candidates, tags, audience)
+
+    reply = request.reply_to
+    values: dict[str, Any] = {
+        "execution_id": execution_id, "conversation_id": request.conversation_id,
+        "flow_id": request.flow_id, "step_id": request.step_id,
+        "settings": settings.model_dump(mode="json"),
+        "reply_task": reply.task if reply else defaults.reply_task,
+        "reply_queue": reply.queue if reply else defaults.reply_queue,
+        "conversation_prev_status": conversation.status,
+        "requested_at": now, "dispatched_at": now,
+    }
+    skipped = dict(list(selection.skipped.items())[:MAX_SKIPPED_IN_AUDIT])
+    audit_detail = {"notified": list(selection.notified), "skipped": skipped,
+                    "skipped_total": len(selection.skipped)}
+    effects = Effects()
+
+    if selection.not_claimed is not None:
+        merge_field = {"reason": selection.not_claimed}
+        values.update(state="exited", exit="not_claimed", merge_field=merge_field, ended_at=now)
+        repo.insert_execution(conn, values)
+        repo.audit(conn, execution_id, "requested", now, detail={"task": "dispatch"})
+        repo.audit(conn, execution_id, "notified", now, detail=audit_detail)
+        row = repo.get_execution(conn, execution_id)
+        repo.audit(conn, execution_id, "exit_recorded", now,
+                   detail={"exit": "not_claimed", "merge_field": merge_field})
+        queue_exit_message(conn, effects, row, "not_claimed", merge_field, now)
+        return result(execution_id, "exited", "not_claimed", False), effects
+
+    timeout_at = now + timedelta(seconds=settings.timeout)
+    popup = settings.popup
+    countdown_at = (now + timedelta(seconds=popup.timer.auto_action_timeout)
+                    if popup and popup.timer else None)
+    display_until = (now + timedelta(seconds=popup.display_for)
+                     if popup and popup.display_for else None)
+    values.update(state="waiting", countdown_at=countdown_at, timeout_at=timeout_at)
+    repo.insert_execution(conn, values)
+    repo.update_conversation(conn, request.conversation_id, now, status="needs_action")
+    repo.insert_offers(conn, execution_id, selection.notified, now)
+
+    horizon = now + timedelta(seconds=defaults.timer_horizon_s)
+    deadlines = [("timeout", timeout_at)]
+    if countdown_at is not None:
+        deadlines.insert(0, ("countdown", countdown_at))
+    # Deadlines inside the horizon are marked armed now and get their ETA wake-up right after
+    # commit; if this worker dies first, the reconciler fires them when overdue.
+    repo.insert_timers(conn, execution_id, [
+        (kind, due, now if due <= horizon else None) for kind, due in deadlines])
+    effects.arm.extend((execution_id, kind, due) for kind, due in deadlines if due <= horizon)
+
+    event = notifications.requested(request, contact=contact, dispatched_at=now,
+                                    countdown_at=countdown_at, display_until=display_until)
+    outbox.notify(conn, effects, key=f"requested:{execution_id}", execution_id=execution_id,
+                  agents=list(selection.notified), event=event, now=now)
+    repo.audit(conn, execution_id, "requested", now, detail={
+        "timeout_at": timeout_at.isoformat(),
+        "countdown_at": countdown_at.isoformat() if countdown_at else None,
+        "display_until": display_until.isoformat() if display_until else None})
+    repo.audit(conn, execution_id, "notified", now, detail=audit_detail)
+    return result(execution_id, "waiting", None, False), effects

@@ -1,0 +1,43 @@
+"""What a use case asks to be done after its transaction commits.
+
+Nothing is published before commit: a consumer must never see a message about a row that was
+rolled back, or that it cannot read yet.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+
+@dataclass(frozen=True)
+class OutboxMessage:
+    id: int
+    kind: str
+    execution_id: str | None
+    payload: Mapping[str, Any]
+
+
+@dataclass
+class Effects:
+    outbox: list[OutboxMessage] = field(default_factory=list)
+    """Outbox rows to publish now (the reconciler re-sends any that this misses)."""
+    arm: list[tuple[str, str, datetime]] = field(default_factory=list)
+    """(execution id, timer kind, due at): ETA wake-ups to publish."""
+    revoke: list[tuple[str, str]] = field(default_factory=list)
+    """(execution id, timer kind): wake-ups no longer needed. An optimisation only."""
+
+    def merge(self, other: Effects) -> None:
+        self.outbox += other.outbox
+        self.arm += other.arm
+        self.revoke += other.revoke
+
+    def __bool__(self) -> bool:
+        return bool(self.outbox or self.arm or self.revoke)
+
+
+def timer_task_id(execution_id: str, kind: str) -> str:
+    """The wake-up's deterministic task id: the same deadline is always the same task."""
+    return f"hitl-timer:{kind}:{execution_id}"

@@ -1,0 +1,105 @@
+"""Applying a :class:`Decision` inside the transaction that holds the execution's lock."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy.engine import Connection, Row
+
+from hitl_workers.domain.machine import Decision, ExecutionView
+from hitl_workers.errors import HitlError
+from hitl_workers.notify import events as notifications
+from hitl_workers.services import outbox
+from hitl_workers.services.effects import Effects
+from hitl_workers.store import repo
+
+
+class InvariantBroken(HitlError):
+    """A guarded update lost although its caller held the row lock: this is a bug."""
+
+
+def apply(conn: Connection, row: Row[Any], view: ExecutionView, decision: Decision,
+          now: datetime, *, agent_id: str | None = None, fired: str | None = None) -> Effects:
+    """Write ``decision`` for the locked execution ``row``; return what to do after commit."""
+    effects = Effects()
+    if decision.offer_change is not None:
+        offer_agent, status = decision.offer_change
+        repo.set_offer(conn, view.execution_id, offer_agent, status, now)
+    if decision.audit is not None:
+        repo.audit(conn, view.execution_id, decision.audit, now, agent_id=agent_id,
+                   detail=decision.detail)
+    if decision.outcome == "early" and fired is not None:
+        effects.arm.append((view.execution_id, fired, view.timers[fired].due_at))
+    if decision.ends(view):
+        _end(conn, row, view, decision, now, effects, fired=fired)
+    return effects
+
+
+def _end(conn: Connection, row: Row[Any], view: ExecutionView, decision: Decision,
+         now: datetime, effects: Effects, *, fired: str | None) -> None:
+    execution_id = view.execution_id
+    if not repo.end_execution(conn, execution_id, state=decision.state, exit=decision.exit,
+                              merge_field=decision.merge_field, now=now):
+        raise InvariantBroken(f"execution {execution_id} was not waiting under its own lock")
+    for kind in repo.finish_timers(conn, execution_id, fired=fired, now=now):
+        effects.revoke.append((execution_id, kind))
+
+    winner = (decision.merge_field or {}).get("addClaimedBy") if decision.exit else None
+    _release_conversation(conn, row, now, winner=winner)
+
+    # Everyone notified at dispatch, and the winner, learn that the request is gone.
+    recipients = repo.live_offer_agents(conn, execution_id)
+    if winner and winner not in recipients:
+        recipients.append(winner)
+    if recipients:
+        event = notifications.withdrawn(
+            execution_id=execution_id, conversation_id=row.conversation_id,
+            state=decision.state, exit=decision.exit, claimed_by=winner)
+        outbox.notify(conn, effects, key=f"withdrawn:{execution_id}", execution_id=execution_id,
+                      agents=recipients, event=event, now=now)
+
+    if decision.exit is not None:
+        repo.audit(conn, execution_id, "exit_recorded", now,
+                   detail={"exit": decision.exit, "merge_field": decision.merge_field})
+        queue_exit_message(conn, effects, row, decision.exit, decision.merge_field or {}, now)
+
+
+def _release_conversation(conn: Connection, row: Row[Any], now: datetime, *,
+                          winner: str | None) -> None:
+    conversation = repo.get_conversation(conn, row.conversation_id) if row.conversation_id \
+        else None
+    if conversation is None:
+        return
+    if winner:
+        claimed_by = list(conversation.claimed_by or [])
+        if winner not in claimed_by:
+            claimed_by.append(winner)
+        repo.update_conversation(conn, row.conversation_id, now, status="claimed",
+                                 claimed_by=claimed_by)
+    else:
+        repo.update_conversation(conn, row.conversation_id, now,
+                                 status=row.conversation_prev_status or "open")
+
+
+def queue_exit_message(conn: Connection, effects: Effects, row: Any, exit: str,
+                       merge_field: Mapping[str, Any], now: datetime) -> None:
+    """Queue the exit message for the flow engine (at most one per execution, by key)."""
+    if not row.reply_task or not row.reply_queue:
+        return
+    payload = {
+        "task": row.reply_task,
+        "queue": row.reply_queue,
+        "kwargs": {
+            "execution_id": row.execution_id,
+            "conversation_id": row.conversation_id,
+            "flow_id": row.flow_id,
+            "step_id": row.step_id,
+            "exit": exit,
+            "merge_field": dict(merge_field),
+            "exited_at": now.isoformat(),
+        },
+    }
+    outbox.queue(conn, effects, key=f"exit:{row.execution_id}", kind="exit",
+                 execution_id=row.execution_id, payload=payload, now=now)

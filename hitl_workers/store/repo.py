@@ -1,0 +1,379 @@
+"""The repository: every read and write the use cases make, as small SQL functions.
+
+All functions take an open :class:`Connection` inside a transaction; the caller owns the
+transaction. Row locks (``FOR UPDATE``) are PostgreSQL's; on SQLite every write transaction
+starts with ``BEGIN IMMEDIATE`` (see :mod:`hitl_workers.store.db`), which serializes writers,
+so the same code is correct on both.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection, Row
+
+from hitl_workers.domain.eligibility import AgentView, Audience
+from hitl_workers.domain.machine import ExecutionView, TimerView
+from hitl_workers.store.tables import (
+    agent_events,
+    agents,
+    audit_events,
+    conversations,
+    dead_letters,
+    executions,
+    heartbeats,
+    offers,
+    outbox,
+    timers,
+)
+
+
+def _insert(conn: Connection, table: sa.Table) -> Any:
+    """A dialect-specific INSERT that supports ON CONFLICT."""
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    return dialect.insert(table)
+
+
+# --- executions -----------------------------------------------------------------------------
+
+def lock_execution(conn: Connection, execution_id: str, *, skip_locked: bool = False
+                   ) -> Row[Any] | None:
+    """The execution row joined with its conversation's tags, locked for this transaction.
+
+    With ``skip_locked`` a row that another transaction holds is reported as None: the
+    reconciler uses that so two beats never wait on each other (the holder will finish it).
+    """
+    query = (
+        sa.select(executions, conversations.c.tags)
+        .select_from(executions.outerjoin(
+            conversations, conversations.c.conversation_id == executions.c.conversation_id))
+        .where(executions.c.execution_id == execution_id)
+        .with_for_update(of=executions, skip_locked=skip_locked)
+    )
+    return conn.execute(query).first()
+
+
+def waiting_execution_id(conn: Connection, conversation_id: str) -> str | None:
+    return conn.execute(
+        sa.select(executions.c.execution_id).where(
+            executions.c.conversation_id == conversation_id, executions.c.state == "waiting")
+    ).scalar()
+
+
+def execution_view(conn: Connection, row: Row[Any]) -> ExecutionView:
+    """Everything :func:`decide` needs, read under the execution's lock."""
+    settings = row.settings or {}
+    offer_rows = conn.execute(
+        sa.select(offers.c.agent_id, offers.c.status)
+        .where(offers.c.execution_id == row.execution_id)
+        .order_by(offers.c.updated_at, offers.c.agent_id)
+    ).all()
+    timer_rows = conn.execute(
+        sa.select(timers.c.kind, timers.c.due_at, timers.c.state)
+        .where(timers.c.execution_id == row.execution_id)
+    ).all()
+    return ExecutionView(
+        execution_id=row.execution_id,
+        state=row.state,
+        exit=row.exit,
+        merge_field=row.merge_field,
+        tags=tuple(row.tags or ()),
+        audience=Audience(
+            specific_agent_id=settings.get("specific_agent_id"),
+            allow_busy=bool(settings.get("allow_busy")),
+            allow_offline=bool(settings.get("allow_offline")),
+        ),
+        reject_policy=settings.get("reject_policy", "any"),
+        offers={r.agent_id: r.status for r in offer_rows},
+        rejected_by=tuple(r.agent_id for r in offer_rows if r.status == "rejected"),
+        timers={r.kind: TimerView(r.due_at, r.state) for r in timer_rows},
+    )
+
+
+def insert_execution(conn: Connection, values: Mapping[str, Any]) -> bool:
+    """Insert unless the execution id exists; True when this call created it."""
+    stmt = (_insert(conn, executions).values(**values)
+            .on_conflict_do_nothing(index_elements=["execution_id"])
+            .returning(executions.c.execution_id))
+    return conn.execute(stmt).first() is not None
+
+
+def end_execution(conn: Connection, execution_id: str, *, state: str, exit: str | None,
+                  merge_field: Mapping[str, Any] | None, now: datetime) -> bool:
+    """The guarded transition out of ``waiting``; True when this call made it.
+
+    The caller holds the row lock, so this cannot lose; the ``state = 'waiting'`` guard is the
+    database's own word that no second exit is ever written even if a caller forgot the lock.
+    """
+    stmt = (
+        sa.update(executions)
+        .where(executions.c.execution_id == execution_id, executions.c.state == "waiting")
+        .values(state=state, exit=exit, merge_field=merge_field, ended_at=now)
+        .returning(executions.c.execution_id)
+    )
+    return conn.execute(stmt).first() is not None
+
+
+def get_execution(conn: Connection, execution_id: str) -> Row[Any] | None:
+    return conn.execute(
+        sa.select(executions).where(executions.c.execution_id == execution_id)).first()
+
+
+# --- conversations --------------------------------------------------------------------------
+
+def lock_conversation(conn: Connection, conversation_id: str, now: datetime) -> Row[Any]:
+    """Create the conversation if new, then lock it: requests for one conversation queue here."""
+    conn.execute(
+        _insert(conn, conversations)
+        .values(conversation_id=conversation_id, status="open", tags=[], contact=None,
+                claimed_by=[], updated_at=now)
+        .on_conflict_do_nothing(index_elements=["conversation_id"])
+    )
+    row = conn.execute(
+        sa.select(conversations)
+        .where(conversations.c.conversation_id == conversation_id)
+        .with_for_update()
+    ).one()
+    return row
+
+
+def update_conversation(conn: Connection, conversation_id: str, now: datetime,
+                        **values: Any) -> None:
+    conn.execute(
+        sa.update(conversations)
+        .where(conversations.c.conversation_id == conversation_id)
+        .values(updated_at=now, **values)
+    )
+
+
+def get_conversation(conn: Connection, conversation_id: str) -> Row[Any] | None:
+    return conn.execute(sa.select(conversations).where(
+        conversations.c.conversation_id == conversation_id)).first()
+
+
+# --- agents ---------------------------------------------------------------------------------
+
+def _agent_view(row: Row[Any]) -> AgentView:
+    return AgentView(row.agent_id, row.status, tuple(tuple(g) for g in row.rule_groups))
+
+
+def get_agent(conn: Connection, agent_id: str) -> AgentView | None:
+    row = conn.execute(sa.select(agents).where(agents.c.agent_id == agent_id)).first()
+    return _agent_view(row) if row else None
+
+
+def all_agents(conn: Connection) -> list[AgentView]:
+    return [_agent_view(r) for r in conn.execute(sa.select(agents).order_by(agents.c.agent_id))]
+
+
+def upsert_agent(conn: Connection, *, agent_id: str, name: str, status: str,
+                 rule_groups: list[list[str]], now: datetime) -> None:
+    stmt = _insert(conn, agents).values(
+        agent_id=agent_id, name=name, status=status, rule_groups=rule_groups, updated_at=now)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=["agent_id"],
+        set_={"name": stmt.excluded.name, "status": stmt.excluded.status,
+              "rule_groups": stmt.excluded.rule_groups, "updated_at": stmt.excluded.updated_at},
+    )
+    conn.execute(stmt)
+
+
+def set_agent_status(conn: Connection, agent_id: str, status: str, now: datetime) -> bool:
+    result = conn.execute(
+        sa.update(agents).where(agents.c.agent_id == agent_id)
+        .values(status=status, updated_at=now).returning(agents.c.agent_id))
+    return result.first() is not None
+
+
+def delete_agent(conn: Connection, agent_id: str) -> None:
+    conn.execute(sa.delete(agents).where(agents.c.agent_id == agent_id))
+
+
+def executions_offered_to(conn: Connection, agent_id: str) -> list[str]:
+    """Waiting executions with a live offer to ``agent_id``."""
+    return list(conn.execute(
+        sa.select(offers.c.execution_id)
+        .join(executions, executions.c.execution_id == offers.c.execution_id)
+        .where(offers.c.agent_id == agent_id, executions.c.state == "waiting",
+               offers.c.status != "withdrawn")
+        .order_by(offers.c.execution_id)
+    ).scalars())
+
+
+# --- offers, timers -------------------------------------------------------------------------
+
+def insert_offers(conn: Connection, execution_id: str, agent_ids: Sequence[str],
+                  now: datetime) -> None:
+    if agent_ids:
+        conn.execute(offers.insert(), [
+            {"execution_id": execution_id, "agent_id": a, "status": "offered", "updated_at": now}
+            for a in agent_ids])
+
+
+def set_offer(conn: Connection, execution_id: str, agent_id: str, status: str,
+              now: datetime) -> None:
+    stmt = _insert(conn, offers).values(
+        execution_id=execution_id, agent_id=agent_id, status=status, updated_at=now)
+    conn.execute(stmt.on_conflict_do_update(
+        index_elements=["execution_id", "agent_id"],
+        set_={"status": stmt.excluded.status, "updated_at": stmt.excluded.updated_at}))
+
+
+def live_offer_agents(conn: Connection, execution_id: str) -> list[str]:
+    return list(conn.execute(
+        sa.select(offers.c.agent_id)
+        .where(offers.c.execution_id == execution_id, offers.c.status != "withdrawn")
+        .order_by(offers.c.agent_id)).scalars())
+
+
+def insert_timers(conn: Connection, execution_id: str,
+                  deadlines: Iterable[tuple[str, datetime, datetime | None]]) -> None:
+    rows = [{"execution_id": execution_id, "kind": kind, "due_at": due_at, "state": "pending",
+             "armed_at": armed_at} for kind, due_at, armed_at in deadlines]
+    if rows:
+        conn.execute(timers.insert(), rows)
+
+
+def finish_timers(conn: Connection, execution_id: str, *, fired: str | None,
+                  now: datetime) -> list[str]:
+    """Mark the fired timer ``fired`` and every other pending one ``cancelled``.
+
+    Returns the kinds that were cancelled (their wake-ups may be revoked).
+    """
+    if fired is not None:
+        conn.execute(sa.update(timers).where(
+            timers.c.execution_id == execution_id, timers.c.kind == fired,
+            timers.c.state == "pending").values(state="fired", fired_at=now))
+    cancelled = conn.execute(
+        sa.update(timers)
+        .where(timers.c.execution_id == execution_id, timers.c.state == "pending")
+        .values(state="cancelled")
+        .returning(timers.c.kind)
+    ).scalars()
+    return list(cancelled)
+
+
+def overdue_timers(conn: Connection, now: datetime, limit: int) -> list[tuple[str, str]]:
+    return [(r.execution_id, r.kind) for r in conn.execute(
+        sa.select(timers.c.execution_id, timers.c.kind)
+        .where(timers.c.state == "pending", timers.c.due_at <= now)
+        .order_by(timers.c.due_at).limit(limit))]
+
+
+def claim_timers_to_arm(conn: Connection, now: datetime, until: datetime, limit: int
+                        ) -> list[tuple[str, str, datetime]]:
+    """Pending, never-armed timers due before ``until``, marked armed by this transaction.
+
+    ``SKIP LOCKED``: a second reconciler running at the same moment takes other rows.
+    """
+    rows = conn.execute(
+        sa.select(timers.c.execution_id, timers.c.kind, timers.c.due_at)
+        .where(timers.c.state == "pending", timers.c.armed_at.is_(None),
+               timers.c.due_at <= until)
+        .order_by(timers.c.due_at).limit(limit)
+        .with_for_update(skip_locked=True)
+    ).all()
+    for r in rows:
+        conn.execute(sa.update(timers).where(
+            timers.c.execution_id == r.execution_id, timers.c.kind == r.kind
+        ).values(armed_at=now))
+    return [(r.execution_id, r.kind, r.due_at) for r in rows]
+
+
+# --- agent events (idempotency) -------------------------------------------------------------
+
+def stored_event_result(conn: Connection, agent_id: str, event_id: str
+                        ) -> dict[str, Any] | None:
+    return conn.execute(sa.select(agent_events.c.result).where(
+        agent_events.c.agent_id == agent_id, agent_events.c.event_id == event_id)).scalar()
+
+
+def store_event_result(conn: Connection, *, agent_id: str, event_id: str, action: str,
+                       execution_id: str | None, result: Mapping[str, Any],
+                       now: datetime) -> None:
+    """Record the answer to a client event. A concurrent twin raises IntegrityError here."""
+    conn.execute(agent_events.insert().values(
+        agent_id=agent_id, event_id=event_id, action=action, execution_id=execution_id,
+        result=dict(result), created_at=now))
+
+
+# --- audit, outbox, dead letters, heartbeats ------------------------------------------------
+
+def audit(conn: Connection, execution_id: str, kind: str, now: datetime, *,
+          agent_id: str | None = None, detail: Mapping[str, Any] | None = None) -> None:
+    conn.execute(audit_events.insert().values(
+        execution_id=execution_id, at=now, kind=kind, agent_id=agent_id,
+        detail=dict(detail) if detail else None))
+
+
+def audit_trail(conn: Connection, execution_id: str) -> list[Row[Any]]:
+    return conn.execute(sa.select(audit_events).where(
+        audit_events.c.execution_id == execution_id).order_by(audit_events.c.id)).all()
+
+
+def add_outbox(conn: Connection, *, dedupe_key: str, kind: str, execution_id: str | None,
+               payload: Mapping[str, Any], now: datetime) -> int | None:
+    """Queue a message to publish after commit; None when that key was queued before."""
+    stmt = (_insert(conn, outbox)
+            .values(dedupe_key=dedupe_key, kind=kind, execution_id=execution_id,
+                    payload=dict(payload), created_at=now, attempts=0)
+            .on_conflict_do_nothing(index_elements=["dedupe_key"])
+            .returning(outbox.c.id))
+    return conn.execute(stmt).scalar()
+
+
+def unsent_outbox(conn: Connection, ids: Sequence[int]) -> list[Row[Any]]:
+    return conn.execute(sa.select(outbox).where(
+        outbox.c.id.in_(ids), outbox.c.sent_at.is_(None)).order_by(outbox.c.id)).all()
+
+
+def mark_outbox_sent(conn: Connection, ids: Sequence[int], now: datetime) -> None:
+    if ids:
+        conn.execute(sa.update(outbox).where(outbox.c.id.in_(ids)).values(
+            sent_at=now, attempted_at=now, attempts=outbox.c.attempts + 1, last_error=None))
+
+
+def mark_outbox_failed(conn: Connection, ids: Sequence[int], error: str, now: datetime) -> None:
+    if ids:
+        conn.execute(sa.update(outbox).where(outbox.c.id.in_(ids)).values(
+            attempted_at=now, attempts=outbox.c.attempts + 1, last_error=error[:2000]))
+
+
+def claim_stale_outbox(conn: Connection, older_than: datetime, now: datetime, limit: int
+                       ) -> list[int]:
+    """Unsent rows nobody has tried since ``older_than``, marked as tried now.
+
+    ``SKIP LOCKED`` keeps two reconcilers from re-sending the same rows at the same moment.
+    """
+    tried_long_ago = sa.or_(
+        sa.and_(outbox.c.attempted_at.is_(None), outbox.c.created_at <= older_than),
+        outbox.c.attempted_at <= older_than,
+    )
+    ids = list(conn.execute(
+        sa.select(outbox.c.id).where(outbox.c.sent_at.is_(None), tried_long_ago)
+        .order_by(outbox.c.id).limit(limit).with_for_update(skip_locked=True)).scalars())
+    if ids:
+        conn.execute(sa.update(outbox).where(outbox.c.id.in_(ids)).values(attempted_at=now))
+    return ids
+
+
+def outbox_for_execution(conn: Connection, execution_id: str) -> list[Row[Any]]:
+    return conn.execute(sa.select(outbox).where(
+        outbox.c.execution_id == execution_id).order_by(outbox.c.id)).all()
+
+
+def add_dead_letter(conn: Connection, *, task_name: str, task_id: str | None, payload: str,
+                    reason: str, now: datetime) -> None:
+    conn.execute(dead_letters.insert().values(
+        received_at=now, task_name=task_name, task_id=task_id, payload=payload, reason=reason))
+
+
+def beat(conn: Connection, name: str, now: datetime, detail: Mapping[str, Any]) -> None:
+    stmt = _insert(conn, heartbeats).values(name=name, beat_at=now, detail=dict(detail))
+    conn.execute(stmt.on_conflict_do_update(
+        index_elements=["name"],
+        set_={"beat_at": stmt.excluded.beat_at, "detail": stmt.excluded.detail}))

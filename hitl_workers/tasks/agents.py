@@ -1,0 +1,46 @@
+"""The agent directory tasks (queue ``hitl.requests``, CONTRACT.md §5)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hitl_workers.app import app
+from hitl_workers.clock import utcnow
+from hitl_workers.domain.validation import Invalid
+from hitl_workers.services import agents
+from hitl_workers.services.effects import Effects
+from hitl_workers.tasks.common import RETRY, after_commit, dead_letter, in_transaction
+
+
+def _reject_invalid(task: Any, name: str, problem: Invalid, args: tuple[Any, ...],
+                    kwargs: dict[str, Any]) -> dict[str, Any]:
+    dead_letter(name, task.request.id, args, kwargs, problem.message)
+    return agents.invalid_result(problem, kwargs)
+
+
+@app.task(name="hitl.upsert_agent", bind=True, **RETRY)
+def upsert_agent(self: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
+    parsed = agents.parse(agents.UpsertAgentIn, args, kwargs)
+    if isinstance(parsed, Invalid):
+        return _reject_invalid(self, "hitl.upsert_agent", parsed, args, kwargs)
+    return in_transaction(lambda conn: agents.upsert_agent(conn, parsed, utcnow()))
+
+
+@app.task(name="hitl.set_agent_status", bind=True, **RETRY)
+def set_agent_status(self: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
+    parsed = agents.parse(agents.SetStatusIn, args, kwargs)
+    if isinstance(parsed, Invalid):
+        return _reject_invalid(self, "hitl.set_agent_status", parsed, args, kwargs)
+    return in_transaction(lambda conn: agents.set_agent_status(conn, parsed, utcnow()))
+
+
+@app.task(name="hitl.remove_agent", bind=True, **RETRY)
+def remove_agent(self: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
+    parsed = agents.parse(agents.RemoveAgentIn, args, kwargs)
+    if isinstance(parsed, Invalid):
+        return _reject_invalid(self, "hitl.remove_agent", parsed, args, kwargs)
+    answer: dict[str, Any]
+    effects: Effects
+    answer, effects = in_transaction(lambda conn: agents.remove_agent(conn, parsed, utcnow()))
+    after_commit(effects)
+    return answer

@@ -1,0 +1,116 @@
+"""What every task shares: transactions with retries, publishing after commit, bad payloads."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+import redis
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+
+from hitl_workers.app import app
+from hitl_workers.clock import utcnow
+from hitl_workers.notify.streams import StreamPublisher
+from hitl_workers.services import delivery
+from hitl_workers.services.effects import Effects, timer_task_id
+from hitl_workers.settings import get_settings
+from hitl_workers.store import repo
+from hitl_workers.store.db import transaction
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# Infrastructure trouble worth retrying with backoff (PostgreSQL restarting, a dropped
+# connection). Domain conflicts are outcomes and never retried.
+TRANSIENT = (OperationalError,)
+RETRY = {
+    "autoretry_for": TRANSIENT,
+    "retry_backoff": 0.5,
+    "retry_backoff_max": 30,
+    "retry_jitter": True,
+    "max_retries": 20,
+}
+
+
+def in_transaction(work: Callable[[Connection], T], *, attempts: int = 3) -> T:
+    """Run ``work`` in one transaction, again from scratch if a unique key says a twin won.
+
+    A twin is another worker that handled a copy of the same input at the same moment (the
+    same client ``event_id``, say): its row is committed now, so the retry finds it.
+    """
+    for attempt in range(1, attempts + 1):
+        try:
+            with transaction() as conn:
+                return work(conn)
+        except IntegrityError:
+            if attempt == attempts:
+                raise
+            log.info("unique key conflict with a concurrent twin; retrying (%d)", attempt)
+        except DBAPIError as exc:
+            if not exc.connection_invalidated or attempt == attempts:
+                raise
+    raise AssertionError("unreachable")
+
+
+class CeleryPublisher:
+    def __init__(self, streams: StreamPublisher) -> None:
+        self.streams = streams
+
+    def send_exit(self, *, task: str, queue: str, kwargs: dict[str, Any]) -> None:
+        app.send_task(task, kwargs=kwargs, queue=queue,
+                      task_id=f"exit:{kwargs['execution_id']}")
+
+    def notify(self, agent_ids: Sequence[str], event: dict[str, Any]) -> None:
+        self.streams.publish(agent_ids, event)
+
+
+_publisher: CeleryPublisher | None = None
+
+
+def publisher() -> CeleryPublisher:
+    global _publisher
+    if _publisher is None:
+        settings = get_settings()
+        client = redis.Redis.from_url(settings.redis_url, socket_timeout=2,
+                                      socket_connect_timeout=2, health_check_interval=30)
+        _publisher = CeleryPublisher(StreamPublisher(client, settings.notification_stream_maxlen))
+    return _publisher
+
+
+def after_commit(effects: Effects) -> None:
+    """Publish what the committed transaction queued. Failures here lose nothing: the
+    reconciler re-sends outbox rows and fires deadlines whose wake-up never arrived."""
+    if effects.outbox:
+        delivery.publish(effects.outbox, publisher(), utcnow)
+    for execution_id, kind, due_at in effects.arm:
+        arm_timer(execution_id, kind, due_at)
+    if effects.revoke and get_settings().revoke_timers:
+        try:
+            app.control.revoke([timer_task_id(e, k) for e, k in effects.revoke])
+        except Exception as exc:  # an optimisation only
+            log.info("revoke of %s failed: %r", effects.revoke, exc)
+
+
+def arm_timer(execution_id: str, kind: str, due_at: Any) -> None:
+    try:
+        app.send_task("hitl.fire_timer", kwargs={"execution_id": execution_id, "kind": kind},
+                      eta=due_at, task_id=timer_task_id(execution_id, kind),
+                      queue="hitl.timers")
+    except Exception as exc:
+        # The row is the truth: the reconciler fires it when overdue.
+        log.warning("wake-up for %s %s not published: %r", kind, execution_id, exc)
+
+
+def dead_letter(task_name: str, task_id: str | None, args: tuple[Any, ...],
+                kwargs: dict[str, Any], reason: str) -> None:
+    """Keep a payload we cannot tie to anything, with why."""
+    try:
+        payload = json.dumps({"args": args, "kwargs": kwargs}, default=repr)[:65536]
+    except (RecursionError, ValueError, TypeError):
+        payload = repr((args, kwargs))[:65536]
+    with transaction() as conn:
+        repo.add_dead_letter(conn, task_name=task_name, task_id=task_id, payload=payload,
+                             reason=reason, now=utcnow())
