@@ -1,0 +1,24 @@
+"""Test configuration: real PostgreSQL, real Redis, real Celery worker processes.
+
+A test that needs a service fails (never skips) when it is missing. The environment below is
+set before anything imports ``hitl_workers``, so this process and the workers it starts share
+one configuration: the database ``hitl_test`` and Redis databases 10-12.
+"""
+
+from __future__ import annotations
+
+import os
+
+REDIS = os.environ.get("HITL_TEST_REDIS", "redis://127.0.0.1:6379")
+os.environ.update(
+    HITL_DATABASE_URL=os.environ.get(
+        "HITL_TEST_DATABASE_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/hitl_test"),
+    HITL_BROKER_URL=os.environ.get("HITL_TEST_BROKER_URL", f"{REDIS}/10"),
+    HITL_RESULT_BACKEND_URL=f"{REDIS}/11",
+    HITL_REDIS_URL=f"{REDIS}/12",
+    HITL_SECRET="test-secret",
+    HITL_RECONCILE_INTERVAL_S="0.5",
+    HITL_OUTBOX_RETRY_AFTER_S="2",
+)
+
+pytest_plugins = ["tests.support.fixtures"]

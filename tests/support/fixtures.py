@@ -1,0 +1,185 @@
+"""Fixtures for the integration and acceptance tiers."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+import sqlalchemy as sa
+from sqlalchemy.engine import make_url
+
+from hitl_workers.procs import Proc, beat_cmd, wait_for_workers, worker_cmd
+
+ARTIFACTS = Path(os.environ.get("HITL_TEST_ARTIFACTS", "test-artifacts"))
+TASK_TIMEOUT = 20
+
+
+def _fail_unreachable(what: str, exc: Exception) -> None:
+    pytest.fail(f"{what} is required for this test and is not reachable: {exc!r}. "
+                f"Start it (see .ci/run) or point HITL_TEST_* at one.", pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def database_url() -> str:
+    """A fresh, migrated PostgreSQL database for the session."""
+    from hitl_workers.store.db import reset_engine
+    from hitl_workers.store.migrate import upgrade
+
+    url = os.environ["HITL_DATABASE_URL"]
+    parsed = make_url(url)
+    admin = sa.create_engine(parsed.set(database="postgres"), isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{parsed.database}" WITH (FORCE)')
+            conn.exec_driver_sql(f'CREATE DATABASE "{parsed.database}"')
+    except sa.exc.OperationalError as exc:
+        _fail_unreachable("PostgreSQL", exc)
+    finally:
+        admin.dispose()
+    upgrade(url)
+    reset_engine()
+    return url
+
+
+@pytest.fixture(scope="session")
+def redis_urls() -> dict[str, str]:
+    urls = {name: os.environ[f"HITL_{name.upper()}_URL"]
+            for name in ("broker", "result_backend", "redis")}
+    for url in urls.values():
+        if not url.startswith("redis"):
+            continue
+        try:
+            redis.Redis.from_url(url).flushdb()
+        except redis.RedisError as exc:
+            _fail_unreachable("Redis", exc)
+    return urls
+
+
+@pytest.fixture(scope="session")
+def celery_app(database_url: str, redis_urls: dict[str, str]) -> Any:
+    from hitl_workers.app import app
+
+    return app
+
+
+class System:
+    """The running system: worker processes and beat, restartable and killable by tests."""
+
+    def __init__(self, app: Any, log_dir: Path) -> None:
+        self.app = app
+        self.log_dir = log_dir
+        self.procs: dict[str, Proc] = {}
+
+    def start_worker(self, name: str, concurrency: int = 6, **kwargs: Any) -> Proc:
+        node = f"{name}@{os.uname().nodename}"
+        proc = Proc(name, worker_cmd(node, concurrency=concurrency, **kwargs),
+                    log_dir=self.log_dir).start()
+        self.procs[name] = proc
+        wait_for_workers(self.app, [node], procs=[proc])
+        return proc
+
+    def start_beat(self) -> Proc:
+        proc = Proc("beat", beat_cmd(self.log_dir / "beat-schedule"),
+                    log_dir=self.log_dir).start()
+        self.procs["beat"] = proc
+        return proc
+
+    def stop_all(self) -> None:
+        for proc in self.procs.values():
+            proc.stop()
+
+
+@pytest.fixture(scope="session")
+def system(celery_app: Any) -> Iterator[System]:
+    """One worker on every queue plus beat, for the whole session."""
+    log_dir = ARTIFACTS / "logs"
+    system = System(celery_app, log_dir)
+    try:
+        system.start_worker("worker")
+        system.start_beat()
+        yield system
+    finally:
+        system.stop_all()
+
+
+class Client:
+    """Sends contract messages by task name, as a flow engine or agent UI would."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    def call(self, task: str, timeout: float = TASK_TIMEOUT, **kwargs: Any) -> Any:
+        return self.app.send_task(task, kwargs=kwargs).get(timeout=timeout)
+
+    def send(self, task: str, *args: Any, **kwargs: Any) -> Any:
+        return self.app.send_task(task, args=args, kwargs=kwargs)
+
+
+@pytest.fixture
+def client(system: System) -> Client:
+    return Client(system.app)
+
+
+@pytest.fixture
+def flow(system: System) -> Iterator[Any]:
+    """A flow engine listening on a queue of its own for this test's exits."""
+    from hitl_workers.flowsim import ExitListener
+
+    listener = ExitListener(os.environ["HITL_BROKER_URL"], f"flow-test-{uuid.uuid4().hex[:10]}")
+    with listener:
+        yield listener
+
+
+@pytest.fixture
+def uid() -> Callable[[str], str]:
+    """Unique ids, so tests sharing one database never see each other's rows."""
+    token = uuid.uuid4().hex[:8]
+    return lambda prefix: f"{prefix}-{token}"
+
+
+@pytest.fixture
+def team(uid: Callable[[str], str]) -> str:
+    """A tag only this test's agents and conversations carry."""
+    return f"team:{uid('t')}"
+
+
+@pytest.fixture
+def agents(client: Client, team: str) -> Iterator[Callable[..., str]]:
+    """``agents(status="available", groups=None) -> agent_id``; removed after the test."""
+    created: list[str] = []
+
+    def make(status: str = "available", groups: list[list[str]] | None = None,
+             name: str = "") -> str:
+        agent_id = f"agent-{uuid.uuid4().hex[:10]}"
+        result = client.call("hitl.upsert_agent", agent_id=agent_id, name=name or agent_id,
+                             status=status, rule_groups=groups if groups is not None
+                             else [[team]])
+        assert result == {"agent_id": agent_id, "status": status}
+        created.append(agent_id)
+        return agent_id
+
+    yield make
+    for agent_id in created:
+        client.call("hitl.remove_agent", agent_id=agent_id)
+
+
+@pytest.fixture
+def streams(redis_urls: dict[str, str]) -> Any:
+    """Reads agents' notification streams."""
+    import json
+
+    from hitl_workers.notify.streams import stream_key
+
+    client = redis.Redis.from_url(redis_urls["redis"], decode_responses=True)
+
+    class Streams:
+        def events(self, agent_id: str) -> list[dict[str, Any]]:
+            return [json.loads(fields["event"])
+                    for _id, fields in client.xrange(stream_key(agent_id))]
+
+    return Streams()
