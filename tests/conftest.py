@@ -10,12 +10,15 @@ from __future__ import annotations
 import os
 
 REDIS = os.environ.get("HITL_TEST_REDIS", "redis://127.0.0.1:6379")
+# Three Redis databases from this base (broker, results, notifications): two test runs on one
+# machine stay apart with different bases and HITL_TEST_DATABASE_URLs.
+BASE = int(os.environ.get("HITL_TEST_REDIS_DB_BASE", "10"))
 os.environ.update(
     HITL_DATABASE_URL=os.environ.get(
         "HITL_TEST_DATABASE_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/hitl_test"),
-    HITL_BROKER_URL=os.environ.get("HITL_TEST_BROKER_URL", f"{REDIS}/10"),
-    HITL_RESULT_BACKEND_URL=f"{REDIS}/11",
-    HITL_REDIS_URL=f"{REDIS}/12",
+    HITL_BROKER_URL=os.environ.get("HITL_TEST_BROKER_URL", f"{REDIS}/{BASE}"),
+    HITL_RESULT_BACKEND_URL=f"{REDIS}/{BASE + 1}",
+    HITL_REDIS_URL=f"{REDIS}/{BASE + 2}",
     HITL_SECRET="test-secret",
     HITL_RECONCILE_INTERVAL_S="0.5",
     HITL_OUTBOX_RETRY_AFTER_S="2",
