@@ -1,0 +1,60 @@
+"""Popup text: Markdown in, sanitized HTML out (contract §6, the ``html`` field).
+
+Two independent layers, so one bug does not become an XSS in every agent console:
+
+1. markdown-it-py in CommonMark mode with raw HTML off — ``<script>`` in the text comes out as
+   escaped text — and its own link check, which already refuses ``javascript:``, ``vbscript:``,
+   ``file:`` and ``data:`` destinations.
+2. nh3 (ammonia) with an explicit allow-list: the tags below, ``href``/``title`` on links only,
+   absolute http/https/mailto/tel URLs only (relative ones are dropped too: on the console's own
+   origin a link like ``/?token=…`` would sign the agent in as someone else), and
+   ``rel="noopener noreferrer nofollow"`` on every link. A disallowed URL loses its ``href``; the
+   link text stays.
+
+Images are not allowed (no tracking pixels in front of agents); neither are ``style``, ``class``
+or ``target``.
+"""
+
+from __future__ import annotations
+
+import nh3
+from markdown_it import MarkdownIt
+
+__all__ = ["render_markdown"]
+
+ALLOWED_TAGS = frozenset(
+    {
+        "p", "br", "strong", "em", "code", "pre", "ul", "ol", "li", "blockquote", "a", "hr",
+        "h1", "h2", "h3", "h4", "h5", "h6",
+        "del", "s",  # markdown-it renders ~~text~~ as <s>
+        "table", "thead", "tbody", "tr", "th", "td",
+    }
+)  # fmt: skip
+ALLOWED_ATTRIBUTES = {"a": {"href", "title"}, "ol": {"start"}}
+URL_SCHEMES = frozenset({"http", "https", "mailto", "tel"})
+LINK_REL = "noopener noreferrer nofollow"
+
+# Built once: both are reusable and thread-safe for rendering.
+# "breaks": a newline in the popup text is a line break, as people typing into a text box expect.
+_MD = MarkdownIt(
+    "commonmark", {"html": False, "linkify": False, "typographer": False, "breaks": True}
+).enable(["table", "strikethrough"])
+_CLEANER = nh3.Cleaner(
+    tags=set(ALLOWED_TAGS),
+    clean_content_tags={"script", "style"},
+    attributes={tag: set(names) for tag, names in ALLOWED_ATTRIBUTES.items()},
+    url_schemes=set(URL_SCHEMES),
+    url_relative="deny",
+    link_rel=LINK_REL,
+    strip_comments=True,
+)
+
+
+def render_markdown(text: str) -> str:
+    """Return ``text`` (Markdown) rendered to HTML that is safe to insert into an agent's page.
+
+    The output has no script, no event-handler or style attributes, no images and no links other
+    than absolute http, https, mailto and tel ones. Deterministic: the same text always gives
+    the same HTML.
+    """
+    return _CLEANER.clean(_MD.render(text))
