@@ -25,3 +25,18 @@ def db_upgrade(revision: str) -> None:
     url = get_settings().database_url
     upgrade(url, revision)
     click.echo(f"schema at {revision}")
+
+
+@main.command()
+@click.argument("execution_id")
+@click.option("--json", "as_json", is_flag=True, help="Print the raw story as JSON.")
+def show(execution_id: str, as_json: bool) -> None:
+    """What happened to one step execution: notified, skipped and why, events, exit, delivery."""
+    from hitl_workers import story
+    from hitl_workers.store.db import transaction
+
+    with transaction() as conn:
+        found = story.load(conn, execution_id)
+    if found is None:
+        raise click.ClickException(f"no execution {execution_id!r} in the database")
+    click.echo(story.to_json(found) if as_json else story.format_text(found))
