@@ -40,3 +40,23 @@ def show(execution_id: str, as_json: bool) -> None:
     if found is None:
         raise click.ClickException(f"no execution {execution_id!r} in the database")
     click.echo(story.to_json(found) if as_json else story.format_text(found))
+
+
+@main.command()
+@click.option("--leave-waiting", is_flag=True,
+              help="Also leave one request waiting, for a human to claim in the console.")
+@click.option("--timeout", default=30.0, show_default=True, help="Seconds to wait for answers.")
+def simulate(leave_waiting: bool, timeout: float) -> None:
+    """Play a flow engine and a handful of agents against the running system."""
+    from hitl_workers.app import app
+    from hitl_workers.simulate import Simulator
+
+    summary = Simulator(app, click.echo, timeout).run(leave_waiting=leave_waiting)
+    click.echo("\nSummary")
+    failed = 0
+    for title, expected, got in summary:
+        mark = "ok " if got == expected else "BAD"
+        failed += got != expected
+        click.echo(f"  {mark} {got:<24} {title}")
+    if failed:
+        raise click.ClickException(f"{failed} scenario(s) did not exit as expected")

@@ -1,0 +1,151 @@
+"""``hitl-workers simulate``: a flow engine and a handful of agents, against the running system.
+
+It speaks only the wire contract (tasks by name on the broker, the reply queue, the agents'
+notification streams), so what it prints is what real flow engines and agent UIs see.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import redis
+
+from hitl_workers.flowsim import ExitListener
+from hitl_workers.notify.streams import stream_key
+from hitl_workers.settings import get_settings
+
+Echo = Callable[[str], None]
+
+BILLING, SALES = [["team:billing"]], [["team:sales"]]
+AGENTS = [
+    {"agent_id": "alice", "name": "Alice", "status": "available", "rule_groups": BILLING},
+    {"agent_id": "bob", "name": "Bob", "status": "available", "rule_groups": BILLING},
+    {"agent_id": "carol", "name": "Carol", "status": "busy", "rule_groups": BILLING},
+    {"agent_id": "dave", "name": "Dave", "status": "offline", "rule_groups": SALES},
+]
+CONTACT = {"id": "contact-1", "name": "Ada Lovelace", "phone": "+15550100"}
+POPUP = {
+    "text": "**VIP** customer asks about a *refund*",
+    "buttons": {"claim": {"label": "Take it"}, "reject": {"label": "Not me"}},
+    "timer": {"auto_action_timeout": "2m"},
+    "additional_timers": [{"label": "In queue", "since": int(time.time()) - 95}],
+}
+
+
+class Simulator:
+    def __init__(self, app: Any, echo: Echo, timeout: float = 30.0) -> None:
+        self.app = app
+        self.echo = echo
+        self.timeout = timeout
+        self.run_id = uuid.uuid4().hex[:6]
+        settings = get_settings()
+        self.listener = ExitListener(settings.broker_url, f"flow-sim-{self.run_id}")
+        self.streams = redis.Redis.from_url(settings.redis_url, decode_responses=True)
+        self.t0 = time.monotonic()
+
+    def say(self, who: str, text: str) -> None:
+        self.echo(f"  {time.monotonic() - self.t0:7.3f}s  {who:<12} {text}")
+
+    def call(self, task: str, **kwargs: Any) -> dict[str, Any]:
+        result: dict[str, Any] = self.app.send_task(task, kwargs=kwargs).get(timeout=self.timeout)
+        return result
+
+    def request(self, name: str, tags: list[str], **settings: Any) -> str:
+        execution_id = f"sim-{self.run_id}:{name}"
+        body = {"execution_id": execution_id, "conversation_id": f"conv-{self.run_id}-{name}",
+                "flow_id": "sim-flow", "step_id": name,
+                "conversation": {"tags": tags, "contact": CONTACT},
+                "settings": settings, "reply_to": self.listener.reply_to}
+        self.say("flow engine", f"hitl.request_assistance {execution_id} "
+                                f"tags={tags} settings={json.dumps(settings)[:90]}")
+        answer = self.call("hitl.request_assistance", **body)
+        self.say("worker", f"-> state={answer['state']} exit={answer['exit']}")
+        return execution_id
+
+    def agent(self, agent_id: str, action: str, execution_id: str) -> dict[str, Any]:
+        answer = self.call(f"hitl.{action}", execution_id=execution_id, agent_id=agent_id,
+                           event_id=f"{agent_id}-{action}-{uuid.uuid4().hex[:6]}")
+        extra = f" (won by {answer['merge_field']['addClaimedBy']})" \
+            if answer["outcome"] == "already_resolved" and answer.get("exit") == "claimed" else ""
+        self.say(agent_id, f"{action} -> {answer['outcome']}{extra}")
+        return answer
+
+    def notifications(self, agent_id: str, execution_id: str) -> None:
+        for _id, fields in self.streams.xrange(stream_key(agent_id)):
+            event = json.loads(fields["event"])
+            if event.get("execution_id") != execution_id:
+                continue
+            if event["type"] == "assistance.requested" and event.get("popup"):
+                popup = event["popup"]
+                labels = "/".join(b["label"] for b in popup["buttons"])
+                self.say(agent_id, f"console shows popup [{labels}]: {popup['html'][:60]}")
+            else:
+                self.say(agent_id, f"console got {event['type']}")
+
+    def exit(self, execution_id: str, wait: float | None = None) -> dict[str, Any]:
+        message = self.listener.wait_for(execution_id, timeout=wait or self.timeout)
+        self.say("flow engine", f"<- exit {message['exit']} {json.dumps(message['merge_field'])}")
+        return message
+
+    def run(self, *, leave_waiting: bool = False) -> list[tuple[str, str, str]]:
+        summary: list[tuple[str, str, str]] = []
+        with self.listener:
+            self.echo("Agents")
+            for agent in AGENTS:
+                self.call("hitl.upsert_agent", **agent)
+                self.say(agent["agent_id"], f"{agent['status']}, sees {agent['rule_groups']}")
+
+            def scenario(title: str, expected: str) -> Callable[[dict[str, Any]], None]:
+                self.echo(f"\n{title}")
+
+                def done(message: dict[str, Any]) -> None:
+                    got = message["exit"] + (
+                        f"/{message['merge_field'].get('reason')}"
+                        if message["exit"] == "not_claimed" else "")
+                    summary.append((title, expected, got))
+                return done
+
+            done = scenario("1. Fan-out with a popup; Alice claims, Bob is too late", "claimed")
+            eid = self.request("claimed", ["team:billing"], browser_notification=True,
+                               popup=POPUP)
+            self.notifications("alice", eid)
+            self.agent("alice", "claim", eid)
+            self.agent("bob", "claim", eid)
+            done(self.exit(eid))
+            self.notifications("bob", eid)
+
+            done = scenario("2. Bob rejects", "not_claimed/REJECTED")
+            eid = self.request("rejected", ["team:billing"], popup={"text": "Refund?"})
+            self.agent("bob", "reject", eid)
+            done(self.exit(eid))
+
+            done = scenario("3. Nobody may see a legal conversation", "not_claimed/NO_AGENTS")
+            done(self.exit(self.request("no-agents", ["team:legal"])))
+
+            done = scenario("4. Only Carol, who is busy", "not_claimed/NOT_AVAILABLE")
+            done(self.exit(self.request("not-available", ["team:billing"],
+                                        specific_agent_id="carol")))
+
+            done = scenario("5. The popup countdown runs out (2 s)", "timer_action")
+            eid = self.request("timer", ["team:billing"],
+                               popup={"text": "Quick!", "timer": {"auto_action_timeout": "2s"}})
+            done(self.exit(eid, wait=15))
+
+            done = scenario("6. Nobody claims within the timeout (3 s)", "timeout")
+            eid = self.request("timeout", ["team:billing"], timeout="3s")
+            self.agent("alice", "close", eid)
+            done(self.exit(eid, wait=15))
+
+            done = scenario("7. A misspelt setting is refused, not ignored", "error")
+            done(self.exit(self.request("invalid", ["team:billing"], timeuot="5m")))
+
+            if leave_waiting:
+                self.echo("\nLeft waiting for a human (10 minutes, countdown 5 minutes)")
+                self.request("for-you", ["team:billing"], browser_notification=True,
+                             timeout="10m", popup={**POPUP,
+                                                   "timer": {"auto_action_timeout": "5m"}})
+        return summary
