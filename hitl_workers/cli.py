@@ -60,3 +60,19 @@ def simulate(leave_waiting: bool, timeout: float) -> None:
         click.echo(f"  {mark} {got:<24} {title}")
     if failed:
         raise click.ClickException(f"{failed} scenario(s) did not exit as expected")
+
+
+@main.command()
+@click.option("--gateway-port", default=8000, show_default=True)
+@click.option("--flower-port", default=5555, show_default=True)
+@click.option("--no-simulate", is_flag=True, help="Start the system without the simulator.")
+@click.option("--log-dir", default="run/logs", show_default=True, type=click.Path())
+def run(gateway_port: int, flower_port: int, no_simulate: bool, log_dir: str) -> None:
+    """Run everything on this machine (SQLite + local Redis by default) and simulate a flow."""
+    from pathlib import Path
+
+    from hitl_workers.devrun import run_system
+    from hitl_workers.settings import get_settings
+
+    run_system(get_settings(), gateway_port=gateway_port, flower_port=flower_port,
+               simulate=not no_simulate, log_dir=Path(log_dir), echo=click.echo)

@@ -1,0 +1,103 @@
+"""``hitl-workers run``: the whole system on one machine, for a first look.
+
+Starts Redis if it is installed but stopped, upgrades the schema (SQLite by default), starts a
+worker on every queue, beat, Flower and the agent gateway, runs the simulator, leaves a request
+waiting for a human, and keeps everything up until Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import click
+import redis
+
+from hitl_workers.procs import Proc, beat_cmd, celery_cmd, wait_for_workers, worker_cmd
+from hitl_workers.settings import Settings
+
+REDIS_HINT = (
+    "Redis is needed (broker and notifications) and redis-server is not installed.\n"
+    "Install it with `sudo apt-get install redis-server` (Debian/Ubuntu), "
+    "`sudo dnf install redis` (Fedora) or `brew install redis` (macOS), then run this again."
+)
+
+
+def ensure_redis(url: str, echo: Any) -> None:
+    """Reach Redis at ``url``; start a local one when it is installed but not running."""
+    client = redis.Redis.from_url(url, socket_connect_timeout=1)
+    try:
+        client.ping()
+        return
+    except redis.ConnectionError:
+        pass
+    parsed = urlparse(url)
+    if parsed.hostname not in ("localhost", "127.0.0.1", "::1"):
+        raise click.ClickException(f"Redis at {url} is not reachable")
+    server = shutil.which("redis-server")
+    if server is None:
+        raise click.ClickException(REDIS_HINT)
+    port = str(parsed.port or 6379)
+    echo(f"starting a local Redis on port {port} ({server})")
+    subprocess.run([server, "--port", port, "--bind", "127.0.0.1", "--daemonize", "yes",
+                    "--save", "", "--appendonly", "no"], check=True)
+    for _ in range(50):
+        try:
+            client.ping()
+            return
+        except redis.ConnectionError:
+            time.sleep(0.1)
+    raise click.ClickException(f"started redis-server, but {url} still does not answer")
+
+
+def _interrupt(*_: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def run_system(settings: Settings, *, gateway_port: int, flower_port: int, simulate: bool,
+               log_dir: Path, echo: Any) -> None:
+    from hitl_workers.app import app
+    from hitl_workers.store.migrate import upgrade
+
+    ensure_redis(settings.broker_url, echo)
+    ensure_redis(settings.redis_url, echo)
+    upgrade(settings.database_url)
+    echo(f"database {settings.database_url} is at the latest schema")
+
+    node = "dev@%h"
+    flower_args = ["flower", f"--port={flower_port}", "--address=127.0.0.1"]
+    procs = [
+        Proc("worker", worker_cmd(node, concurrency=2), log_dir=log_dir),
+        Proc("beat", beat_cmd(log_dir / "beat-schedule"), log_dir=log_dir),
+        Proc("flower", celery_cmd(*flower_args), log_dir=log_dir),
+    ]
+    for proc in procs:
+        proc.start()
+    try:
+        import socket
+
+        wait_for_workers(app, [node.replace("%h", socket.gethostname())], timeout=60,
+                         procs=procs[:1])
+        echo(f"worker, beat and Flower are up (logs in {log_dir}/)")
+        if simulate:
+            from hitl_workers.simulate import Simulator
+
+            echo("\nThe simulator plays a flow engine and four agents:\n")
+            Simulator(app, echo).run(leave_waiting=True)
+        echo(f"\nFlower:         http://127.0.0.1:{flower_port}/")
+        echo("What happened:  hitl-workers show 'sim-<run>:claimed' (ids above)")
+        echo("Press Ctrl-C to stop.")
+        signal.signal(signal.SIGTERM, _interrupt)
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        echo("stopping...")
+        for proc in reversed(procs):
+            proc.stop()
