@@ -220,7 +220,11 @@ def set_offer(conn: Connection, execution_id: str, agent_id: str, status: str,
         execution_id=execution_id, agent_id=agent_id, status=status, updated_at=now)
     conn.execute(stmt.on_conflict_do_update(
         index_elements=["execution_id", "agent_id"],
-        set_={"status": stmt.excluded.status, "updated_at": stmt.excluded.updated_at}))
+        set_={"status": stmt.excluded.status, "updated_at": stmt.excluded.updated_at},
+        # A repeat of the same change (an agent rejecting twice) leaves the row alone:
+        # ``updated_at`` orders ``rejectedBy``, so a repeated reject must not move the agent
+        # behind those who rejected after its first one.
+        where=offers.c.status != stmt.excluded.status))
 
 
 def live_offer_agents(conn: Connection, execution_id: str) -> list[str]:
