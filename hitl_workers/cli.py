@@ -76,3 +76,11 @@ def run(gateway_port: int, flower_port: int, no_simulate: bool, log_dir: str) ->
 
     run_system(get_settings(), gateway_port=gateway_port, flower_port=flower_port,
                simulate=not no_simulate, log_dir=Path(log_dir), echo=click.echo)
+
+
+# The agent gateway's commands live with the gateway (hitl_workers/gateway/commands.py).
+from hitl_workers.gateway.commands import gateway as _gateway_cmd  # noqa: E402
+from hitl_workers.gateway.commands import token as _token_cmd  # noqa: E402
+
+main.add_command(_gateway_cmd)
+main.add_command(_token_cmd)

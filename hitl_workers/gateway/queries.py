@@ -1,0 +1,110 @@
+"""Read-only SQL for the gateway: the bell list, the agent's own row, the database check.
+
+The bell list applies the very rule claims are judged by
+(:func:`hitl_workers.domain.eligibility.refusal`), so an entry it shows is one a claim would
+win if nobody else is faster. The SQL only narrows the candidates (waiting, and not reserved
+for another specific agent; on PostgreSQL also a tag pre-filter); the rule decides.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.engine import Connection
+
+from hitl_workers.clock import to_ms
+from hitl_workers.domain.eligibility import AgentView, Audience, refusal
+from hitl_workers.store.tables import agents, conversations, executions
+
+MAX_BELL_ENTRIES = 500
+
+
+@dataclass(frozen=True)
+class AgentRow:
+    agent_id: str
+    name: str
+    status: str
+    rule_groups: tuple[tuple[str, ...], ...]
+
+    @property
+    def view(self) -> AgentView:
+        return AgentView(self.agent_id, self.status, self.rule_groups)
+
+
+def get_agent(conn: Connection, agent_id: str) -> AgentRow | None:
+    row = conn.execute(
+        sa.select(agents.c.agent_id, agents.c.name, agents.c.status, agents.c.rule_groups)
+        .where(agents.c.agent_id == agent_id)
+    ).first()
+    if row is None:
+        return None
+    groups = tuple(tuple(str(tag) for tag in group) for group in row.rule_groups or ())
+    return AgentRow(row.agent_id, row.name, row.status, groups)
+
+
+def _audience(settings: dict[str, Any] | None) -> Audience:
+    settings = settings or {}
+    return Audience(specific_agent_id=settings.get("specific_agent_id"),
+                    allow_busy=bool(settings.get("allow_busy")),
+                    allow_offline=bool(settings.get("allow_offline")))
+
+
+def _tag_prefilter(conn: Connection, groups: tuple[tuple[str, ...], ...]) -> Any:
+    """On PostgreSQL, only conversations whose tags contain one of the agent's groups (a
+    JSONB ``@>``, so the database drops most rows). None where it cannot narrow."""
+    if conn.dialect.name != "postgresql" or any(not group for group in groups):
+        return None
+    tags = sa.cast(conversations.c.tags, postgresql.JSONB)
+    return sa.or_(*(tags.contains(list(group)) for group in groups))
+
+
+def bell_list(conn: Connection, agent_id: str, limit: int = MAX_BELL_ENTRIES
+              ) -> list[dict[str, Any]]:
+    """The waiting executions ``agent_id`` may claim now, oldest first (CONTRACT.md §8)."""
+    agent = get_agent(conn, agent_id)
+    if agent is None or not agent.rule_groups:
+        return []  # unknown, or sees nothing (§5)
+    specific = executions.c.settings["specific_agent_id"].as_string()
+    query = (
+        sa.select(executions.c.execution_id, executions.c.conversation_id,
+                  executions.c.settings, executions.c.requested_at, executions.c.dispatched_at,
+                  executions.c.countdown_at, executions.c.timeout_at,
+                  conversations.c.tags, conversations.c.contact)
+        .select_from(executions.join(
+            conversations, conversations.c.conversation_id == executions.c.conversation_id))
+        .where(executions.c.state == "waiting",
+               sa.or_(specific.is_(None), specific == agent_id))
+        .order_by(sa.func.coalesce(executions.c.dispatched_at, executions.c.requested_at),
+                  executions.c.execution_id)
+    )
+    narrowed = _tag_prefilter(conn, agent.rule_groups)
+    if narrowed is not None:
+        query = query.where(narrowed)
+    entries: list[dict[str, Any]] = []
+    for row in conn.execute(query):
+        if refusal(agent.view, row.tags or (), _audience(row.settings)) is not None:
+            continue
+        entries.append(_entry(row))
+        if len(entries) >= limit:
+            break
+    return entries
+
+
+def _entry(row: Any) -> dict[str, Any]:
+    dispatched_at: datetime = row.dispatched_at or row.requested_at
+    return {
+        "execution_id": row.execution_id,
+        "conversation_id": row.conversation_id,
+        "contact": row.contact,
+        "dispatched_at": dispatched_at,
+        "countdown_until_ms": to_ms(row.countdown_at) if row.countdown_at else None,
+        "timeout_at": row.timeout_at,
+    }
+
+
+def ping(conn: Connection) -> None:
+    conn.execute(sa.text("SELECT 1"))

@@ -1,0 +1,181 @@
+"""The agent endpoints (CONTRACT.md §8): notifications, bell list, status, claim/reject/close."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Header, Path, Query, Request
+from fastapi.responses import StreamingResponse
+
+from hitl_workers.domain.request import ID_PATTERN
+from hitl_workers.gateway import queries, sse, telemetry
+from hitl_workers.gateway.auth import CurrentAgent, PathAgent
+from hitl_workers.gateway.errors import Refused
+from hitl_workers.gateway.models import (
+    BellEntry,
+    ErrorBody,
+    EventError,
+    EventIn,
+    EventResult,
+    Me,
+    StatusIn,
+    StatusOut,
+)
+from hitl_workers.store.db import transaction
+
+router = APIRouter()
+
+AgentId = Annotated[str, Path(pattern=ID_PATTERN, max_length=128,
+                              description="The agent's id (percent-decoded).")]
+ExecutionId = Annotated[str, Path(pattern=ID_PATTERN, max_length=128,
+                                  description="The execution's id (percent-decoded: "
+                                              "`exec%3A1` is `exec:1`).")]
+AUTH_ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorBody, "description": "No valid agent token."},
+    403: {"model": ErrorBody, "description": "The token is another agent's."},
+}
+
+# Outcome → HTTP status (§8). 200 for everything that went through.
+EVENT_STATUS = {"claimed": 200, "already_claimed": 200, "rejected": 200,
+                "reject_recorded": 200, "closed": 200, "already_resolved": 409,
+                "not_eligible": 403, "not_found": 404, "invalid": 422}
+EVENT_DETAIL = {
+    "already_resolved": "the step has already ended ({how})",
+    "not_eligible": "agent {agent} may not act on this conversation (not eligible, not the "
+                    "specific agent, or not in an allowed status)",
+    "not_found": "no execution {execution}, or it is not waiting",
+    "invalid": "the event was refused as invalid",
+}
+
+
+async def _read(work: Any, *args: Any) -> Any:
+    """A short read-only transaction, off the event loop."""
+    def run() -> Any:
+        with transaction() as conn:
+            return work(conn, *args)
+    return await asyncio.to_thread(run)
+
+
+@router.get("/me", response_model=Me, responses=AUTH_ERRORS, tags=["agents"],
+            summary="The agent the token was issued for")
+async def whoami(me: CurrentAgent) -> dict[str, Any]:
+    agent = await _read(queries.get_agent, me)
+    return {"agent_id": me, "name": agent.name if agent else None,
+            "status": agent.status if agent else None}
+
+
+@router.get(
+    "/agents/{agent_id}/events", tags=["agents"], response_class=StreamingResponse,
+    summary="The agent's notifications as Server-Sent Events",
+    responses={**AUTH_ERRORS, 200: {
+        "description": "`text/event-stream`: per notification `id:` (the Redis Stream entry "
+                       "id), `event:` (its `type`) and `data:` (its JSON, CONTRACT.md §6); a "
+                       "comment line at least every 15 s.",
+        "content": {"text/event-stream": {"schema": {"type": "string"}}}}},
+)
+async def events(
+    request: Request,
+    agent_id: AgentId,
+    _me: PathAgent,
+    last_event_id: Annotated[str | None, Query(
+        pattern=sse.STREAM_ID.pattern,
+        description="Resume after this stream id (as the Last-Event-ID header does).")] = None,
+    last_event_id_header: Annotated[str | None, Header(
+        alias="Last-Event-ID", pattern=sse.STREAM_ID.pattern,
+        description="Sent by a reconnecting EventSource; wins over ?last_event_id=.")] = None,
+) -> StreamingResponse:
+    state = request.app.state
+    position = last_event_id_header or last_event_id
+    if position is None:
+        # "Now", pinned before the response starts: whatever is added after it is sent.
+        position = await sse.current_position(state.redis, agent_id)
+    else:
+        telemetry.SSE_RESUMES.inc()
+    body = sse.stream_events(state.redis, agent_id, position, keepalive_s=state.keepalive_s,
+                             stopping=state.stopping)
+    return StreamingResponse(body, media_type="text/event-stream", headers={
+        "Cache-Control": "no-cache, no-store", "X-Accel-Buffering": "no"})
+
+
+@router.get("/agents/{agent_id}/requests", response_model=list[BellEntry],
+            responses=AUTH_ERRORS, tags=["agents"],
+            summary="The bell list: waiting executions this agent may claim now, oldest first")
+async def bell_list(agent_id: AgentId, _me: PathAgent) -> list[dict[str, Any]]:
+    return await _read(queries.bell_list, agent_id)
+
+
+@router.put("/agents/{agent_id}/status", response_model=StatusOut, tags=["agents"],
+            summary="Set the agent's status (hitl.set_agent_status)",
+            responses={**AUTH_ERRORS, 404: {"model": ErrorBody,
+                                             "description": "No such agent in the directory."}})
+async def set_status(request: Request, agent_id: AgentId, _me: PathAgent,
+                     change: StatusIn) -> dict[str, Any]:
+    answer = await request.app.state.bridge.call("hitl.set_agent_status", agent_id=agent_id,
+                                                 status=change.status)
+    if answer.get("status") == "not_found":
+        raise Refused(404, f"agent {agent_id!r} is not in the directory")
+    if answer.get("status") not in ("available", "busy", "offline"):
+        raise Refused(422, str((answer.get("error") or {}).get("message") or answer))
+    return {"agent_id": agent_id, "status": answer["status"]}
+
+
+EVENT_RESPONSES: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorBody, "description": "No valid agent token."},
+    403: {"model": EventError, "description": "`not_eligible`: this agent may not act here."},
+    404: {"model": EventError, "description": "`not_found`: no such waiting execution."},
+    409: {"model": EventError,
+          "description": "`already_resolved`: the step already ended; `exit` and "
+                         "`merge_field` say how (a lost claim: `merge_field.addClaimedBy`)."},
+}
+
+
+async def _agent_event(request: Request, action: str, execution_id: str, agent_id: str,
+                       body: EventIn | None) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {"execution_id": execution_id, "agent_id": agent_id}
+    if body is not None and body.event_id is not None:
+        kwargs["event_id"] = body.event_id
+    answer = await request.app.state.bridge.call(f"hitl.{action}", **kwargs)
+    outcome = str(answer.get("outcome"))
+    telemetry.AGENT_EVENTS.labels(action, outcome).inc()
+    result = {key: answer.get(key) for key in EventResult.model_fields}
+    status = EVENT_STATUS.get(outcome, 502)
+    if status == 200:
+        return result
+    how = answer.get("exit") or answer.get("state")
+    winner = (answer.get("merge_field") or {}).get("addClaimedBy")
+    if winner:
+        how = f"claimed by {winner}"
+    detail = EVENT_DETAIL.get(outcome, f"unexpected outcome {outcome!r}").format(
+        how=how, agent=agent_id, execution=execution_id)
+    if outcome == "invalid":
+        detail = str((answer.get("error") or {}).get("message") or detail)
+    raise Refused(status, detail, result)
+
+
+OptionalEvent = Annotated[EventIn | None, Body(
+    description="Optional: {\"event_id\": \"…\"} makes a retry safe.")]
+
+
+@router.post("/executions/{execution_id}/claim", response_model=EventResult,
+             responses=EVENT_RESPONSES, tags=["executions"],
+             summary="Claim (hitl.claim); 200 claimed / already_claimed")
+async def claim(request: Request, execution_id: ExecutionId, me: CurrentAgent,
+                body: OptionalEvent = None) -> dict[str, Any]:
+    return await _agent_event(request, "claim", execution_id, me, body)
+
+
+@router.post("/executions/{execution_id}/reject", response_model=EventResult,
+             responses=EVENT_RESPONSES, tags=["executions"],
+             summary="Reject (hitl.reject); 200 rejected / reject_recorded")
+async def reject(request: Request, execution_id: ExecutionId, me: CurrentAgent,
+                 body: OptionalEvent = None) -> dict[str, Any]:
+    return await _agent_event(request, "reject", execution_id, me, body)
+
+
+@router.post("/executions/{execution_id}/close", response_model=EventResult,
+             responses=EVENT_RESPONSES, tags=["executions"],
+             summary="Close the popup (hitl.close); 200 closed")
+async def close(request: Request, execution_id: ExecutionId, me: CurrentAgent,
+                body: OptionalEvent = None) -> dict[str, Any]:
+    return await _agent_event(request, "close", execution_id, me, body)

@@ -1,0 +1,68 @@
+"""The gateway's own Prometheus metrics and access log.
+
+Labels use the route template (``/agents/{agent_id}/events``), never the raw path, so the
+number of series stays bounded whatever ids agents use. The access log leaves out the query
+string: EventSource URLs carry the agent's token there.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from prometheus_client import Counter, Gauge, Histogram
+from starlette.routing import Match
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+log = logging.getLogger("hitl_workers.gateway.access")
+
+REQUESTS = Counter("hitl_gateway_requests_total", "HTTP requests answered by the gateway.",
+                   ["method", "route", "status"])
+LATENCY = Histogram("hitl_gateway_request_duration_seconds",
+                    "Time to the end of the response (an SSE stream: its whole life).",
+                    ["method", "route"])
+SSE_CONNECTIONS = Gauge("hitl_gateway_sse_connections", "Open Server-Sent Events streams.")
+SSE_EVENTS = Counter("hitl_gateway_sse_events_total", "Notifications sent over SSE.")
+SSE_RESUMES = Counter("hitl_gateway_sse_resumes_total",
+                      "SSE connections that resumed from a Last-Event-ID.")
+AGENT_EVENTS = Counter("hitl_gateway_agent_events_total",
+                       "Claim, reject and close answered, by outcome.", ["action", "outcome"])
+
+
+def route_template(app: Any, scope: Scope) -> str:
+    for route in getattr(app, "routes", ()):
+        match, _ = route.matches(scope)
+        if match == Match.FULL:
+            return str(getattr(route, "path", "unmatched"))
+    return "unmatched"
+
+
+class AccessMiddleware:
+    """Counts, times and logs every HTTP request."""
+
+    def __init__(self, app: ASGIApp, router_app: Any = None) -> None:
+        self.app = app
+        self.router_app = router_app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def send_and_note(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_note)
+        finally:
+            route = route_template(self.router_app, scope)
+            elapsed = time.perf_counter() - started
+            REQUESTS.labels(scope["method"], route, str(status)).inc()
+            LATENCY.labels(scope["method"], route).observe(elapsed)
+            log.info("%s %s %s %.1fms", scope["method"], scope["path"], status, elapsed * 1000)
