@@ -4,7 +4,7 @@ Every value comes from :class:`hitl_workers.settings.Settings` (environment, pre
 workers, beat, Flower and the gateway always agree.
 """
 
-from kombu import Queue
+from kombu import Exchange, Queue
 
 from hitl_workers.settings import get_settings
 
@@ -25,11 +25,11 @@ result_extended = True  # Flower and `celery result` show the task's name and ar
 timezone = "UTC"
 enable_utc = True
 
+# Each queue gets its own direct exchange and routing key. (A bare ``Queue(name)`` is bound to
+# the default exchange with the default routing key, so every queue would get every message.)
 task_queues = [
-    Queue("hitl.requests"),
-    Queue("hitl.events"),
-    Queue("hitl.timers"),
-    Queue("hitl.outbox"),
+    Queue(name, Exchange(name, type="direct"), routing_key=name)
+    for name in ("hitl.requests", "hitl.events", "hitl.timers", "hitl.outbox")
 ]
 task_default_queue = "hitl.requests"
 task_routes = {
