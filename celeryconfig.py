@@ -60,9 +60,11 @@ broker_transport_options = {
     "visibility_timeout": _settings.effective_visibility_timeout_s,
 }
 
-# Flower: task events on, and sent events so queued tasks show too.
+# Flower: task events on. No "task-sent" events: they would double the messages of every
+# publish (each timer wake-up and exit message too); Flower shows a task from its receipt on,
+# and queue lengths come from the broker.
 worker_send_task_events = True
-task_send_sent_event = True
+task_send_sent_event = False
 
 beat_schedule = {
     "hitl-reconcile": {

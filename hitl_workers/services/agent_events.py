@@ -129,7 +129,7 @@ def fire_timer(conn: Connection, execution_id: str, kind: str, now: datetime, *,
     row = repo.lock_execution(conn, execution_id, skip_locked=skip_locked)
     if row is None:
         return ("busy" if skip_locked else "not_found"), Effects()
-    view = repo.execution_view(conn, row)
+    view = repo.execution_view(conn, row, with_timers=True)
     decision = machine.decide(view, machine.TimerFired(kind), now)  # type: ignore[arg-type]
     effects = apply(conn, row, view, decision, now, fired=kind)
     return decision.outcome, effects

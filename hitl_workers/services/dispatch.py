@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from types import SimpleNamespace
 from typing import Any
 
 from sqlalchemy.engine import Connection
@@ -100,13 +101,12 @@ def _fail(conn: Connection, execution_id: str, kwargs: dict[str, Any], error: di
     }
     if not repo.insert_execution(conn, values):
         return _duplicate(conn, execution_id), Effects()
-    repo.audit(conn, execution_id, "request_invalid", now, detail={"error": error})
     effects = Effects()
-    row = repo.get_execution(conn, execution_id)
-    queue_exit_message(conn, effects, row, "error", {"error": error}, now)
-    repo.audit(conn, execution_id, "exit_recorded", now,
-               detail={"exit": "error", "merge_field": {"error": error},
-                       "reply": bool(reply_task)})
+    queue_exit_message(conn, effects, SimpleNamespace(**values), "error", {"error": error}, now)
+    repo.audit_many(conn, execution_id, now, [
+        ("request_invalid", None, {"error": error}),
+        ("exit_recorded", None, {"exit": "error", "merge_field": {"error": error},
+                                 "reply": bool(reply_task)})])
     return result(execution_id, "failed", "error", False), effects
 
 
@@ -135,10 +135,10 @@ def _dispatch(conn: Connection, request: AssistanceRequest, now: datetime,
     # Lock the conversation first: two requests for one conversation queue here, so the
     # "one waiting execution" check below cannot race (the partial unique index backs it up).
     conversation = repo.lock_conversation(conn, request.conversation_id, now)
-    if repo.get_execution(conn, execution_id) is not None:
-        return _duplicate(conn, execution_id), Effects()  # a flow-engine retry
+    mine, busy_with = repo.existing_or_waiting(conn, execution_id, request.conversation_id)
+    if mine is not None:
+        return result(execution_id, mine.state, mine.exit, True), Effects()  # a retry
 
-    busy_with = repo.waiting_execution_id(conn, request.conversation_id)
     if busy_with is not None:
         error = {"code": "conversation_busy",
                  "message": f"conversation {request.conversation_id} already has a waiting "
@@ -151,8 +151,6 @@ def _dispatch(conn: Connection, request: AssistanceRequest, now: datetime,
     tags, contact = list(conversation.tags or []), conversation.contact
     if request.conversation is not None:
         tags, contact = list(request.conversation.tags), request.conversation.contact
-        repo.update_conversation(conn, request.conversation_id, now, tags=tags,
-                                 contact=contact)
 
     settings = request.settings
     audience = Audience(settings.specific_agent_id, settings.allow_busy, settings.allow_offline)
@@ -174,20 +172,23 @@ def _dispatch(conn: Connection, request: AssistanceRequest, now: datetime,
         "requested_at": now, "dispatched_at": now,
     }
     skipped = dict(list(selection.skipped.items())[:MAX_SKIPPED_IN_AUDIT])
-    audit_detail = {"notified": list(selection.notified), "skipped": skipped,
-                    "skipped_total": len(selection.skipped)}
+    notified = ("notified", None, {"notified": list(selection.notified), "skipped": skipped,
+                                   "skipped_total": len(selection.skipped)})
     effects = Effects()
 
     if selection.not_claimed is not None:
+        # Nobody to offer it to: the step exits at once and the conversation keeps its status.
         merge_field = {"reason": selection.not_claimed}
         values.update(state="exited", exit="not_claimed", merge_field=merge_field, ended_at=now)
         repo.insert_execution(conn, values)
-        repo.audit(conn, execution_id, "requested", now, detail={"task": "dispatch"})
-        repo.audit(conn, execution_id, "notified", now, detail=audit_detail)
-        row = repo.get_execution(conn, execution_id)
-        repo.audit(conn, execution_id, "exit_recorded", now,
-                   detail={"exit": "not_claimed", "merge_field": merge_field})
-        queue_exit_message(conn, effects, row, "not_claimed", merge_field, now)
+        if request.conversation is not None:
+            repo.update_conversation(conn, request.conversation_id, now, tags=tags,
+                                     contact=contact)
+        repo.audit_many(conn, execution_id, now, [
+            ("requested", None, None), notified,
+            ("exit_recorded", None, {"exit": "not_claimed", "merge_field": merge_field})])
+        queue_exit_message(conn, effects, SimpleNamespace(**values), "not_claimed",
+                           merge_field, now)
         return result(execution_id, "exited", "not_claimed", False), effects
 
     timeout_at = now + timedelta(seconds=settings.timeout)
@@ -198,26 +199,32 @@ def _dispatch(conn: Connection, request: AssistanceRequest, now: datetime,
                      if popup and popup.display_for else None)
     values.update(state="waiting", countdown_at=countdown_at, timeout_at=timeout_at)
     repo.insert_execution(conn, values)
-    repo.update_conversation(conn, request.conversation_id, now, status="needs_action")
+    repo.update_conversation(conn, request.conversation_id, now, status="needs_action",
+                             tags=tags, contact=contact)
     repo.insert_offers(conn, execution_id, selection.notified, now)
 
     horizon = now + timedelta(seconds=defaults.timer_horizon_s)
     deadlines = [("timeout", timeout_at)]
     if countdown_at is not None:
         deadlines.insert(0, ("countdown", countdown_at))
-    # Deadlines inside the horizon are marked armed now and get their ETA wake-up right after
-    # commit; if this worker dies first, the reconciler fires them when overdue.
+    # Deadlines inside the horizon are marked armed now; if this worker dies before its
+    # after-commit publishing, the reconciler fires them when overdue. Only the earliest one
+    # gets an ETA wake-up: whichever deadline fires first ends the step and cancels the other,
+    # so a wake-up for the later one could only ever find it cancelled.
     repo.insert_timers(conn, execution_id, [
         (kind, due, now if due <= horizon else None) for kind, due in deadlines])
-    effects.arm.extend((execution_id, kind, due) for kind, due in deadlines if due <= horizon)
+    kind, due = min(deadlines, key=lambda deadline: deadline[1])
+    if due <= horizon:
+        effects.arm.append((execution_id, kind, due))
 
     event = notifications.requested(request, contact=contact, dispatched_at=now,
                                     countdown_at=countdown_at, display_until=display_until)
     outbox.notify(conn, effects, key=f"requested:{execution_id}", execution_id=execution_id,
                   agents=list(selection.notified), event=event, now=now)
-    repo.audit(conn, execution_id, "requested", now, detail={
-        "timeout_at": timeout_at.isoformat(),
-        "countdown_at": countdown_at.isoformat() if countdown_at else None,
-        "display_until": display_until.isoformat() if display_until else None})
-    repo.audit(conn, execution_id, "notified", now, detail=audit_detail)
+    repo.audit_many(conn, execution_id, now, [
+        ("requested", None, {
+            "timeout_at": timeout_at.isoformat(),
+            "countdown_at": countdown_at.isoformat() if countdown_at else None,
+            "display_until": display_until.isoformat() if display_until else None}),
+        notified])
     return result(execution_id, "waiting", None, False), effects

@@ -8,7 +8,7 @@ from typing import Any
 
 from sqlalchemy.engine import Connection, Row
 
-from hitl_workers.domain.machine import Decision, ExecutionView
+from hitl_workers.domain.machine import LIVE_OFFERS, Decision, ExecutionView
 from hitl_workers.errors import HitlError
 from hitl_workers.notify import events as notifications
 from hitl_workers.services import outbox
@@ -22,23 +22,29 @@ class InvariantBroken(HitlError):
 
 def apply(conn: Connection, row: Row[Any], view: ExecutionView, decision: Decision,
           now: datetime, *, agent_id: str | None = None, fired: str | None = None) -> Effects:
-    """Write ``decision`` for the locked execution ``row``; return what to do after commit."""
+    """Write ``decision`` for the locked execution ``row``; return what to do after commit.
+
+    ``row`` comes from :func:`repo.lock_execution` (with the conversation's columns).
+    """
     effects = Effects()
+    audits: list[tuple[str, str | None, Mapping[str, Any] | None]] = []
     if decision.offer_change is not None:
         offer_agent, status = decision.offer_change
         repo.set_offer(conn, view.execution_id, offer_agent, status, now)
     if decision.audit is not None:
-        repo.audit(conn, view.execution_id, decision.audit, now, agent_id=agent_id,
-                   detail=decision.detail)
+        audits.append((decision.audit, agent_id, decision.detail))
     if decision.outcome == "early" and fired is not None:
         effects.arm.append((view.execution_id, fired, view.timers[fired].due_at))
     if decision.ends(view):
-        _end(conn, row, view, decision, now, effects, fired=fired)
+        _end(conn, row, view, decision, now, effects, audits, fired=fired)
+    repo.audit_many(conn, view.execution_id, now, audits)
     return effects
 
 
 def _end(conn: Connection, row: Row[Any], view: ExecutionView, decision: Decision,
-         now: datetime, effects: Effects, *, fired: str | None) -> None:
+         now: datetime, effects: Effects,
+         audits: list[tuple[str, str | None, Mapping[str, Any] | None]], *,
+         fired: str | None) -> None:
     execution_id = view.execution_id
     if not repo.end_execution(conn, execution_id, state=decision.state, exit=decision.exit,
                               merge_field=decision.merge_field, now=now):
@@ -50,7 +56,10 @@ def _end(conn: Connection, row: Row[Any], view: ExecutionView, decision: Decisio
     _release_conversation(conn, row, now, winner=winner)
 
     # Everyone notified at dispatch, and the winner, learn that the request is gone.
-    recipients = repo.live_offer_agents(conn, execution_id)
+    offers = dict(view.offers)
+    if decision.offer_change is not None:
+        offers[decision.offer_change[0]] = decision.offer_change[1]
+    recipients = sorted(a for a, status in offers.items() if status in LIVE_OFFERS)
     if winner and winner not in recipients:
         recipients.append(winner)
     if recipients:
@@ -61,19 +70,17 @@ def _end(conn: Connection, row: Row[Any], view: ExecutionView, decision: Decisio
                       agents=recipients, event=event, now=now)
 
     if decision.exit is not None:
-        repo.audit(conn, execution_id, "exit_recorded", now,
-                   detail={"exit": decision.exit, "merge_field": decision.merge_field})
+        audits.append(("exit_recorded", None,
+                       {"exit": decision.exit, "merge_field": decision.merge_field}))
         queue_exit_message(conn, effects, row, decision.exit, decision.merge_field or {}, now)
 
 
 def _release_conversation(conn: Connection, row: Row[Any], now: datetime, *,
                           winner: str | None) -> None:
-    conversation = repo.get_conversation(conn, row.conversation_id) if row.conversation_id \
-        else None
-    if conversation is None:
+    if row.conversation_id is None or row.conversation_status is None:
         return
     if winner:
-        claimed_by = list(conversation.claimed_by or [])
+        claimed_by = list(row.claimed_by or [])
         if winner not in claimed_by:
             claimed_by.append(winner)
         repo.update_conversation(conn, row.conversation_id, now, status="claimed",

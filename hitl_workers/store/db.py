@@ -41,10 +41,10 @@ def make_engine(url: str, pool_size: int = 5) -> Engine:
             conn.exec_driver_sql("BEGIN IMMEDIATE")
 
         return engine
-    return sa.create_engine(
-        url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True,
-        pool_recycle=1800,
-    )
+    # No pool_pre_ping: it costs a round trip per transaction. A connection that died (a
+    # PostgreSQL restart) fails its first statement instead; SQLAlchemy then invalidates the
+    # pool and the task retries on OperationalError with a fresh connection.
+    return sa.create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_recycle=1800)
 
 
 def get_engine() -> Engine:

@@ -48,7 +48,9 @@ def lock_execution(conn: Connection, execution_id: str, *, skip_locked: bool = F
     reconciler uses that so two beats never wait on each other (the holder will finish it).
     """
     query = (
-        sa.select(executions, conversations.c.tags)
+        sa.select(executions, conversations.c.tags,
+                  conversations.c.status.label("conversation_status"),
+                  conversations.c.claimed_by)
         .select_from(executions.outerjoin(
             conversations, conversations.c.conversation_id == executions.c.conversation_id))
         .where(executions.c.execution_id == execution_id)
@@ -64,8 +66,12 @@ def waiting_execution_id(conn: Connection, conversation_id: str) -> str | None:
     ).scalar()
 
 
-def execution_view(conn: Connection, row: Row[Any]) -> ExecutionView:
-    """Everything :func:`decide` needs, read under the execution's lock."""
+def execution_view(conn: Connection, row: Row[Any], *, with_timers: bool = False
+                   ) -> ExecutionView:
+    """Everything :func:`decide` needs, read under the execution's lock.
+
+    Timers are read only when asked for: only a timer event looks at them.
+    """
     settings = row.settings or {}
     offer_rows = conn.execute(
         sa.select(offers.c.agent_id, offers.c.status)
@@ -75,7 +81,7 @@ def execution_view(conn: Connection, row: Row[Any]) -> ExecutionView:
     timer_rows = conn.execute(
         sa.select(timers.c.kind, timers.c.due_at, timers.c.state)
         .where(timers.c.execution_id == row.execution_id)
-    ).all()
+    ).all() if with_timers else []
     return ExecutionView(
         execution_id=row.execution_id,
         state=row.state,
@@ -118,6 +124,20 @@ def end_execution(conn: Connection, execution_id: str, *, state: str, exit: str 
     return conn.execute(stmt).first() is not None
 
 
+def existing_or_waiting(conn: Connection, execution_id: str, conversation_id: str
+                        ) -> tuple[Row[Any] | None, str | None]:
+    """In one query: this execution if it exists, and the conversation's waiting execution."""
+    rows = conn.execute(
+        sa.select(executions.c.execution_id, executions.c.state, executions.c.exit)
+        .where(sa.or_(executions.c.execution_id == execution_id,
+                      sa.and_(executions.c.conversation_id == conversation_id,
+                              executions.c.state == "waiting")))
+    ).all()
+    mine = next((r for r in rows if r.execution_id == execution_id), None)
+    waiting = next((r.execution_id for r in rows if r.execution_id != execution_id), None)
+    return mine, waiting
+
+
 def get_execution(conn: Connection, execution_id: str) -> Row[Any] | None:
     return conn.execute(
         sa.select(executions).where(executions.c.execution_id == execution_id)).first()
@@ -126,19 +146,17 @@ def get_execution(conn: Connection, execution_id: str) -> Row[Any] | None:
 # --- conversations --------------------------------------------------------------------------
 
 def lock_conversation(conn: Connection, conversation_id: str, now: datetime) -> Row[Any]:
-    """Create the conversation if new, then lock it: requests for one conversation queue here."""
-    conn.execute(
-        _insert(conn, conversations)
-        .values(conversation_id=conversation_id, status="open", tags=[], contact=None,
-                claimed_by=[], updated_at=now)
-        .on_conflict_do_nothing(index_elements=["conversation_id"])
-    )
-    row = conn.execute(
-        sa.select(conversations)
-        .where(conversations.c.conversation_id == conversation_id)
-        .with_for_update()
-    ).one()
-    return row
+    """Create the conversation if new, and lock it: requests for one conversation queue here.
+
+    One statement: an upsert takes the row lock in PostgreSQL whether it inserts or updates,
+    and returns the row as it stands (SQLite's BEGIN IMMEDIATE already serializes writers).
+    """
+    stmt = _insert(conn, conversations).values(
+        conversation_id=conversation_id, status="open", tags=[], contact=None, claimed_by=[],
+        updated_at=now)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=["conversation_id"], set_={"updated_at": stmt.excluded.updated_at})
+    return conn.execute(stmt.returning(*conversations.c)).one()
 
 
 def update_conversation(conn: Connection, conversation_id: str, now: datetime,
@@ -248,17 +266,15 @@ def finish_timers(conn: Connection, execution_id: str, *, fired: str | None,
 
     Returns the kinds that were cancelled (their wake-ups may be revoked).
     """
-    if fired is not None:
-        conn.execute(sa.update(timers).where(
-            timers.c.execution_id == execution_id, timers.c.kind == fired,
-            timers.c.state == "pending").values(state="fired", fired_at=now))
-    cancelled = conn.execute(
+    is_fired = timers.c.kind == (fired or "")
+    rows = conn.execute(
         sa.update(timers)
         .where(timers.c.execution_id == execution_id, timers.c.state == "pending")
-        .values(state="cancelled")
-        .returning(timers.c.kind)
-    ).scalars()
-    return list(cancelled)
+        .values(state=sa.case((is_fired, "fired"), else_="cancelled"),
+                fired_at=sa.case((is_fired, now), else_=None))
+        .returning(timers.c.kind, timers.c.state)
+    ).all()
+    return [r.kind for r in rows if r.state == "cancelled"]
 
 
 def overdue_timers(conn: Connection, now: datetime, limit: int) -> list[tuple[str, str]]:
@@ -312,6 +328,16 @@ def audit(conn: Connection, execution_id: str, kind: str, now: datetime, *,
     conn.execute(audit_events.insert().values(
         execution_id=execution_id, at=now, kind=kind, agent_id=agent_id,
         detail=dict(detail) if detail else None))
+
+
+def audit_many(conn: Connection, execution_id: str, now: datetime,
+               entries: Sequence[tuple[str, str | None, Mapping[str, Any] | None]]) -> None:
+    """Several audit events of one transaction in one statement: (kind, agent id, detail)."""
+    if entries:
+        conn.execute(audit_events.insert(), [
+            {"execution_id": execution_id, "at": now, "kind": kind, "agent_id": agent_id,
+             "detail": dict(detail) if detail else None}
+            for kind, agent_id, detail in entries])
 
 
 def audit_trail(conn: Connection, execution_id: str) -> list[Row[Any]]:
