@@ -52,6 +52,9 @@ def refusal(agent: AgentView | None, tags: Iterable[str], audience: Audience) ->
     if audience.specific_agent_id is not None and agent.agent_id != audience.specific_agent_id:
         return "not_the_specific_agent"
     # The specific agent, too, must be able to see the conversation (§1: else NO_AGENTS).
+    # Decision: §3's "eligible to see the conversation (or is the specific agent)" is read as
+    # "being the specific agent" narrowing who may act, not replacing the visibility rule, so
+    # that "may claim now" is the same test dispatch applies to decide who is offered it.
     if not can_see(agent.rule_groups, tags):
         return "not_eligible"
     if agent.status not in audience.allowed_statuses:
@@ -82,9 +85,9 @@ def select_agents(
         elif reason.startswith("status_not_allowed"):
             skipped[agent.agent_id] = reason
             seeing += 1
-        elif audience.specific_agent_id is None:
+        elif audience.specific_agent_id in (None, agent.agent_id):
             # With a specific agent, every other agent is trivially "not the one": not worth
-            # a row each in the audit trail.
+            # a row each in the audit trail. The specific agent's own reason is.
             skipped[agent.agent_id] = reason
     if notified:
         return Selection(tuple(notified), skipped)

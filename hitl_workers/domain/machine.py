@@ -12,8 +12,12 @@ event with ``already_resolved`` (or ``already_claimed`` to the winner's repeat).
     waiting    reject, any      exited not_claimed        outcome rejected
     waiting    reject, all      exited when every agent notified at dispatch has rejected
                                 (outcome rejected), else recorded (reject_recorded)
+    waiting    reject, repeat   unchanged (counts once)   outcome reject_recorded
     waiting    reject (may not) unchanged                 outcome not_eligible
     waiting    close (may act)  offer closed              outcome closed
+                                (an open offer only: a reject stays a reject, and an agent
+                                never notified gets no offer)
+    waiting    close, repeat    unchanged                 outcome closed
     waiting    close (may not)  unchanged                 outcome not_eligible
     waiting    timer due        exited timer_action | timeout   outcome fired
     waiting    timer not due    unchanged (re-arm)        outcome early
@@ -181,13 +185,18 @@ def _reject(view: ExecutionView, event: Reject) -> Decision:
     reason = _may_answer(view, event.agent_id, event.agent)
     if reason is not None:
         return _unchanged(view, "not_eligible", "reject_refused", reason=reason)
-    rejected = tuple(dict.fromkeys((*view.rejected_by, event.agent_id)))
+    repeat = event.agent_id in view.rejected_by
+    rejected = view.rejected_by if repeat else (*view.rejected_by, event.agent_id)
+    # A repeated reject counts once (§1) and is a declared no-op: writing the offer again would
+    # also move the agent's place in ``rejectedBy``, which follows the order of first rejects.
+    change = None if repeat else (event.agent_id, "rejected")
+    audit = None if repeat else "rejected"
     if view.reject_policy == "any" or _everyone_rejected(view, rejected):
         return Decision("rejected", "exited", "not_claimed",
                         {"reason": "REJECTED", "rejectedBy": list(rejected)},
-                        offer_change=(event.agent_id, "rejected"), audit="rejected")
-    return Decision("reject_recorded", "waiting", offer_change=(event.agent_id, "rejected"),
-                    audit="rejected", detail={"waiting_for": _still_to_reject(view, rejected)})
+                        offer_change=change, audit="rejected")
+    return Decision("reject_recorded", "waiting", offer_change=change, audit=audit,
+                    detail={"waiting_for": _still_to_reject(view, rejected)})
 
 
 def _still_to_reject(view: ExecutionView, rejected: tuple[str, ...]) -> list[str]:
@@ -204,8 +213,12 @@ def _close(view: ExecutionView, event: Close) -> Decision:
     if reason is not None:
         return _unchanged(view, "not_eligible", "close_refused", reason=reason)
     current = view.offers.get(event.agent_id)
-    # A close after a reject must not turn the reject back into a mere close.
-    change = None if current == "rejected" else (event.agent_id, "closed")
+    if current == "closed":
+        return _unchanged(view, "closed")  # a repeat: a declared no-op
+    # Only an open offer becomes closed. A close after a reject must not turn the reject back
+    # into a mere close; and an agent not notified at dispatch (closing from its bell list) must
+    # not get an offer row, or under reject_policy=all it would join those who must reject.
+    change = (event.agent_id, "closed") if current == "offered" else None
     return Decision("closed", "waiting", offer_change=change, audit="popup_closed")
 
 

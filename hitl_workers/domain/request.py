@@ -8,9 +8,11 @@ time strings, stored as seconds once validated.
 from __future__ import annotations
 
 import json
+import math
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -28,6 +30,17 @@ MAX_REQUEST_BYTES = 256 * 1024
 MAX_CONTACT_BYTES = 16 * 1024
 MS_THRESHOLD = 10**11
 """``since`` above this is read as Unix milliseconds, below as seconds."""
+MAX_ADDITIONAL_TIMERS = 2
+MAX_TAGS = 50
+MAX_JSON_DEPTH = 100
+"""Lists and objects nested deeper than this, counting the request itself, are refused.
+
+The contract sets no depth, only sizes; but JSON nested a few hundred levels deep breaks
+``json.dumps`` (a RecursionError) in whichever later layer serializes it first, at a depth that
+depends on that layer's stack. A fixed, generous limit makes it a validation error instead.
+"""
+_MAX_INT_BITS = 14_000
+"""Python refuses to print integers of more than 4300 digits (about 14,284 bits)."""
 
 ID_PATTERN = r"^[A-Za-z0-9._:@-]+$"
 Identifier = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=ID_PATTERN)]
@@ -48,6 +61,22 @@ def _duration(max_s: float) -> Any:
 
 TimeoutSeconds = Annotated[float, _duration(MAX_TIMEOUT_S)]
 PopupSeconds = Annotated[float, _duration(MAX_POPUP_S)]
+
+
+def _at_most(limit: int, what: str) -> Any:
+    # An after-check rather than Field(max_length=...): pydantic refuses a too-long list before
+    # looking at its items, so a bad ``additional_timers.2.label`` would go unreported.
+    # validation.py adds this same error when an item's error hides it.
+    def check(items: list[Any]) -> list[Any]:
+        if len(items) > limit:
+            raise ValueError(too_many(limit, what, len(items)))
+        return items
+
+    return AfterValidator(check)
+
+
+def too_many(limit: int, what: str, count: int) -> str:
+    return f"at most {limit} {what} are accepted, got {count}"
 
 
 class _Strict(BaseModel):
@@ -95,7 +124,8 @@ class AdditionalTimer(_Strict):
 
     @property
     def since_ms(self) -> int:
-        return int(self.since if self.since > MS_THRESHOLD else self.since * 1000)
+        # round, not int: 1.005 * 1000 is 1004.9999999999999 in floating point.
+        return round(self.since if self.since > MS_THRESHOLD else self.since * 1000)
 
 
 class PopupSettings(_Strict):
@@ -103,7 +133,9 @@ class PopupSettings(_Strict):
     buttons: Buttons = Buttons()
     display_for: PopupSeconds | None = None
     timer: CountdownSettings | None = None
-    additional_timers: Annotated[list[AdditionalTimer], Field(max_length=2)] = []
+    additional_timers: Annotated[
+        list[AdditionalTimer], _at_most(MAX_ADDITIONAL_TIMERS, "additional timers")
+    ] = []
 
 
 class StepSettings(_Strict):
@@ -117,14 +149,17 @@ class StepSettings(_Strict):
 
 
 class Conversation(_Strict):
-    tags: Annotated[list[Tag], Field(max_length=50)] = []
+    tags: Annotated[list[Tag], _at_most(MAX_TAGS, "tags")] = []
     contact: dict[str, Any] | None = None
 
     @field_validator("contact")
     @classmethod
     def _contact_size(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
         if value is not None and len(_json_bytes(value)) > MAX_CONTACT_BYTES:
-            raise ValueError(f"contact is larger than {MAX_CONTACT_BYTES // 1024} KiB as JSON")
+            raise ValueError(
+                f"contact is {len(_json_bytes(value))} bytes as JSON; "
+                f"at most {MAX_CONTACT_BYTES // 1024} KiB ({MAX_CONTACT_BYTES} bytes) is accepted"
+            )
         return value
 
 
@@ -165,3 +200,68 @@ def payload_size(value: Any) -> int:
         return len(_json_bytes(value))
     except (RecursionError, TypeError, ValueError) as exc:
         raise ValueError(f"payload is not plain JSON: {type(exc).__name__}") from exc
+
+
+Path = tuple[str | int, ...]
+
+
+def json_problem(value: Any, *, max_nodes: int | None = None) -> tuple[Path, str] | None:
+    """The first thing found in ``value`` that is not plain, storable JSON.
+
+    Returns its path and what is wrong, or None. Iterative, so any depth is safe to inspect.
+    Refused: nesting deeper than :data:`MAX_JSON_DEPTH`; text with the NUL character or lone
+    surrogates (PostgreSQL's ``jsonb`` cannot store them, and they are not UTF-8); NaN and
+    infinities (not JSON); integers too long to print; keys that are not strings; anything that
+    is not a JSON type. With ``max_nodes``, more values than that is a problem too (at the root).
+    """
+    stack: list[tuple[Path, Any]] = [((), value)]
+    nodes = 0
+    while stack:
+        path, item = stack.pop()
+        nodes += 1
+        if max_nodes is not None and nodes > max_nodes:
+            return (), f"holds more than {max_nodes} values"
+        if isinstance(item, str):
+            problem = _text_problem(item, "text")
+            if problem is not None:
+                return path, problem
+        elif item is None or isinstance(item, bool):
+            continue
+        elif isinstance(item, int):
+            if item.bit_length() > _MAX_INT_BITS:
+                return path, "integer is too large; numbers of up to 4,000 digits are accepted"
+        elif isinstance(item, float):
+            if not math.isfinite(item):
+                return path, f"{item!r} is not JSON; only finite numbers are accepted"
+        elif isinstance(item, dict | list | tuple):  # a tuple is what json.dumps makes a list
+            if len(path) >= MAX_JSON_DEPTH:
+                return path, (
+                    f"nested too deeply; lists and objects may be nested at most "
+                    f"{MAX_JSON_DEPTH} levels, counting the request itself"
+                )
+            children: list[tuple[Path, Any]] = []
+            if isinstance(item, dict):
+                for key, child in item.items():
+                    if not isinstance(key, str):
+                        return path, f"key {key!r} is not a string; object keys must be strings"
+                    problem = _text_problem(key, "this key")
+                    if problem is not None:
+                        return (*path, key), problem
+                    children.append(((*path, key), child))
+            else:
+                children = [((*path, index), child) for index, child in enumerate(item)]
+            stack.extend(reversed(children))
+        else:
+            return path, f"a {type(item).__name__} is not JSON; use strings, numbers, " \
+                "booleans, null, lists and objects"
+    return None
+
+
+def _text_problem(text: str, what: str) -> str | None:
+    if "\x00" in text:
+        return f"{what} contains the NUL character (U+0000), which cannot be stored; remove it"
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return f"{what} is not valid Unicode (a lone surrogate such as \\ud800); send UTF-8 text"
+    return None
