@@ -84,3 +84,7 @@ from hitl_workers.gateway.commands import token as _token_cmd  # noqa: E402
 
 main.add_command(_gateway_cmd)
 main.add_command(_token_cmd)
+
+
+if __name__ == "__main__":
+    main()

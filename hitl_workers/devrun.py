@@ -10,6 +10,7 @@ from __future__ import annotations
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -75,6 +76,8 @@ def run_system(settings: Settings, *, gateway_port: int, flower_port: int, simul
         Proc("worker", worker_cmd(node, concurrency=2), log_dir=log_dir),
         Proc("beat", beat_cmd(log_dir / "beat-schedule"), log_dir=log_dir),
         Proc("flower", celery_cmd(*flower_args), log_dir=log_dir),
+        Proc("gateway", [sys.executable, "-m", "hitl_workers.cli", "gateway",
+                         "--port", str(gateway_port)], log_dir=log_dir),
     ]
     for proc in procs:
         proc.start()
@@ -83,14 +86,20 @@ def run_system(settings: Settings, *, gateway_port: int, flower_port: int, simul
 
         wait_for_workers(app, [node.replace("%h", socket.gethostname())], timeout=60,
                          procs=procs[:1])
-        echo(f"worker, beat and Flower are up (logs in {log_dir}/)")
+        echo(f"worker, beat, Flower and the agent gateway are up (logs in {log_dir}/)")
         if simulate:
             from hitl_workers.simulate import Simulator
 
             echo("\nThe simulator plays a flow engine and four agents:\n")
-            Simulator(app, echo).run(leave_waiting=True)
-        echo(f"\nFlower:         http://127.0.0.1:{flower_port}/")
-        echo("What happened:  hitl-workers show 'sim-<run>:claimed' (ids above)")
+            simulator = Simulator(app, echo)
+            simulator.run(leave_waiting=True)
+        from hitl_workers.gateway.tokens import make_token
+
+        echo(f"\nAgent console:  http://127.0.0.1:{gateway_port}/?token={make_token('alice')}")
+        echo("                (signed in as alice; `hitl-workers token bob` signs in bob)")
+        echo(f"Flower:         http://127.0.0.1:{flower_port}/")
+        if simulate:
+            echo(f"What happened:  hitl-workers show sim-{simulator.run_id}:claimed")
         echo("Press Ctrl-C to stop.")
         signal.signal(signal.SIGTERM, _interrupt)
         while True:
