@@ -94,7 +94,7 @@ def create_app(settings: Settings | None = None, *, keepalive_s: float = KEEPALI
     app.state.settings = settings
     app.state.keepalive_s = keepalive_s
     errors.install(app)
-    app.add_middleware(AccessMiddleware, router_app=app)
+    app.add_middleware(AccessMiddleware)
     app.include_router(routes.router, responses={
         422: {"model": ValidationErrorBody,
               "description": "Malformed request: unknown fields, wrong types, invalid JSON, "

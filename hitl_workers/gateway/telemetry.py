@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram
-from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 log = logging.getLogger("hitl_workers.gateway.access")
@@ -30,20 +28,17 @@ AGENT_EVENTS = Counter("hitl_gateway_agent_events_total",
                        "Claim, reject and close answered, by outcome.", ["action", "outcome"])
 
 
-def route_template(app: Any, scope: Scope) -> str:
-    for route in getattr(app, "routes", ()):
-        match, _ = route.matches(scope)
-        if match == Match.FULL:
-            return str(getattr(route, "path", "unmatched"))
-    return "unmatched"
+def route_template(scope: Scope) -> str:
+    """The matched route's template; the router records the route in the (shared) scope."""
+    route = scope.get("route")
+    return str(getattr(route, "path", None) or "unmatched")
 
 
 class AccessMiddleware:
     """Counts, times and logs every HTTP request."""
 
-    def __init__(self, app: ASGIApp, router_app: Any = None) -> None:
+    def __init__(self, app: ASGIApp) -> None:
         self.app = app
-        self.router_app = router_app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -61,7 +56,7 @@ class AccessMiddleware:
         try:
             await self.app(scope, receive, send_and_note)
         finally:
-            route = route_template(self.router_app, scope)
+            route = route_template(scope)
             elapsed = time.perf_counter() - started
             REQUESTS.labels(scope["method"], route, str(status)).inc()
             LATENCY.labels(scope["method"], route).observe(elapsed)
