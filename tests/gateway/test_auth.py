@@ -66,6 +66,21 @@ def test_every_agent_endpoint_refuses_without_a_valid_token(api, agents, waiting
     assert [e["execution_id"] for e in bell] == [step["execution_id"]]
 
 
+def test_the_token_is_checked_before_the_body(api, agents, waiting):
+    agent = agents()
+    step = waiting()
+    url = f"/executions/{step['execution_id']}/claim"
+    assert api.post(url, json={"evil": 1}).status_code == 401
+    assert api.put(f"/agents/{agent}/status", json={"status": "asleep"}).status_code == 401
+    # Another agent's token on a malformed status body: refused as another agent first
+    other = api.put(f"/agents/{agent}/status", json={"status": "asleep"},
+                    headers=bearer(agents()))
+    assert other.status_code == 403
+    # Only a body that is not JSON at all is read (and refused) before the token
+    unparsable = api.post(url, content=b"{", headers={"content-type": "application/json"})
+    assert unparsable.status_code == 422
+
+
 def test_forged_token_in_the_query_is_refused_too(api, agents):
     agent = agents()
     response = api.get(f"/agents/{agent}/requests", params={"token": forged(agent)})
