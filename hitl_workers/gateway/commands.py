@@ -16,11 +16,11 @@ from hitl_workers.domain.request import ID_PATTERN
 @click.option("--port", default=8000, show_default=True, type=int)
 @click.option("--keepalive-s", default=15.0, show_default=True, type=click.FloatRange(0.1, 15),
               help="Longest silence on an event stream before a keep-alive comment.")
-@click.option("--graceful-timeout-s", default=25.0, show_default=True, type=float,
+@click.option("--graceful-timeout-s", default=25, show_default=True, type=click.IntRange(0),
               help="On shutdown, how long claims in flight may take to finish (event "
                    "streams end at once; browsers reconnect and resume).")
 @click.option("--log-level", default="info", show_default=True)
-def gateway(host: str, port: int, keepalive_s: float, graceful_timeout_s: float,
+def gateway(host: str, port: int, keepalive_s: float, graceful_timeout_s: int,
             log_level: str) -> None:
     """Serve the agent gateway and console (HTTP + Server-Sent Events)."""
     import uvicorn

@@ -102,7 +102,8 @@ async def events(
             responses=AUTH_ERRORS, tags=["agents"],
             summary="The bell list: waiting executions this agent may claim now, oldest first")
 async def bell_list(agent_id: AgentId, _me: PathAgent) -> list[dict[str, Any]]:
-    return await _read(queries.bell_list, agent_id)
+    entries: list[dict[str, Any]] = await _read(queries.bell_list, agent_id)
+    return entries
 
 
 @router.put("/agents/{agent_id}/status", response_model=StatusOut, tags=["agents"],

@@ -19,7 +19,7 @@ import json
 import logging
 import re
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, cast
 
 import redis.asyncio as aioredis
 
@@ -54,7 +54,7 @@ def frame(*, data: str | None = None, event: str | None = None, id: str | None =
 async def current_position(client: aioredis.Redis, agent_id: str) -> str:
     """The id of the stream's newest entry ("now"), or ``0-0`` when it has none yet."""
     newest = await client.xrevrange(stream_key(agent_id), count=1)
-    return newest[0][0] if newest else EMPTY_STREAM_ID
+    return str(newest[0][0]) if newest else EMPTY_STREAM_ID
 
 
 def entry_frame(entry_id: str, fields: dict[str, str]) -> bytes:
@@ -115,4 +115,5 @@ async def _read_unless_stopping(client: aioredis.Redis, key: str, after: str, bl
             read.cancel()  # redis-py drops that connection rather than reuse it mid-reply
     if not read.done() or read.cancelled():
         return None
-    return read.result() or []
+    # RESP2 (the client's default): [[key, [(entry id, fields), …]]], or None on timeout.
+    return cast(list[Any], read.result() or [])
