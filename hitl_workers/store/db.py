@@ -7,8 +7,9 @@ process id changes.
 
 from __future__ import annotations
 
+import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -67,11 +68,40 @@ def reset_engine() -> None:
     _engine, _engine_pid = None, None
 
 
+_AFTER_COMMIT = "hitl_after_commit"
+log = logging.getLogger(__name__)
+
+
 @contextmanager
 def transaction() -> Iterator[Connection]:
-    """One transaction: commits on success, rolls back on any exception."""
+    """One transaction: commits on success, rolls back on any exception.
+
+    Callbacks registered with :func:`after_commit` run once the commit has succeeded.
+    """
+    callbacks: list[Callable[[], None]] = []
     with get_engine().begin() as conn:
-        yield conn
+        conn.info[_AFTER_COMMIT] = callbacks
+        try:
+            yield conn
+        finally:
+            # ``info`` belongs to the pooled DBAPI connection: never leave the list behind.
+            conn.info.pop(_AFTER_COMMIT, None)
+    for callback in callbacks:
+        try:
+            callback()
+        except Exception:  # the data is committed; a failing observer must not undo the task
+            log.exception("after-commit callback %r failed", callback)
+
+
+def after_commit(conn: Connection, callback: Callable[[], None]) -> None:
+    """Run ``callback`` after the :func:`transaction` that ``conn`` belongs to commits.
+
+    Never after a rollback, so a transaction retried from scratch is observed once. Outside a
+    :func:`transaction` (a caller that opened its own) the callback is dropped.
+    """
+    callbacks = conn.info.get(_AFTER_COMMIT)
+    if callbacks is not None:
+        callbacks.append(callback)
 
 
 def is_postgres(conn: Connection) -> bool:
