@@ -6,7 +6,10 @@ validated at start-up, so a typo in a URL fails loudly before any task runs.
 
 from __future__ import annotations
 
+import hashlib
+import tempfile
 from functools import lru_cache
+from pathlib import Path
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -43,7 +46,20 @@ class Settings(BaseSettings):
     dev_login: bool = False
 
     log_json: bool = False
+    """Worker and beat log lines as JSON objects, one a line (task lines carry the ids)."""
     log_level: str = "INFO"
+
+    metrics_dir: Path | None = None
+    """Where workers' processes keep their Prometheus counters (one subdirectory per worker
+    node, emptied when that worker starts); the gateway's /metrics reads every node's. Default:
+    a directory in the system's temp dir named after the broker, so two systems on one host
+    never mix."""
+    metrics_port: int | None = Field(None, ge=0, le=65535)
+    """When set, each worker serves its own node's metrics on this port (/metrics)."""
+    metrics_address: str = "127.0.0.1"
+    """The worker metrics endpoint's address; 0.0.0.0 in containers."""
+    flower_basic_auth: str | None = None
+    """``user:password`` (comma-separated for several) for Flower's --basic-auth."""
 
     @field_validator("database_url")
     @classmethod
@@ -60,6 +76,13 @@ class Settings(BaseSettings):
         if self.visibility_timeout_s is not None:
             return self.visibility_timeout_s
         return self.timer_horizon_s * 2 + 60
+
+    @property
+    def effective_metrics_dir(self) -> Path:
+        if self.metrics_dir is not None:
+            return self.metrics_dir
+        broker = hashlib.sha256(self.broker_url.encode()).hexdigest()[:12]
+        return Path(tempfile.gettempdir()) / f"hitl_workers-metrics-{broker}"
 
 
 @lru_cache(maxsize=1)
