@@ -2,9 +2,8 @@
 
 Two independent layers, so one bug does not become an XSS in every agent console:
 
-1. markdown-it-py in CommonMark mode with raw HTML off — ``<script>`` in the text comes out as
-   escaped text — and its own link check, which already refuses ``javascript:``, ``vbscript:``,
-   ``file:`` and ``data:`` destinations.
+1. markdown-it-py in CommonMark mode, with its own link check, which already refuses
+   ``javascript:``, ``vbscript:``, ``file:`` and ``data:`` destinations.
 2. nh3 (ammonia) with an explicit allow-list: the tags below, ``href``/``title`` on links only,
    absolute http/https/mailto/tel URLs only (relative ones are dropped too: on the console's own
    origin a link like ``/?token=…`` would sign the agent in as someone else), and
@@ -13,6 +12,10 @@ Two independent layers, so one bug does not become an XSS in every agent console
 
 Images are not allowed (no tracking pixels in front of agents); neither are ``style``, ``class``
 or ``target``.
+
+Raw HTML in the text is passed to the sanitizer rather than escaped, so that hostile markup is
+*removed* (CONTRACT.md §6: "removed, not just escaped"): ``<script>`` and ``<style>`` go with
+their content, other disallowed tags go and keep their text, event handlers and bad URLs go.
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ LINK_REL = "noopener noreferrer nofollow"
 # Built once: both are reusable and thread-safe for rendering.
 # "breaks": a newline in the popup text is a line break, as people typing into a text box expect.
 _MD = MarkdownIt(
-    "commonmark", {"html": False, "linkify": False, "typographer": False, "breaks": True}
+    "commonmark", {"html": True, "linkify": False, "typographer": False, "breaks": True}
 ).enable(["table", "strikethrough"])
 _CLEANER = nh3.Cleaner(
     tags=set(ALLOWED_TAGS),
