@@ -42,6 +42,7 @@ def publish(messages: Sequence[OutboxMessage], publisher: Publisher,
             failed[message.id] = repr(exc)
     now = clock()
     with transaction() as conn:
+        repo.relax_durability(conn)
         repo.mark_outbox_sent(conn, [m.id for m in sent], now)
         for message in sent:
             if message.kind == "exit" and message.execution_id:

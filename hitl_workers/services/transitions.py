@@ -62,17 +62,21 @@ def _end(conn: Connection, row: Row[Any], view: ExecutionView, decision: Decisio
     recipients = sorted(a for a, status in offers.items() if status in LIVE_OFFERS)
     if winner and winner not in recipients:
         recipients.append(winner)
+    messages = []
     if recipients:
         event = notifications.withdrawn(
             execution_id=execution_id, conversation_id=row.conversation_id,
             state=decision.state, exit=decision.exit, claimed_by=winner)
-        outbox.notify(conn, effects, key=f"withdrawn:{execution_id}", execution_id=execution_id,
-                      agents=recipients, event=event, now=now)
-
+        messages.append({"key": f"withdrawn:{execution_id}", "kind": "notify",
+                         "execution_id": execution_id,
+                         "payload": {"agents": recipients, "event": event}})
     if decision.exit is not None:
         audits.append(("exit_recorded", None,
                        {"exit": decision.exit, "merge_field": decision.merge_field}))
-        queue_exit_message(conn, effects, row, decision.exit, decision.merge_field or {}, now)
+        exit_message = exit_message_for(row, decision.exit, decision.merge_field or {}, now)
+        if exit_message is not None:
+            messages.append(exit_message)
+    outbox.queue_many(conn, effects, messages, now)
 
 
 def _release_conversation(conn: Connection, row: Row[Any], now: datetime, *,
@@ -90,11 +94,14 @@ def _release_conversation(conn: Connection, row: Row[Any], now: datetime, *,
                                  status=row.conversation_prev_status or "open")
 
 
-def queue_exit_message(conn: Connection, effects: Effects, row: Any, exit: str,
-                       merge_field: Mapping[str, Any], now: datetime) -> None:
-    """Queue the exit message for the flow engine (at most one per execution, by key)."""
+def exit_message_for(row: Any, exit: str, merge_field: Mapping[str, Any], now: datetime
+                     ) -> dict[str, Any] | None:
+    """The exit message for the flow engine, as an outbox entry (None: nowhere to send it).
+
+    Its key ``exit:<execution_id>`` is unique in the outbox: one exit message per execution.
+    """
     if not row.reply_task or not row.reply_queue:
-        return
+        return None
     payload = {
         "task": row.reply_task,
         "queue": row.reply_queue,
@@ -108,5 +115,13 @@ def queue_exit_message(conn: Connection, effects: Effects, row: Any, exit: str,
             "exited_at": now.isoformat(),
         },
     }
-    outbox.queue(conn, effects, key=f"exit:{row.execution_id}", kind="exit",
-                 execution_id=row.execution_id, payload=payload, now=now)
+    return {"key": f"exit:{row.execution_id}", "kind": "exit",
+            "execution_id": row.execution_id, "payload": payload}
+
+
+def queue_exit_message(conn: Connection, effects: Effects, row: Any, exit: str,
+                       merge_field: Mapping[str, Any], now: datetime) -> None:
+    """Queue the exit message for the flow engine (at most one per execution, by key)."""
+    message = exit_message_for(row, exit, merge_field, now)
+    if message is not None:
+        outbox.queue_many(conn, effects, [message], now)

@@ -72,16 +72,34 @@ def execution_view(conn: Connection, row: Row[Any], *, with_timers: bool = False
 
     Timers are read only when asked for: only a timer event looks at them.
     """
-    settings = row.settings or {}
-    offer_rows = conn.execute(
-        sa.select(offers.c.agent_id, offers.c.status)
-        .where(offers.c.execution_id == row.execution_id)
+    return execution_views(conn, [row], with_timers=with_timers)[row.execution_id]
+
+
+def execution_views(conn: Connection, rows: Sequence[Row[Any]], *, with_timers: bool = False
+                    ) -> dict[str, ExecutionView]:
+    """:func:`execution_view` for several locked rows, in two queries: execution id → view."""
+    ids = [row.execution_id for row in rows]
+    offer_rows: dict[str, list[Row[Any]]] = {i: [] for i in ids}
+    for r in conn.execute(
+        sa.select(offers.c.execution_id, offers.c.agent_id, offers.c.status)
+        .where(offers.c.execution_id.in_(ids))
         .order_by(offers.c.updated_at, offers.c.agent_id)
-    ).all()
-    timer_rows = conn.execute(
-        sa.select(timers.c.kind, timers.c.due_at, timers.c.state)
-        .where(timers.c.execution_id == row.execution_id)
-    ).all() if with_timers else []
+    ):
+        offer_rows[r.execution_id].append(r)
+    timer_rows: dict[str, list[Row[Any]]] = {i: [] for i in ids}
+    if with_timers:
+        for r in conn.execute(
+            sa.select(timers.c.execution_id, timers.c.kind, timers.c.due_at, timers.c.state)
+            .where(timers.c.execution_id.in_(ids))
+        ):
+            timer_rows[r.execution_id].append(r)
+    return {row.execution_id: _view(row, offer_rows[row.execution_id],
+                                    timer_rows[row.execution_id]) for row in rows}
+
+
+def _view(row: Row[Any], offer_rows: Sequence[Row[Any]], timer_rows: Sequence[Row[Any]]
+          ) -> ExecutionView:
+    settings = row.settings or {}
     return ExecutionView(
         execution_id=row.execution_id,
         state=row.state,
@@ -284,6 +302,38 @@ def overdue_timers(conn: Connection, now: datetime, limit: int) -> list[tuple[st
         .order_by(timers.c.due_at).limit(limit))]
 
 
+def lock_overdue(conn: Connection, now: datetime, limit: int) -> list[Row[Any]]:
+    """Waiting executions with a pending deadline due by ``now``, earliest deadline first,
+    each locked for this transaction; at most one row per execution, for its earliest
+    overdue deadline (columns of :func:`lock_execution`, plus ``timer_kind``).
+
+    ``SKIP LOCKED``: an execution another transaction holds (a claim, a wake-up, a second
+    reconciler) is left to it, so reconcilers running side by side share the backlog and
+    never wait for each other. Like :func:`lock_execution`, this locks the execution row
+    first; its timer rows are written only afterwards, so the lock order of claims
+    (execution, then timers) is kept and no deadlock can form.
+    """
+    rows = conn.execute(
+        sa.select(executions, conversations.c.tags,
+                  conversations.c.status.label("conversation_status"),
+                  conversations.c.claimed_by, timers.c.kind.label("timer_kind"))
+        .select_from(timers.join(
+            executions, executions.c.execution_id == timers.c.execution_id).outerjoin(
+            conversations, conversations.c.conversation_id == executions.c.conversation_id))
+        .where(timers.c.state == "pending", timers.c.due_at <= now,
+               executions.c.state == "waiting")
+        .order_by(timers.c.due_at, timers.c.execution_id).limit(limit)
+        .with_for_update(of=executions, skip_locked=True)
+    ).all()
+    seen: set[str] = set()
+    earliest = []
+    for row in rows:  # both deadlines overdue: the earlier one is the one that fires
+        if row.execution_id not in seen:
+            seen.add(row.execution_id)
+            earliest.append(row)
+    return earliest
+
+
 def claim_timers_to_arm(conn: Connection, now: datetime, until: datetime, limit: int
                         ) -> list[tuple[str, str, datetime]]:
     """Pending, never-armed timers due before ``until``, marked armed by this transaction.
@@ -354,6 +404,30 @@ def add_outbox(conn: Connection, *, dedupe_key: str, kind: str, execution_id: st
             .on_conflict_do_nothing(index_elements=["dedupe_key"])
             .returning(outbox.c.id))
     return conn.execute(stmt).scalar()
+
+
+def add_outbox_many(conn: Connection, messages: Sequence[Mapping[str, Any]], now: datetime
+                    ) -> dict[str, int]:
+    """Queue several messages in one statement; returns dedupe key → id for the new ones."""
+    if not messages:
+        return {}
+    rows = [{"dedupe_key": m["dedupe_key"], "kind": m["kind"],
+             "execution_id": m["execution_id"], "payload": dict(m["payload"]),
+             "created_at": now, "attempts": 0} for m in messages]
+    stmt = (_insert(conn, outbox).values(rows)
+            .on_conflict_do_nothing(index_elements=["dedupe_key"])
+            .returning(outbox.c.id, outbox.c.dedupe_key))
+    return {r.dedupe_key: r.id for r in conn.execute(stmt)}
+
+
+def relax_durability(conn: Connection) -> None:
+    """Let this transaction commit without waiting for its WAL flush (PostgreSQL only).
+
+    Only for writes whose loss in a database crash is harmless: marking outbox rows sent (a
+    lost mark means the row is sent again, and delivery is at least once anyway).
+    """
+    if conn.dialect.name == "postgresql":
+        conn.exec_driver_sql("SET LOCAL synchronous_commit = off")
 
 
 def unsent_outbox(conn: Connection, ids: Sequence[int]) -> list[Row[Any]]:
