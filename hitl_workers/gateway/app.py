@@ -34,6 +34,7 @@ from hitl_workers.gateway.models import (
 from hitl_workers.gateway.telemetry import AccessMiddleware
 from hitl_workers.gateway.tokens import make_token
 from hitl_workers.settings import Settings, get_settings
+from hitl_workers.store.db import get_engine
 
 STATIC_DIR = Path(__file__).parent / "static"
 KEEPALIVE_S = 15.0
@@ -70,6 +71,7 @@ def create_app(settings: Settings | None = None, *, keepalive_s: float = KEEPALI
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        get_engine()  # created once here, not raced for by the first reads' threads
         app.state.redis = aioredis.Redis.from_url(
             settings.redis_url, decode_responses=True, socket_connect_timeout=3,
             socket_timeout=keepalive_s + 10, health_check_interval=30)
