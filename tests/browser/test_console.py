@@ -9,6 +9,7 @@ gateway itself; without Chromium or Playwright the tests fail, they do not skip.
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import time
@@ -237,6 +238,36 @@ ACTIVE_CONTENT = """(root) => {
   }
   return found;
 }"""
+
+def test_a_repeated_notification_shows_once(console, agents, put_up, redis_urls, api_as):
+    # At least once (§6): after a worker crash the outbox can publish a notification again
+    import redis
+
+    from hitl_workers.notify.streams import StreamPublisher, stream_key
+
+    alice = agents()
+    at_alice = console(alice)
+    step = put_up(popup=popup_settings())
+    eid = step["execution_id"]
+    expect(at_alice.popup(eid)).to_be_visible()
+    client = redis.Redis.from_url(redis_urls["redis"], decode_responses=True)
+    [(_id, fields)] = client.xrange(stream_key(alice))
+    again = StreamPublisher(client, maxlen=1000)
+    # When the same notification (same id) arrives twice more
+    again.publish([alice], json.loads(fields["event"]))
+    again.publish([alice], json.loads(fields["event"]))
+    at_alice.page.wait_for_timeout(800)
+    # Then it shows once
+    expect(at_alice.page.locator('[role="dialog"]')).to_have_count(1)
+    expect(at_alice.page.locator("#bell-list li")).to_have_count(1)
+    # And a copy arriving after the step ended does not bring it back
+    assert api_as(alice).post(f"/executions/{eid}/claim").status_code == 200
+    expect(at_alice.popup(eid)).to_have_count(0)
+    again.publish([alice], json.loads(fields["event"]))
+    at_alice.page.wait_for_timeout(800)
+    expect(at_alice.popup(eid)).to_have_count(0)
+    expect(at_alice.bell_entry(eid)).to_have_count(0)
+
 
 NOTIFICATION_SPY = """
 window.__notifications = [];
