@@ -1,0 +1,1 @@
+"""The agent gateway: HTTP and Server-Sent Events for agent UIs, and the agent console."""
