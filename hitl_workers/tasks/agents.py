@@ -10,6 +10,7 @@ from hitl_workers.domain.validation import Invalid
 from hitl_workers.services import agents
 from hitl_workers.services.effects import Effects
 from hitl_workers.tasks.common import RETRY, after_commit, dead_letter, in_transaction
+from hitl_workers.tasks.guard import GuardedTask
 
 
 def _reject_invalid(task: Any, name: str, problem: Invalid, args: tuple[Any, ...],
@@ -18,7 +19,7 @@ def _reject_invalid(task: Any, name: str, problem: Invalid, args: tuple[Any, ...
     return agents.invalid_result(problem, kwargs)
 
 
-@app.task(name="hitl.upsert_agent", bind=True, **RETRY)
+@app.task(name="hitl.upsert_agent", base=GuardedTask, bind=True, **RETRY)
 def upsert_agent(self: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
     parsed = agents.parse(agents.UpsertAgentIn, args, kwargs)
     if isinstance(parsed, Invalid):
@@ -26,7 +27,7 @@ def upsert_agent(self: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
     return in_transaction(lambda conn: agents.upsert_agent(conn, parsed, utcnow()))
 
 
-@app.task(name="hitl.set_agent_status", bind=True, **RETRY)
+@app.task(name="hitl.set_agent_status", base=GuardedTask, bind=True, **RETRY)
 def set_agent_status(self: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
     parsed = agents.parse(agents.SetStatusIn, args, kwargs)
     if isinstance(parsed, Invalid):
@@ -34,7 +35,7 @@ def set_agent_status(self: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
     return in_transaction(lambda conn: agents.set_agent_status(conn, parsed, utcnow()))
 
 
-@app.task(name="hitl.remove_agent", bind=True, **RETRY)
+@app.task(name="hitl.remove_agent", base=GuardedTask, bind=True, **RETRY)
 def remove_agent(self: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
     parsed = agents.parse(agents.RemoveAgentIn, args, kwargs)
     if isinstance(parsed, Invalid):

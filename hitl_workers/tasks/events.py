@@ -9,6 +9,7 @@ from hitl_workers.clock import utcnow
 from hitl_workers.services import agent_events
 from hitl_workers.services.agent_events import Action
 from hitl_workers.tasks.common import RETRY, after_commit, dead_letter, in_transaction
+from hitl_workers.tasks.guard import GuardedTask
 
 
 def _handle(task: Any, action: Action, args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -23,16 +24,16 @@ def _handle(task: Any, action: Action, args: tuple[Any, ...], kwargs: dict[str, 
     return answer
 
 
-@app.task(name="hitl.claim", bind=True, **RETRY)
+@app.task(name="hitl.claim", base=GuardedTask, bind=True, **RETRY)
 def claim(self: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
     return _handle(self, "claim", args, kwargs)
 
 
-@app.task(name="hitl.reject", bind=True, **RETRY)
+@app.task(name="hitl.reject", base=GuardedTask, bind=True, **RETRY)
 def reject(self: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
     return _handle(self, "reject", args, kwargs)
 
 
-@app.task(name="hitl.close", bind=True, **RETRY)
+@app.task(name="hitl.close", base=GuardedTask, bind=True, **RETRY)
 def close(self: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
     return _handle(self, "close", args, kwargs)

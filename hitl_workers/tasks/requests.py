@@ -9,6 +9,7 @@ from hitl_workers.clock import utcnow
 from hitl_workers.services import agent_events, dispatch
 from hitl_workers.settings import get_settings
 from hitl_workers.tasks.common import RETRY, after_commit, dead_letter, in_transaction
+from hitl_workers.tasks.guard import GuardedTask
 
 
 def _defaults() -> dispatch.Defaults:
@@ -17,7 +18,7 @@ def _defaults() -> dispatch.Defaults:
                              settings.timer_horizon_s)
 
 
-@app.task(name="hitl.request_assistance", bind=True, **RETRY)
+@app.task(name="hitl.request_assistance", base=GuardedTask, bind=True, **RETRY)
 def request_assistance(self: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
     """Start a step execution (CONTRACT.md §1). Bad input is recorded and answered, never
     raised: a worker must not crash, nor block the requests behind it, on a garbage payload."""
@@ -28,7 +29,7 @@ def request_assistance(self: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
     return answer
 
 
-@app.task(name="hitl.cancel", bind=True, **RETRY)
+@app.task(name="hitl.cancel", base=GuardedTask, bind=True, **RETRY)
 def cancel(self: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
     """The flow engine gives up: cancelled, notifications withdrawn, no exit (§4)."""
     parsed = agent_events.parse_cancel(args, kwargs)

@@ -11,11 +11,12 @@ from hitl_workers.services import agent_events, delivery
 from hitl_workers.services import reconcile as reconciler
 from hitl_workers.settings import get_settings
 from hitl_workers.tasks.common import RETRY, after_commit, in_transaction, publisher
+from hitl_workers.tasks.guard import GuardedTask
 
 log = logging.getLogger(__name__)
 
 
-@app.task(name="hitl.fire_timer", bind=True, ignore_result=True, **RETRY)
+@app.task(name="hitl.fire_timer", base=GuardedTask, bind=True, ignore_result=True, **RETRY)
 def fire_timer(self: Any, *, execution_id: str, kind: str) -> str:
     """A deadline's wake-up. Re-checks the row, so an early, late, duplicated or stale
     wake-up is harmless: early ones re-arm themselves, the rest change nothing."""
@@ -25,7 +26,7 @@ def fire_timer(self: Any, *, execution_id: str, kind: str) -> str:
     return outcome
 
 
-@app.task(name="hitl.reconcile", ignore_result=True, **RETRY)
+@app.task(name="hitl.reconcile", base=GuardedTask, ignore_result=True, **RETRY)
 def reconcile() -> dict[str, int]:
     settings = get_settings()
     tick = reconciler.reconcile(utcnow, horizon_s=settings.timer_horizon_s,
@@ -41,7 +42,7 @@ def reconcile() -> dict[str, int]:
     return tick.summary()
 
 
-@app.task(name="hitl.deliver_outbox", ignore_result=True, **RETRY)
+@app.task(name="hitl.deliver_outbox", base=GuardedTask, ignore_result=True, **RETRY)
 def deliver_outbox(*, ids: list[int]) -> dict[str, int]:
     sent, failed = delivery.publish_ids(ids, publisher(), utcnow)
     return {"sent": sent, "failed": failed}

@@ -1,0 +1,117 @@
+"""The worker's main process refuses messages it cannot safely hand to its pool.
+
+Celery's consumer (the worker's main process) decodes every message body before a task runs,
+keeps the decoded arguments in the request and pickles them to the pool child. Python's pickle
+and json recurse once per level of nesting, so a payload nested a few hundred levels deep —
+``{"contact": [[[[…]]]]}``, 500 levels are enough — raises ``RecursionError`` in the *main
+process*, outside any task: Celery treats it as unrecoverable and the whole worker exits. With
+``task_acks_late`` the message then goes back to the queue and kills the next worker too.
+
+:class:`GuardedTask` checks each message first, in the main process, before Celery builds the
+request: a body that cannot be decoded (bad JSON, too deep for the decoder, a content type we
+never accept such as pickle), is not Celery's ``[args, kwargs, embed]`` (Celery unpacks it in
+the main process too) or nests deeper than :data:`MAX_MESSAGE_DEPTH` is kept as a dead letter,
+with why, and dropped. Everything shallower reaches the task, whose validation
+refuses what the contract does not allow (``MAX_JSON_DEPTH`` levels for a request) with an
+answer that names the field.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from celery import Task
+from celery.exceptions import InvalidTaskError
+
+from hitl_workers.clock import utcnow
+from hitl_workers.store import repo
+from hitl_workers.store.db import transaction
+
+log = logging.getLogger(__name__)
+
+MAX_MESSAGE_DEPTH = 200
+"""Deeper messages are refused before anything recurses over them. Far above a valid request
+(the domain refuses more than 100 levels, with the field's path), far below where pickle fails
+in the main process (about 450 levels)."""
+DEAD_LETTER_CHARS = 64 * 1024
+
+
+def nesting_depth(value: Any, limit: int) -> int:
+    """How deep lists and objects nest in ``value`` (a scalar is 0); stops counting once past
+    ``limit``. Iterative, so it is safe on any input."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list | tuple):
+            children = item
+        else:
+            continue
+        if depth > limit:
+            return depth
+        deepest = max(deepest, depth)
+        stack.extend((child, depth + 1) for child in children)
+    return deepest
+
+
+def refusal(message: Any, body: Any) -> str | None:
+    """Why the worker must not process ``message``, or None when it may."""
+    try:
+        # Decoding caches the result on the message: Celery's own handler reuses it.
+        payload = body if body is not None else message.payload
+    except Exception as exc:  # DecodeError, ContentDisallowed, RecursionError wrapped by kombu
+        return f"the message body cannot be decoded: {exc!r}"[:2000]
+    if body is None and not _protocol2_shape(payload):
+        # Celery unpacks it in the main process as (args, kwargs, embed): anything else raises
+        # there (ValueError, TypeError) and, again, stops the whole worker.
+        return "the message body is not a Celery protocol-2 [args, kwargs, embed] list"
+    if nesting_depth((message.headers, payload), MAX_MESSAGE_DEPTH) > MAX_MESSAGE_DEPTH:
+        return (f"the message nests lists and objects more than {MAX_MESSAGE_DEPTH} levels "
+                f"deep; it was refused before decoding it further could crash the worker")
+    return None
+
+
+def _protocol2_shape(payload: Any) -> bool:
+    return (isinstance(payload, list | tuple) and len(payload) == 3
+            and isinstance(payload[0], list | tuple) and isinstance(payload[1], dict)
+            and (payload[2] is None or isinstance(payload[2], dict)))
+
+
+def keep_dead_letter(message: Any, reason: str) -> None:
+    """Record the refused message for an operator. Never raises: the consumer must go on."""
+    headers = message.headers if isinstance(message.headers, dict) else {}
+    try:
+        raw = message.body
+        text = raw.decode("utf-8", "replace") if isinstance(raw, bytes | bytearray) \
+            else str(raw).encode("utf-8", "backslashreplace").decode("utf-8")
+        text = text.replace("\x00", "\\x00")  # PostgreSQL text cannot hold NUL
+        with transaction() as conn:
+            repo.add_dead_letter(conn, task_name=str(headers.get("task"))[:200],
+                                 task_id=str(headers.get("id"))[:200],
+                                 payload=text[:DEAD_LETTER_CHARS], reason=reason, now=utcnow())
+    except Exception as exc:  # the database is down: the log line below is all we can keep
+        log.error("refused message %r not recorded as a dead letter: %r", headers.get("id"),
+                  exc)
+
+
+class GuardedTask(Task):  # type: ignore[misc]
+    """A task whose messages pass :func:`refusal` in the worker's main process first."""
+
+    def start_strategy(self, app: Any, consumer: Any, **kwargs: Any) -> Callable[..., Any]:
+        handler = super().start_strategy(app, consumer, **kwargs)
+
+        def guarded(message: Any, body: Any, ack: Any, reject: Any, callbacks: Any,
+                    **rest: Any) -> Any:
+            reason = refusal(message, body)
+            if reason is not None:
+                keep_dead_letter(message, reason)
+                # The consumer logs this, drops the message (no redelivery: it would only be
+                # refused again) and carries on with the next one.
+                raise InvalidTaskError(reason)
+            return handler(message, body, ack, reject, callbacks, **rest)
+
+        return guarded
