@@ -126,7 +126,8 @@ def call_at_once(app: Any, calls: Sequence[tuple[str, dict[str, Any]]],
 # --- raw messages, as a buggy or hostile client would send them -----------------------------
 
 def publish_raw(broker_url: str, queue: str, body: bytes | str, *, task: str | None,
-                content_type: str = "application/json", task_id: str | None = None) -> str:
+                content_type: str = "application/json", task_id: str | None = None,
+                extra_headers: dict[str, Any] | None = None) -> str:
     """Publish a Celery protocol-2 message whose body is sent as given (never re-encoded).
 
     ``task=None`` leaves out the task header. Returns the message's task id.
@@ -139,6 +140,7 @@ def publish_raw(broker_url: str, queue: str, body: bytes | str, *, task: str | N
                                "expires": None, "argsrepr": "(raw)", "kwargsrepr": "(raw)"}
     if task is not None:
         headers["task"] = task
+    headers.update(extra_headers or {})
     target = Queue(queue, Exchange(queue, type="direct"), routing_key=queue)
     with Connection(broker_url) as conn:
         producer = conn.Producer()
