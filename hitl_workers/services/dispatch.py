@@ -10,6 +10,7 @@ from typing import Any
 
 from sqlalchemy.engine import Connection
 
+from hitl_workers import metrics
 from hitl_workers.domain.eligibility import Audience, select_agents
 from hitl_workers.domain.request import AssistanceRequest, ReplyTo
 from hitl_workers.domain.validation import (
@@ -102,6 +103,8 @@ def _fail(conn: Connection, execution_id: str, kwargs: dict[str, Any], error: di
     if not repo.insert_execution(conn, values):
         return _duplicate(conn, execution_id), Effects()
     effects = Effects()
+    metrics.step_ended(conn, state="failed", exit="error", merge_field={"error": error},
+                       dispatched_at=None, now=now)
     queue_exit_message(conn, effects, SimpleNamespace(**values), "error", {"error": error}, now)
     repo.audit_many(conn, execution_id, now, [
         ("request_invalid", None, {"error": error}),
@@ -181,6 +184,8 @@ def _dispatch(conn: Connection, request: AssistanceRequest, now: datetime,
         merge_field = {"reason": selection.not_claimed}
         values.update(state="exited", exit="not_claimed", merge_field=merge_field, ended_at=now)
         repo.insert_execution(conn, values)
+        metrics.step_ended(conn, state="exited", exit="not_claimed", merge_field=merge_field,
+                           dispatched_at=now, now=now)
         if request.conversation is not None:
             repo.update_conversation(conn, request.conversation_id, now, tags=tags,
                                      contact=contact)

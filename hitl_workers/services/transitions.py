@@ -8,6 +8,7 @@ from typing import Any
 
 from sqlalchemy.engine import Connection, Row
 
+from hitl_workers import metrics, taskcontext
 from hitl_workers.domain.machine import LIVE_OFFERS, Decision, ExecutionView
 from hitl_workers.errors import HitlError
 from hitl_workers.notify import events as notifications
@@ -26,6 +27,7 @@ def apply(conn: Connection, row: Row[Any], view: ExecutionView, decision: Decisi
 
     ``row`` comes from :func:`repo.lock_execution` (with the conversation's columns).
     """
+    taskcontext.learn(view.execution_id, row.conversation_id)  # for the task's log lines
     effects = Effects()
     audits: list[tuple[str, str | None, Mapping[str, Any] | None]] = []
     if decision.offer_change is not None:
@@ -49,6 +51,10 @@ def _end(conn: Connection, row: Row[Any], view: ExecutionView, decision: Decisio
     if not repo.end_execution(conn, execution_id, state=decision.state, exit=decision.exit,
                               merge_field=decision.merge_field, now=now):
         raise InvariantBroken(f"execution {execution_id} was not waiting under its own lock")
+    metrics.step_ended(conn, state=decision.state, exit=decision.exit,
+                       merge_field=decision.merge_field, dispatched_at=row.dispatched_at, now=now)
+    if fired is not None and (timer := view.timers.get(fired)) is not None:
+        metrics.timer_fired(conn, kind=fired, due_at=timer.due_at, now=now)
     for kind in repo.finish_timers(conn, execution_id, fired=fired, now=now):
         effects.revoke.append((execution_id, kind))
 

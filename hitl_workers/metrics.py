@@ -1,0 +1,366 @@
+"""Business metrics for Prometheus: what the steps did, and what is waiting right now.
+
+Two kinds, both named ``hitl_*`` (docs/operations.md has the table):
+
+* **Counted by worker processes** when a transition commits (exits by kind and reason, time to
+  claim, timer lateness, task runs). A prefork worker is several processes, so they use
+  prometheus-client's multiprocess mode: each process writes its own small file in its worker
+  node's directory ``<HITL_METRICS_DIR>/<node>/``, emptied when the worker starts; a reader
+  merges the files of each node and labels the series ``node``. A worker restart therefore
+  resets only its own node's counters, which Prometheus handles as any counter reset.
+* **Read from the database at scrape time** (waiting executions, outbox backlog, reconciler
+  heartbeat age, …): correct however many processes or hosts there are, and never stale.
+
+Where they are served: the gateway's ``/metrics`` has both (the workers' counters of every node
+on its host, and the database gauges); with ``HITL_METRICS_PORT`` set, each worker also serves
+its own node's counters (for workers on hosts without a gateway, such as Kubernetes pods).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+import shutil
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from celery.signals import (
+    task_postrun,
+    task_prerun,
+    worker_init,
+    worker_process_shutdown,
+    worker_ready,
+    worker_shutdown,
+)
+from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server, values
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
+from prometheus_client.registry import Collector
+from sqlalchemy.engine import Connection
+
+from hitl_workers import taskcontext
+from hitl_workers.clock import utcnow
+from hitl_workers.settings import Settings, get_settings
+from hitl_workers.store import overview
+from hitl_workers.store.db import after_commit, transaction
+
+log = logging.getLogger(__name__)
+
+# Seconds; time to claim spans a quick click to the longest step timeout (30 days).
+WAIT_BUCKETS = (0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 4 * 3600, 86400)
+LATENESS_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300)
+TASK_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+TIMER_VIA = {"hitl.fire_timer": "wakeup", "hitl.reconcile": "reconciler"}
+AGENT_EVENT_TASKS = {"hitl.claim": "claim", "hitl.reject": "reject", "hitl.close": "close"}
+_LABEL_VALUE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+
+
+# --- counted in worker processes ------------------------------------------------------------
+
+class _WorkerMetrics:
+    """Created on first use, after :func:`use_multiprocess` chose where values live. Not
+    registered anywhere: readers merge the processes' files (:class:`NodesCollector`)."""
+
+    def __init__(self) -> None:
+        self.exits = Counter(
+            "hitl_exits", "Exits recorded, by exit and reason (once per execution).",
+            ["exit", "reason"], registry=None)
+        self.cancellations = Counter(
+            "hitl_cancellations", "Executions cancelled by the flow engine (no exit).",
+            registry=None)
+        self.time_to_claim = Histogram(
+            "hitl_time_to_claim_seconds", "From dispatch to the winning claim.",
+            buckets=WAIT_BUCKETS, registry=None)
+        self.step_duration = Histogram(
+            "hitl_step_duration_seconds", "From dispatch to the exit, by exit.", ["exit"],
+            buckets=WAIT_BUCKETS, registry=None)
+        self.timer_lateness = Histogram(
+            "hitl_timer_lateness_seconds",
+            "How late a deadline fired (fired_at - due_at), by timer kind and by what fired "
+            "it: its ETA wake-up or the reconciler.", ["kind", "via"],
+            buckets=LATENESS_BUCKETS, registry=None)
+        self.wakeups = Counter(
+            "hitl_timer_wakeups", "Timer wake-up tasks by outcome (fired, early, stale, …).",
+            ["outcome"], registry=None)
+        self.agent_events = Counter(
+            "hitl_agent_events", "Claim, reject and close tasks by outcome.",
+            ["action", "outcome"], registry=None)
+        self.tasks = Counter(
+            "hitl_tasks", "Task runs by task name and final state.", ["task", "state"],
+            registry=None)
+        self.task_duration = Histogram(
+            "hitl_task_duration_seconds", "Task run time, by task name.", ["task"],
+            buckets=TASK_BUCKETS, registry=None)
+
+
+_worker_metrics: _WorkerMetrics | None = None
+
+
+def _m() -> _WorkerMetrics:
+    global _worker_metrics
+    if _worker_metrics is None:
+        _worker_metrics = _WorkerMetrics()
+    return _worker_metrics
+
+
+def _label(value: Any) -> str:
+    """A bounded label value: anything unexpected is ``other``, never a new series per id."""
+    return value if isinstance(value, str) and _LABEL_VALUE.match(value) else "other"
+
+
+def exit_reason(exit: str | None, merge_field: Mapping[str, Any] | None) -> str:
+    merge_field = merge_field or {}
+    if exit == "not_claimed":
+        return _label(merge_field.get("reason"))
+    if exit == "error":
+        error = merge_field.get("error")
+        return _label(error.get("code") if isinstance(error, Mapping) else None)
+    return ""
+
+
+def step_ended(conn: Connection, *, state: str, exit: str | None,
+               merge_field: Mapping[str, Any] | None, dispatched_at: datetime | None,
+               now: datetime) -> None:
+    """Count an execution that left ``waiting`` (or failed at once) in ``conn``'s transaction.
+
+    Counted when that transaction commits, never for one rolled back and retried: one
+    execution, one count.
+    """
+    def observe() -> None:
+        m = _m()
+        if exit is None:
+            if state == "cancelled":
+                m.cancellations.inc()
+            return
+        m.exits.labels(exit, exit_reason(exit, merge_field)).inc()
+        if dispatched_at is not None:
+            waited = max(0.0, (now - dispatched_at).total_seconds())
+            m.step_duration.labels(exit).observe(waited)
+            if exit == "claimed":
+                m.time_to_claim.observe(waited)
+
+    after_commit(conn, observe)
+
+
+def timer_fired(conn: Connection, *, kind: str, due_at: datetime, now: datetime) -> None:
+    """Observe a deadline's lateness once the transaction that fired it commits."""
+    context = taskcontext.current()
+    via = TIMER_VIA.get(context.task_name, "other") if context else "other"
+    lateness = max(0.0, (now - due_at).total_seconds())
+    after_commit(conn, lambda: _m().timer_lateness.labels(_label(kind), via).observe(lateness))
+
+
+_started: dict[str, float] = {}
+
+
+@task_prerun.connect
+def _task_started(task_id: str | None = None, **_: Any) -> None:
+    if task_id is not None:
+        _started[task_id] = time.perf_counter()
+
+
+@task_postrun.connect
+def _task_finished(task_id: str | None = None, task: Any = None, retval: Any = None,
+                   state: str | None = None, **_: Any) -> None:
+    started = _started.pop(task_id, None) if task_id is not None else None
+    name = str(getattr(task, "name", ""))
+    if not name.startswith("hitl."):
+        return
+    m = _m()
+    m.tasks.labels(name, _label(state)).inc()
+    if started is not None:
+        m.task_duration.labels(name).observe(time.perf_counter() - started)
+    if name in AGENT_EVENT_TASKS and isinstance(retval, dict):
+        m.agent_events.labels(AGENT_EVENT_TASKS[name], _label(retval.get("outcome"))).inc()
+    elif name == "hitl.fire_timer" and state == "SUCCESS":
+        m.wakeups.labels(_label(retval)).inc()
+
+
+# --- where worker processes keep their values -----------------------------------------------
+
+def node_dir(base: Path, node: str) -> Path:
+    """The directory of one worker node (``requests@host-1``) under ``base``."""
+    return base / re.sub(r"[^A-Za-z0-9@._-]", "_", node)
+
+
+def use_multiprocess(path: Path) -> None:
+    """Keep this process's (and its future children's) values in files under ``path``.
+
+    prometheus-client chooses between in-memory and file-backed values when it is first
+    imported, from ``PROMETHEUS_MULTIPROC_DIR``; a worker learns its node name, hence its
+    directory, only later, so the choice is made again here, before any value exists.
+    """
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(path)
+    if not getattr(values.ValueClass, "_multiprocess", False):
+        values.ValueClass = values.get_value_class()
+
+
+def prepare_node_dir(path: Path) -> None:
+    """Create ``path`` empty: the files of a previous run of this node are gone."""
+    if path.exists():
+        shutil.rmtree(path)
+    path.mkdir(parents=True)
+
+
+@worker_init.connect
+def _on_worker_init(sender: Any = None, **_: Any) -> None:
+    settings = get_settings()
+    node = str(getattr(sender, "hostname", None) or f"pid-{os.getpid()}")
+    path = node_dir(settings.effective_metrics_dir, node)
+    try:
+        prepare_node_dir(path)
+    except OSError as exc:
+        log.error("metrics: cannot use %s (%r); this worker's business metrics are off. Set "
+                  "HITL_METRICS_DIR to a writable directory.", path, exc)
+        return
+    use_multiprocess(path)
+    global _node
+    _node = (node, path)
+
+
+_node: tuple[str, Path] | None = None
+_server: Any = None
+
+
+@worker_ready.connect
+def _serve(**_: Any) -> None:
+    settings = get_settings()
+    if settings.metrics_port is None or _node is None:
+        return
+    node, path = _node
+    registry = CollectorRegistry()
+    registry.register(NodesCollector(path.parent, nodes=[node]))
+    global _server
+    try:
+        _server, _thread = start_http_server(settings.metrics_port, settings.metrics_address,
+                                             registry=registry)
+    except OSError as exc:
+        log.error("metrics: cannot serve on %s:%s: %r", settings.metrics_address,
+                  settings.metrics_port, exc)
+        return
+    log.info("metrics of %s on http://%s:%s/metrics", node, settings.metrics_address,
+             settings.metrics_port)
+
+
+@worker_shutdown.connect
+def _stop_serving(**_: Any) -> None:
+    if _server is not None:
+        _server.shutdown()
+
+
+@worker_process_shutdown.connect
+def _process_gone(pid: int | None = None, **_: Any) -> None:
+    # Removes this process's files for "live" gauges only; its counters must keep counting.
+    if _node is not None:
+        with contextlib.suppress(OSError):
+            mark_process_dead(pid or os.getpid(), str(_node[1]))
+
+
+# --- reading ----------------------------------------------------------------------------------
+
+class NodesCollector(Collector):
+    """The worker processes' values under ``base``, merged per node, labelled ``node``."""
+
+    def __init__(self, base: Path, nodes: Iterable[str] | None = None) -> None:
+        self.base = base
+        self.nodes = list(nodes) if nodes is not None else None
+
+    def _dirs(self) -> list[Path]:
+        if self.nodes is not None:
+            return [node_dir(self.base, n) for n in self.nodes]
+        try:
+            return sorted(p for p in self.base.iterdir() if p.is_dir())
+        except OSError:
+            return []
+
+    def collect(self) -> Iterator[Metric]:
+        families: dict[str, Metric] = {}
+        for path in self._dirs():
+            files = [str(f) for f in path.glob("*.db")]
+            for metric in MultiProcessCollector.merge(files, accumulate=True):
+                family = families.get(metric.name)
+                if family is None:
+                    family = families[metric.name] = Metric(
+                        metric.name, metric.documentation, metric.type)
+                family.samples.extend(
+                    s._replace(labels={**s.labels, "node": path.name}) for s in metric.samples)
+        yield from families.values()
+
+    def describe(self) -> list[Metric]:
+        return []  # series appear as workers write them
+
+
+class DatabaseCollector(Collector):
+    """Gauges read from the database at each scrape (:mod:`hitl_workers.store.overview`)."""
+
+    def describe(self) -> list[Metric]:
+        return []  # never query the database at registration
+
+    def collect(self) -> Iterator[Metric]:
+        up = GaugeMetricFamily("hitl_database_up",
+                               "1 when the database answered this scrape's queries.")
+        try:
+            with transaction() as conn:
+                found = overview.load(conn, utcnow(), late_after_s=0)
+        except Exception as exc:
+            log.warning("metrics: database gauges unavailable: %r", exc)
+            up.add_metric([], 0)
+            yield up
+            return
+        up.add_metric([], 1)
+        yield up
+        yield from database_gauges(found)
+
+
+def database_gauges(found: overview.Overview) -> Iterator[Metric]:
+    def gauge(name: str, doc: str, value: float | None) -> GaugeMetricFamily:
+        family = GaugeMetricFamily(name, doc)
+        if value is not None:
+            family.add_metric([], value)
+        return family
+
+    def by(name: str, doc: str, label: str, counts: Mapping[str, int],
+           known: Iterable[str]) -> GaugeMetricFamily:
+        family = GaugeMetricFamily(name, doc, labels=[label])
+        for key in sorted({*known, *counts}):
+            family.add_metric([key], counts.get(key, 0))
+        return family
+
+    yield gauge("hitl_executions_waiting", "Step executions waiting for an agent.",
+                found.waiting)
+    yield gauge("hitl_executions_oldest_waiting_seconds",
+                "Age of the oldest waiting execution, since its dispatch (0: none waiting).",
+                found.age_s(found.oldest_waiting_since) or 0.0)
+    yield by("hitl_timers_pending", "Deadlines not yet fired or cancelled, by kind.", "kind",
+             found.timers_pending, ("countdown", "timeout"))
+    yield gauge("hitl_timers_overdue",
+                "Pending deadlines already due (normal for an instant; a growing number "
+                "means nothing is firing them).", found.timers_overdue)
+    yield gauge("hitl_timers_oldest_overdue_seconds",
+                "How long the most overdue pending deadline has been due (0: none).",
+                found.age_s(found.oldest_overdue_due_at) or 0.0)
+    yield by("hitl_outbox_unsent", "Outbox messages not yet published, by kind.", "kind",
+             found.outbox_unsent, ("exit", "notify"))
+    yield gauge("hitl_outbox_failing", "Unsent outbox messages whose last publish failed.",
+                found.outbox_failing)
+    yield gauge("hitl_outbox_oldest_unsent_seconds",
+                "Age of the oldest unsent outbox message (0: none).",
+                found.age_s(found.oldest_unsent_at) or 0.0)
+    yield gauge("hitl_reconciler_heartbeat_age_seconds",
+                "Since the reconciler's last tick (absent until its first).",
+                found.age_s(found.heartbeat_at))
+    yield gauge("hitl_dead_letters", "Messages kept as dead letters (refused or unreadable).",
+                found.dead_letters)
+
+
+def register(registry: CollectorRegistry, settings: Settings | None = None) -> None:
+    """Add the business metrics to ``registry``: every worker node's counters under this
+    host's metrics directory and the database gauges (what the gateway's /metrics serves)."""
+    settings = settings or get_settings()
+    registry.register(NodesCollector(settings.effective_metrics_dir))
+    registry.register(DatabaseCollector())
