@@ -43,6 +43,7 @@ task_routes = {
     "hitl.close": {"queue": "hitl.events"},
     "hitl.fire_timer": {"queue": "hitl.timers"},
     "hitl.reconcile": {"queue": "hitl.timers"},
+    "hitl.fire_overdue": {"queue": "hitl.timers"},
     "hitl.deliver_outbox": {"queue": "hitl.outbox"},
 }
 

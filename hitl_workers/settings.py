@@ -31,6 +31,9 @@ class Settings(BaseSettings):
     timer_horizon_s: float = Field(600.0, gt=0)
     """ETA wake-ups are published only for deadlines this close; later ones wait in the DB."""
     reconcile_interval_s: float = Field(1.0, gt=0)
+    reconcile_helpers: int = Field(2, ge=0)
+    """Helper tasks a reconciler tick asks for when more deadlines are overdue than it fires
+    in one batch (after a broker flush, or workers down): they drain the backlog with it."""
     outbox_retry_after_s: float = Field(5.0, gt=0)
     """An outbox row unsent for this long is re-sent by the reconciler."""
     visibility_timeout_s: float | None = None

@@ -148,4 +148,6 @@ def _operations(app: FastAPI) -> None:
                               "description": "Prometheus text exposition format."},
                         500: {"model": ErrorBody}})
     async def metrics() -> Response:
-        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+        # A thread: the business metrics query the database at each scrape.
+        body = await asyncio.to_thread(generate_latest)
+        return Response(body, media_type=CONTENT_TYPE_LATEST)

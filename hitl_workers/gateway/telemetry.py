@@ -10,8 +10,10 @@ from __future__ import annotations
 import logging
 import time
 
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from hitl_workers import metrics as business_metrics
 
 log = logging.getLogger("hitl_workers.gateway.access")
 
@@ -26,6 +28,10 @@ SSE_RESUMES = Counter("hitl_gateway_sse_resumes_total",
                       "SSE connections that resumed from a Last-Event-ID.")
 AGENT_EVENTS = Counter("hitl_gateway_agent_events_total",
                        "Claim, reject and close answered, by outcome.", ["action", "outcome"])
+
+# The business metrics beside the gateway's own: what the worker processes on this host counted
+# and the database's gauges, read at each scrape (hitl_workers.metrics, docs/operations.md).
+business_metrics.register(REGISTRY)
 
 
 def route_template(scope: Scope) -> str:

@@ -1,9 +1,13 @@
-"""Deadlines and delivery: ``hitl.fire_timer``, ``hitl.reconcile``, ``hitl.deliver_outbox``."""
+"""Deadlines and delivery: ``hitl.fire_timer``, ``hitl.reconcile`` (and its helper
+``hitl.fire_overdue``), ``hitl.deliver_outbox``."""
 
 from __future__ import annotations
 
 import logging
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from sqlalchemy.exc import DBAPIError, OperationalError
 
 from hitl_workers.app import app
 from hitl_workers.clock import utcnow
@@ -14,6 +18,7 @@ from hitl_workers.tasks.common import RETRY, after_commit, in_transaction, publi
 from hitl_workers.tasks.guard import GuardedTask
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 @app.task(name="hitl.fire_timer", base=GuardedTask, bind=True, ignore_result=True, **RETRY)
@@ -28,9 +33,18 @@ def fire_timer(self: Any, *, execution_id: str, kind: str) -> str:
 
 @app.task(name="hitl.reconcile", base=GuardedTask, ignore_result=True, **RETRY)
 def reconcile() -> dict[str, int]:
+    """One reconciler tick; beat sends one every ``HITL_RECONCILE_INTERVAL_S``.
+
+    A tick that fails on the database (PostgreSQL restarting) is not retried: the next tick
+    comes within an interval, and retries would only pile up behind it on the timers queue.
+    """
     settings = get_settings()
-    tick = reconciler.reconcile(utcnow, horizon_s=settings.timer_horizon_s,
-                                outbox_retry_after_s=settings.outbox_retry_after_s)
+    tick = _with_database(lambda: reconciler.reconcile(
+        utcnow, after_commit, horizon_s=settings.timer_horizon_s,
+        outbox_retry_after_s=settings.outbox_retry_after_s, budget_s=_budget_s(),
+        on_backlog=_ask_for_helpers))
+    if tick is None:
+        return {"fired": 0, "armed": 0, "resent": 0}
     after_commit(tick.effects)
     if tick.stale_outbox:
         # Delivery runs elsewhere: a notification Redis that hangs must not stall the
@@ -40,6 +54,52 @@ def reconcile() -> dict[str, int]:
     if tick.fired or tick.stale_outbox:
         log.info("reconciler: %s", tick.summary())
     return tick.summary()
+
+
+@app.task(name="hitl.fire_overdue", ignore_result=True)
+def fire_overdue() -> dict[str, int]:
+    """A helper the reconciler asks for when many deadlines are overdue at once (after a
+    broker flush, or with every worker down for a while): it drains the same backlog side by
+    side with the tick. ``SKIP LOCKED`` gives each helper different executions; a helper that
+    finds nothing left ends at once."""
+    tick = _with_database(lambda: reconciler.fire_overdue(utcnow, after_commit,
+                                                          budget_s=_budget_s()))
+    if tick is not None and tick.fired:
+        log.info("reconciler helper: fired %d", tick.fired)
+    return {"fired": tick.fired if tick is not None else 0}
+
+
+def _budget_s() -> float:
+    # A tick drains a backlog for this long at most, then arms, re-sends and beats; the
+    # following ticks (and helpers) go on with what is left.
+    return max(5.0, 5 * get_settings().reconcile_interval_s)
+
+
+def _ask_for_helpers() -> None:
+    settings = get_settings()
+    for _ in range(settings.reconcile_helpers):
+        app.send_task("hitl.fire_overdue", queue="hitl.timers",
+                      expires=max(5.0, settings.reconcile_interval_s * 5))
+
+
+def _with_database(work: Callable[[], T]) -> T | None:
+    """``work()``; None when the database is unreachable (logged, the next tick retries).
+
+    A pooled connection that died with a PostgreSQL restart fails its first statement and
+    SQLAlchemy invalidates the pool: one immediate second attempt gets a fresh connection.
+    """
+    for attempt in (1, 2):
+        try:
+            return work()
+        except DBAPIError as exc:
+            if attempt == 1 and exc.connection_invalidated:
+                continue
+            if not isinstance(exc, OperationalError):
+                raise
+            log.warning("reconciler: database unavailable (%s); the next tick tries again",
+                        str(exc.orig).strip().splitlines()[0] if exc.orig else exc)
+            return None
+    return None
 
 
 @app.task(name="hitl.deliver_outbox", base=GuardedTask, ignore_result=True, **RETRY)
