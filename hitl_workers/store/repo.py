@@ -465,6 +465,23 @@ def claim_stale_outbox(conn: Connection, older_than: datetime, now: datetime, li
     return ids
 
 
+def mark_outbox_superseded(conn: Connection, ids: Sequence[int], now: datetime) -> None:
+    """Rows that must not be sent any more (a request whose execution already ended)."""
+    if ids:
+        conn.execute(sa.update(outbox).where(outbox.c.id.in_(ids)).values(
+            sent_at=now, attempted_at=now,
+            last_error="superseded: the execution ended before this was delivered"))
+
+
+def ended_executions(conn: Connection, execution_ids: Iterable[str]) -> set[str]:
+    """Those of ``execution_ids`` that are no longer waiting."""
+    ids = list(execution_ids)
+    if not ids:
+        return set()
+    return set(conn.execute(sa.select(executions.c.execution_id).where(
+        executions.c.execution_id.in_(ids), executions.c.state != "waiting")).scalars())
+
+
 def outbox_for_execution(conn: Connection, execution_id: str) -> list[Row[Any]]:
     return conn.execute(sa.select(outbox).where(
         outbox.c.execution_id == execution_id).order_by(outbox.c.id)).all()
