@@ -43,6 +43,26 @@ def show(execution_id: str, as_json: bool) -> None:
 
 
 @main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the findings as JSON.")
+@click.option("--timeout", default=1.5, show_default=True,
+              help="Seconds to wait for the broker and for the workers' answers.")
+def status(as_json: bool, timeout: float) -> None:
+    """What is waiting, late or stuck, and whether workers and the reconciler run.
+
+    Exits 1 when something is wrong (and says what to do), 0 when all is well.
+    """
+    from hitl_workers import status as checks
+    from hitl_workers.app import app
+    from hitl_workers.settings import get_settings
+
+    found = checks.gather(app, get_settings(), timeout_s=timeout)
+    problems = checks.problems(found)
+    click.echo(checks.to_json(found, problems) if as_json else checks.to_text(found, problems))
+    if problems:
+        raise SystemExit(1)
+
+
+@main.command()
 @click.option("--leave-waiting", is_flag=True,
               help="Also leave one request waiting, for a human to claim in the console.")
 @click.option("--timeout", default=30.0, show_default=True, help="Seconds to wait for answers.")
