@@ -19,7 +19,8 @@ from urllib.parse import urlparse
 import click
 import redis
 
-from hitl_workers.procs import Proc, beat_cmd, celery_cmd, wait_for_workers, worker_cmd
+from hitl_workers.flower import flower_cmd
+from hitl_workers.procs import Proc, beat_cmd, wait_for_workers, worker_cmd
 from hitl_workers.settings import Settings
 
 REDIS_HINT = (
@@ -71,11 +72,10 @@ def run_system(settings: Settings, *, gateway_port: int, flower_port: int, simul
     echo(f"database {settings.database_url} is at the latest schema")
 
     node = "dev@%h"
-    flower_args = ["flower", f"--port={flower_port}", "--address=127.0.0.1"]
     procs = [
         Proc("worker", worker_cmd(node, concurrency=2), log_dir=log_dir),
         Proc("beat", beat_cmd(log_dir / "beat-schedule"), log_dir=log_dir),
-        Proc("flower", celery_cmd(*flower_args), log_dir=log_dir),
+        Proc("flower", flower_cmd(settings, port=flower_port), log_dir=log_dir),
         Proc("gateway", [sys.executable, "-m", "hitl_workers.cli", "gateway",
                          "--port", str(gateway_port)], log_dir=log_dir),
     ]
@@ -97,7 +97,11 @@ def run_system(settings: Settings, *, gateway_port: int, flower_port: int, simul
 
         echo(f"\nAgent console:  http://127.0.0.1:{gateway_port}/?token={make_token('alice')}")
         echo("                (signed in as alice; `hitl-workers token bob` signs in bob)")
-        echo(f"Flower:         http://127.0.0.1:{flower_port}/")
+        auth = ("basic auth from HITL_FLOWER_BASIC_AUTH" if settings.flower_basic_auth
+                else "no auth: set HITL_FLOWER_BASIC_AUTH=user:password to require one")
+        echo(f"Flower:         http://127.0.0.1:{flower_port}/  ({auth})")
+        echo(f"Metrics:        http://127.0.0.1:{gateway_port}/metrics")
+        echo("Health:         hitl-workers status")
         if simulate:
             echo(f"What happened:  hitl-workers show sim-{simulator.run_id}:claimed")
         echo("Press Ctrl-C to stop.")
