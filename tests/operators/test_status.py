@@ -1,0 +1,70 @@
+"""``hitl-workers status`` run as an operator runs it: a separate process, its exit code."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from collections.abc import Callable
+from typing import Any
+
+from hitl_workers.procs import ALL_QUEUES
+from tests.acceptance.steps import request
+from tests.operators.conftest import OPS_NODE, Ops, cli
+
+
+def status(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*cli(), "status", *args], capture_output=True, text=True,
+                          timeout=60, env={**os.environ, **(env or {})})
+
+
+def test_a_healthy_system_reports_ok_with_what_waits(
+        ops: Ops, client: Any, agents: Callable[..., str], team: str, flow: Any) -> None:
+    # Given a step waiting for an agent
+    agents()
+    step = request(team, flow.reply_to, timeout="5m")
+    assert client.call("hitl.request_assistance", **step)["state"] == "waiting"
+
+    # When the operator asks for the status as JSON
+    done = status("--json")
+
+    # Then all is well, and it shows what waits, the queues, the workers and the reconciler
+    assert done.returncode == 0, done.stdout + done.stderr
+    found = json.loads(done.stdout)
+    assert found["ok"] is True and found["problems"] == []
+    assert found["executions"]["waiting"] >= 1
+    assert found["timers"]["pending"].get("timeout", 0) >= 1
+    assert set(found["broker"]["queues"]) == set(ALL_QUEUES)
+    assert all(isinstance(q["messages"], int) for q in found["broker"]["queues"].values())
+    assert set(found["workers"][OPS_NODE]) == set(ALL_QUEUES)
+    assert found["reconciler"]["heartbeat_age_s"] < found["reconciler"]["stale_after_s"]
+
+    # And the text form says the same for a person
+    text = status()
+    assert text.returncode == 0, text.stdout + text.stderr
+    assert "executions" in text.stdout and OPS_NODE in text.stdout
+    assert text.stdout.rstrip().endswith("OK")
+    client.call("hitl.cancel", execution_id=step["execution_id"])
+
+
+def test_no_worker_on_the_broker_is_a_problem_with_a_remedy(ops: Ops) -> None:
+    # Given a broker (Redis database) that no worker listens to
+    empty_broker = os.environ["HITL_REDIS_URL"]
+
+    # When the operator asks for the status there
+    done = status(env={"HITL_BROKER_URL": empty_broker})
+
+    # Then it exits 1 and says what is wrong and what to do
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "no worker answered" in done.stdout
+    assert "do: start one" in done.stdout
+
+
+def test_an_unreachable_broker_is_a_problem(ops: Ops) -> None:
+    done = status("--json", "--timeout", "1", env={"HITL_BROKER_URL": "redis://127.0.0.1:1/0"})
+    assert done.returncode == 1
+    found = json.loads(done.stdout)
+    assert found["ok"] is False
+    assert any("broker does not answer" in p["what"] and "HITL_BROKER_URL" in p["do"]
+               for p in found["problems"])
+    assert found["executions"]["waiting"] >= 0  # the database part still answered
