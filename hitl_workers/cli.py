@@ -33,9 +33,9 @@ def db_upgrade(revision: str) -> None:
 def show(execution_id: str, as_json: bool) -> None:
     """What happened to one step execution: notified, skipped and why, events, exit, delivery."""
     from hitl_workers import story
-    from hitl_workers.store.db import transaction
+    from hitl_workers.store.db import read_only
 
-    with transaction() as conn:
+    with read_only() as conn:
         found = story.load(conn, execution_id)
     if found is None:
         raise click.ClickException(f"no execution {execution_id!r} in the database")

@@ -10,13 +10,13 @@ import redis.asyncio as aioredis
 
 from hitl_workers.app import app as celery_app
 from hitl_workers.gateway import queries
-from hitl_workers.store.db import transaction
+from hitl_workers.store.db import read_only
 
 CHECK_TIMEOUT_S = 3.0
 
 
 def _database() -> None:
-    with transaction() as conn:
+    with read_only() as conn:
         queries.ping(conn)
 
 

@@ -22,7 +22,7 @@ from hitl_workers.gateway.models import (
     StatusIn,
     StatusOut,
 )
-from hitl_workers.store.db import transaction
+from hitl_workers.store.db import read_only
 
 router = APIRouter()
 
@@ -52,7 +52,7 @@ EVENT_DETAIL = {
 async def _read(work: Any, *args: Any) -> Any:
     """A short read-only transaction, off the event loop."""
     def run() -> Any:
-        with transaction() as conn:
+        with read_only() as conn:
             return work(conn, *args)
     return await asyncio.to_thread(run)
 

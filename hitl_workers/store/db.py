@@ -39,7 +39,10 @@ def make_engine(url: str, pool_size: int = 5) -> Engine:
 
         @sa.event.listens_for(engine, "begin")
         def _sqlite_begin(conn: Connection) -> None:
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            # A reader (see read_only) takes no write lock: with WAL it reads a snapshot
+            # while one writer works.
+            read_only = conn.get_execution_options().get(_READ_ONLY, False)
+            conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
         return engine
     # No pool_pre_ping: it costs a round trip per transaction. A connection that died (a
@@ -69,6 +72,7 @@ def reset_engine() -> None:
 
 
 _AFTER_COMMIT = "hitl_after_commit"
+_READ_ONLY = "hitl_read_only"
 log = logging.getLogger(__name__)
 
 
@@ -91,6 +95,19 @@ def transaction() -> Iterator[Connection]:
             callback()
         except Exception:  # the data is committed; a failing observer must not undo the task
             log.exception("after-commit callback %r failed", callback)
+
+
+@contextmanager
+def read_only() -> Iterator[Connection]:
+    """A transaction that only reads (the gateway's lists, metrics, ``show``, ``status``).
+
+    On SQLite it does not queue for the write lock behind the workers; on PostgreSQL it is an
+    ordinary transaction.
+    """
+    with get_engine().connect() as conn:
+        conn.execution_options(**{_READ_ONLY: True})
+        with conn.begin():
+            yield conn
 
 
 def after_commit(conn: Connection, callback: Callable[[], None]) -> None:
