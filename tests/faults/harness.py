@@ -260,15 +260,31 @@ class Step:
         return "timeout"
 
 
-def mixed_steps(count: int, low_s: float, high_s: float, seed: int = 7) -> list[Step]:
-    """A third with a countdown only, a third with a timeout only, a third with both."""
+def mixed_steps(count: int, low_s: float, high_s: float, *, lead_s: float = 0.0,
+                seed: int = 7) -> list[Step]:
+    """A third with a countdown only, a third with a timeout only, a third with both, each
+    deadline ``low_s``-``high_s`` away.
+
+    Deadlines run from each step's dispatch, and dispatching hundreds takes a while here:
+    ``lead_s`` (the expected time to dispatch one more step) is added once for every step
+    sent after this one, so that all of them are still waiting when the last is dispatched.
+    """
     rng = random.Random(seed)
     steps = []
     for i in range(count):
-        countdown = round(rng.uniform(low_s, high_s), 1) if i % 3 != 1 else None
-        timeout = round(rng.uniform(low_s, high_s), 1) if i % 3 != 0 else None
+        lead = round((count - 1 - i) * lead_s, 1)
+        countdown = round(rng.uniform(low_s, high_s) + lead, 1) if i % 3 != 1 else None
+        timeout = round(rng.uniform(low_s, high_s) + lead, 1) if i % 3 != 0 else None
         steps.append(Step(f"fx-{uuid.uuid4().hex[:16]}", countdown, timeout))
     return steps
+
+
+def dispatch_rate(app: Celery, team: str, reply_to: dict[str, str], count: int = 24
+                  ) -> float:
+    """Seconds the system takes to dispatch one more step when many are sent at once (a
+    warm-up batch whose steps wait an hour; they are not part of any check)."""
+    warm_up = [Step(f"fx-warm-{uuid.uuid4().hex[:12]}", None, 3600.0) for _ in range(count)]
+    return dispatch(app, warm_up, team, reply_to) / count
 
 
 def step_request(step: Step, team: str, reply_to: dict[str, str]) -> dict[str, Any]:
