@@ -4,9 +4,11 @@ Every value comes from :class:`hitl_workers.settings.Settings` (environment, pre
 workers, beat, Flower and the gateway always agree.
 """
 
+from typing import Any
+
 from kombu import Exchange, Queue
 
-from hitl_workers.settings import get_settings
+from hitl_workers.settings import Settings, get_settings
 
 _settings = get_settings()
 
@@ -25,12 +27,7 @@ result_extended = True  # Flower and `celery result` show the task's name and ar
 timezone = "UTC"
 enable_utc = True
 
-# Each queue gets its own direct exchange and routing key. (A bare ``Queue(name)`` is bound to
-# the default exchange with the default routing key, so every queue would get every message.)
-task_queues = [
-    Queue(name, Exchange(name, type="direct"), routing_key=name)
-    for name in ("hitl.requests", "hitl.events", "hitl.timers", "hitl.outbox")
-]
+# task_queues and the broker's transport options depend on the broker: see the end of this file.
 task_default_queue = "hitl.requests"
 task_routes = {
     "hitl.request_assistance": {"queue": "hitl.requests"},
@@ -55,12 +52,6 @@ worker_prefetch_multiplier = 1
 worker_soft_shutdown_timeout = 10.0
 worker_enable_soft_shutdown_on_idle = True
 
-broker_transport_options = {
-    # An unacked message (an armed ETA wake-up) comes back after this; keep it above the
-    # timer horizon so wake-ups are not redelivered while they wait.
-    "visibility_timeout": _settings.effective_visibility_timeout_s,
-}
-
 # Flower: task events on. No "task-sent" events: they would double the messages of every
 # publish (each timer wake-up and exit message too); Flower shows a task from its receipt on,
 # and queue lengths come from the broker.
@@ -75,3 +66,62 @@ beat_schedule = {
         "options": {"expires": max(5.0, _settings.reconcile_interval_s * 5)},
     },
 }
+
+
+# --- Broker-specific settings -------------------------------------------------------------------
+# Redis is the default broker, RabbitMQ the other (README "Choosing a broker"). They differ in
+# how the queues are declared and where an ETA wake-up waits until it is due.
+
+QUEUE_NAMES = ("hitl.requests", "hitl.events", "hitl.timers", "hitl.outbox")
+RABBITMQ_SCHEMES = ("amqp", "amqps", "pyamqp")
+
+
+def is_rabbitmq(url: str) -> bool:
+    return url.split("://", 1)[0].lower() in RABBITMQ_SCHEMES
+
+
+def settings_for_broker(url: str, settings: Settings) -> dict[str, Any]:
+    """The settings that depend on the broker at ``url``, applied to this module below (and by
+    the test suite to a second app on another broker)."""
+    if is_rabbitmq(url):
+        return {
+            # Quorum queues: durable and replicated across a RabbitMQ cluster. Each queue is
+            # bound to a *topic* exchange of its own name with its name as the routing key:
+            # native delayed delivery routes a due message back through that exchange, which it
+            # cannot do through a direct one.
+            "task_queues": [
+                Queue(name, Exchange(name, type="topic"), routing_key=name,
+                      queue_arguments={"x-queue-type": "quorum"})
+                for name in QUEUE_NAMES
+            ],
+            # A reply queue a request names (``reply_to.queue``, the flow engine's) is declared
+            # by the same rule when an exit is published to it. A publisher or consumer that
+            # declares one of these queues otherwise is refused by RabbitMQ (PRECONDITION_FAILED).
+            "task_create_missing_queue_type": "quorum",
+            "task_create_missing_queue_exchange_type": "topic",
+            # Native delayed delivery (Celery 5.5+, on because the queues are quorum queues): an
+            # ETA wake-up waits in the broker's celery_delayed_* queues and reaches a worker
+            # within a second of its deadline. With quorum queues Celery turns global QoS off,
+            # so the prefetch count is static (concurrency x worker_prefetch_multiplier): a
+            # worker holding wake-ups for minutes would have no slot left for anything else.
+            "broker_native_delayed_delivery_queue_type": "quorum",
+            # Publisher confirms: publishing returns once RabbitMQ has taken the message, so an
+            # outbox row is marked sent only when its message is safe in the broker.
+            "broker_transport_options": {"confirm_publish": True},
+        }
+    return {
+        # Each queue gets its own direct exchange and routing key. (A bare ``Queue(name)`` is
+        # bound to the default exchange with the default routing key, so every queue would get
+        # every message.)
+        "task_queues": [Queue(name, Exchange(name, type="direct"), routing_key=name)
+                        for name in QUEUE_NAMES],
+        "broker_transport_options": {
+            # An unacked message (an armed ETA wake-up) comes back after this; keep it above
+            # the timer horizon so wake-ups are not redelivered while they wait.
+            "visibility_timeout": settings.effective_visibility_timeout_s,
+        },
+    }
+
+
+# task_queues and broker_transport_options; on RabbitMQ also the queue types and delayed delivery.
+globals().update(settings_for_broker(broker_url, _settings))

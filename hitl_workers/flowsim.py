@@ -3,6 +3,11 @@
 It speaks only the wire contract (a Celery protocol-2 JSON message on a queue), so it shows
 what a flow engine in any language sees. Used by ``hitl-workers simulate``, the tests and the
 benchmarks.
+
+On RabbitMQ every queue of the system, the flow engine's reply queue included, is a durable
+quorum queue bound to a topic exchange of the same name, with the queue's name as the routing
+key (celeryconfig.py declares it so when it publishes an exit). A consumer must declare its queue
+the same way, or RabbitMQ refuses the declaration. On Redis the exchange is a direct one.
 """
 
 from __future__ import annotations
@@ -15,13 +20,27 @@ from typing import Any
 from kombu import Connection, Exchange, Queue
 
 
+def queue_for(broker_url: str, name: str) -> Queue:
+    """Queue ``name`` (a reply queue, or one of hitl_workers' own) declared as hitl_workers
+    declares it on the broker at ``broker_url``."""
+    if broker_url.split("://", 1)[0].lower() in ("amqp", "amqps", "pyamqp"):
+        return Queue(name, Exchange(name, type="topic"), routing_key=name,
+                     queue_arguments={"x-queue-type": "quorum"})
+    return Queue(name, Exchange(name, type="direct"), routing_key=name)
+
+
 class ExitListener:
     """Collects exit messages from ``queue`` on a background thread."""
 
-    def __init__(self, broker_url: str, queue: str, task: str = "flow.step_exited") -> None:
+    def __init__(self, broker_url: str, queue: str, task: str = "flow.step_exited", *,
+                 delete_queue_on_stop: bool = True) -> None:
         self.broker_url = broker_url
         self.queue_name = queue
         self.task = task
+        # The tests and the simulator name a queue for one run: deleting it when done keeps a
+        # RabbitMQ vhost from collecting a durable queue and an exchange per run.
+        self.delete_queue_on_stop = delete_queue_on_stop
+        self.queue = queue_for(broker_url, queue)
         self.exits: dict[str, list[dict[str, Any]]] = defaultdict(list)
         self.received_at: dict[str, float] = {}
         self._cond = threading.Condition()
@@ -39,6 +58,13 @@ class ExitListener:
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(timeout=5)
+        if self.delete_queue_on_stop:
+            try:
+                with Connection(self.broker_url) as conn:
+                    self.queue(conn.default_channel).delete()
+                    self.queue.exchange(conn.default_channel).delete()
+            except Exception:  # the broker is gone: nothing to tidy up
+                pass
 
     def __enter__(self) -> ExitListener:
         return self.start()
@@ -47,12 +73,10 @@ class ExitListener:
         self.stop()
 
     def _run(self) -> None:
-        queue = Queue(self.queue_name, Exchange(self.queue_name, type="direct"),
-                      routing_key=self.queue_name)
         while not self._stop.is_set():
             try:
                 with Connection(self.broker_url) as conn, \
-                        conn.Consumer([queue], callbacks=[self._on_message],
+                        conn.Consumer([self.queue], callbacks=[self._on_message],
                                       accept=["json"], prefetch_count=100):
                     while not self._stop.is_set():
                         try:
