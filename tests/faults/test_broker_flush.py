@@ -1,0 +1,92 @@
+"""The broker's Redis loses everything while 200 steps wait on their deadlines.
+
+``FLUSHDB`` of the broker's database takes every queued message, the record of every
+unacked one (the armed wake-ups) and kombu's bindings. It leaves the wake-ups that workers
+already hold in memory, so the test also drops every connection to that database, as a
+Redis restarting empty would: the workers reconnect and their held wake-ups are gone too
+(total broker loss). Every step must still exit exactly once, on time.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from hitl_workers.services.effects import timer_task_id
+from tests.faults.harness import (
+    HOST,
+    Report,
+    assert_each_exits_once_on_time,
+    dispatch,
+    dispatch_rate,
+    mixed_steps,
+    utc_now,
+    wait_until,
+)
+
+STEPS = 200
+SLACK_S = 2.0
+"""Beyond one reconcile interval: the consumers' reconnection, and a loaded CI machine."""
+WORKERS = {"flush-requests": (("hitl.requests", "hitl.events"), 4),
+           "flush-timers": (("hitl.timers", "hitl.outbox"), 3)}
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def fx(fault_system):
+    return fault_system(workers=WORKERS)
+
+
+def _lose_the_broker(fx) -> int:
+    """FLUSHDB of the broker's database, and every connection to it dropped."""
+    admin = fx.redis.client(0)
+    admin.flushdb()
+    me = admin.client_id()
+    dropped = 0
+    for client in admin.client_list():
+        if client["db"] == "0" and int(client["id"]) != me:
+            admin.client_kill_filter(_id=client["id"])
+            dropped += 1
+    return dropped
+
+
+def _workers_answer(fx) -> bool:
+    nodes = {f"{name}@{HOST}" for name in WORKERS}
+    try:  # this process's own broker connections were dropped too
+        replies = fx.app.control.ping(destination=list(nodes), timeout=0.5) or []
+    except Exception:
+        return False
+    return nodes <= {node for reply in replies for node in reply}
+
+
+def test_every_step_exits_once_on_time_after_the_broker_loses_everything(fx):
+    # Given 200 steps waiting on countdowns and timeouts of 2-8 s, their wake-ups held
+    lead_s = dispatch_rate(fx.app, fx.team, fx.listener.reply_to)
+    steps = mixed_steps(STEPS, 2.0, 8.0, lead_s=lead_s, seed=11)
+    dispatch(fx.app, steps, fx.team, fx.listener.reply_to)
+    # When the broker's database is flushed and its connections dropped
+    lost_at = utc_now()
+    dropped = _lose_the_broker(fx)
+    wait_until(lambda: _workers_answer(fx), 30, "the workers to reconnect")
+    recovered_at = utc_now()
+    # Then every step exits exactly once, on time
+    report = Report("broker_flush", extra={
+        "connections_dropped": dropped, "slack_s": SLACK_S,
+        "broker_back_after_s": round((recovered_at - lost_at).total_seconds(), 2)})
+    assert_each_exits_once_on_time(fx.db, fx.listener, steps, report, slack_s=SLACK_S,
+                                   recovered_at=recovered_at)
+    # And the wake-ups were indeed lost: the reconciler fired the deadlines after the loss
+    deadlines = fx.db.timers([s.execution_id for s in steps])
+    after_loss = [s for s in steps if deadlines[s.execution_id][_kind(s)].due_at > lost_at]
+    by_wake_up = [s for s in after_loss if "'fired'" in [
+        e.get("result") for e in fx.events.of(timer_task_id(s.execution_id, _kind(s)),
+                                                "task-succeeded")]]
+    report.extra.update(deadlines_after_loss=len(after_loss),
+                        fired_by_wake_up_after_loss=len(by_wake_up))
+    report.write()
+    assert len(after_loss) >= STEPS // 2
+    assert not by_wake_up
+
+
+def _kind(step) -> str:
+    return "countdown" if step.expected_exit == "timer_action" else "timeout"
