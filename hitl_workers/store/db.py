@@ -89,7 +89,11 @@ def transaction() -> Iterator[Connection]:
             yield conn
         finally:
             # ``info`` belongs to the pooled DBAPI connection: never leave the list behind.
-            conn.info.pop(_AFTER_COMMIT, None)
+            # An invalidated connection (PostgreSQL restarted under it) has none: touching
+            # ``conn.info`` would try to reconnect and replace the OperationalError that
+            # callers retry on with a PendingRollbackError that nobody retries.
+            if not conn.invalidated:
+                conn.info.pop(_AFTER_COMMIT, None)
     for callback in callbacks:
         try:
             callback()
