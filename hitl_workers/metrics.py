@@ -11,9 +11,10 @@ Two kinds, both named ``hitl_*`` (docs/operations.md has the table):
 * **Read from the database at scrape time** (waiting executions, outbox backlog, reconciler
   heartbeat age, …): correct however many processes or hosts there are, and never stale.
 
-Where they are served: the gateway's ``/metrics`` has both (the workers' counters of every node
-on its host, and the database gauges); with ``HITL_METRICS_PORT`` set, each worker also serves
-its own node's counters (for workers on hosts without a gateway, such as Kubernetes pods).
+Where they are served (:mod:`hitl_workers.scrape` reads them): the gateway's ``/metrics`` has
+both (the workers' counters of every node on its host, and the database gauges); with
+``HITL_METRICS_PORT`` set, each worker also serves its own node's counters (for workers on
+hosts without a gateway, such as Kubernetes pods).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import os
 import re
 import shutil
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Mapping
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -38,16 +39,13 @@ from celery.signals import (
     worker_shutdown,
 )
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server, values
-from prometheus_client.core import GaugeMetricFamily, Metric
-from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
-from prometheus_client.registry import Collector
+from prometheus_client.multiprocess import mark_process_dead
 from sqlalchemy.engine import Connection
 
 from hitl_workers import taskcontext
-from hitl_workers.clock import utcnow
-from hitl_workers.settings import Settings, get_settings
-from hitl_workers.store import overview
-from hitl_workers.store.db import after_commit, transaction
+from hitl_workers.scrape import NodesCollector, node_dir
+from hitl_workers.settings import get_settings
+from hitl_workers.store.db import after_commit
 
 log = logging.getLogger(__name__)
 
@@ -183,11 +181,6 @@ def _task_finished(task_id: str | None = None, task: Any = None, retval: Any = N
 
 # --- where worker processes keep their values -----------------------------------------------
 
-def node_dir(base: Path, node: str) -> Path:
-    """The directory of one worker node (``requests@host-1``) under ``base``."""
-    return base / re.sub(r"[^A-Za-z0-9@._-]", "_", node)
-
-
 def use_multiprocess(path: Path) -> None:
     """Keep this process's (and its future children's) values in files under ``path``.
 
@@ -259,108 +252,3 @@ def _process_gone(pid: int | None = None, **_: Any) -> None:
     if _node is not None:
         with contextlib.suppress(OSError):
             mark_process_dead(pid or os.getpid(), str(_node[1]))
-
-
-# --- reading ----------------------------------------------------------------------------------
-
-class NodesCollector(Collector):
-    """The worker processes' values under ``base``, merged per node, labelled ``node``."""
-
-    def __init__(self, base: Path, nodes: Iterable[str] | None = None) -> None:
-        self.base = base
-        self.nodes = list(nodes) if nodes is not None else None
-
-    def _dirs(self) -> list[Path]:
-        if self.nodes is not None:
-            return [node_dir(self.base, n) for n in self.nodes]
-        try:
-            return sorted(p for p in self.base.iterdir() if p.is_dir())
-        except OSError:
-            return []
-
-    def collect(self) -> Iterator[Metric]:
-        families: dict[str, Metric] = {}
-        for path in self._dirs():
-            files = [str(f) for f in path.glob("*.db")]
-            for metric in MultiProcessCollector.merge(files, accumulate=True):
-                family = families.get(metric.name)
-                if family is None:
-                    family = families[metric.name] = Metric(
-                        metric.name, metric.documentation, metric.type)
-                family.samples.extend(
-                    s._replace(labels={**s.labels, "node": path.name}) for s in metric.samples)
-        yield from families.values()
-
-    def describe(self) -> list[Metric]:
-        return []  # series appear as workers write them
-
-
-class DatabaseCollector(Collector):
-    """Gauges read from the database at each scrape (:mod:`hitl_workers.store.overview`)."""
-
-    def describe(self) -> list[Metric]:
-        return []  # never query the database at registration
-
-    def collect(self) -> Iterator[Metric]:
-        up = GaugeMetricFamily("hitl_database_up",
-                               "1 when the database answered this scrape's queries.")
-        try:
-            with transaction() as conn:
-                found = overview.load(conn, utcnow(), late_after_s=0)
-        except Exception as exc:
-            log.warning("metrics: database gauges unavailable: %r", exc)
-            up.add_metric([], 0)
-            yield up
-            return
-        up.add_metric([], 1)
-        yield up
-        yield from database_gauges(found)
-
-
-def database_gauges(found: overview.Overview) -> Iterator[Metric]:
-    def gauge(name: str, doc: str, value: float | None) -> GaugeMetricFamily:
-        family = GaugeMetricFamily(name, doc)
-        if value is not None:
-            family.add_metric([], value)
-        return family
-
-    def by(name: str, doc: str, label: str, counts: Mapping[str, int],
-           known: Iterable[str]) -> GaugeMetricFamily:
-        family = GaugeMetricFamily(name, doc, labels=[label])
-        for key in sorted({*known, *counts}):
-            family.add_metric([key], counts.get(key, 0))
-        return family
-
-    yield gauge("hitl_executions_waiting", "Step executions waiting for an agent.",
-                found.waiting)
-    yield gauge("hitl_executions_oldest_waiting_seconds",
-                "Age of the oldest waiting execution, since its dispatch (0: none waiting).",
-                found.age_s(found.oldest_waiting_since) or 0.0)
-    yield by("hitl_timers_pending", "Deadlines not yet fired or cancelled, by kind.", "kind",
-             found.timers_pending, ("countdown", "timeout"))
-    yield gauge("hitl_timers_overdue",
-                "Pending deadlines already due (normal for an instant; a growing number "
-                "means nothing is firing them).", found.timers_overdue)
-    yield gauge("hitl_timers_oldest_overdue_seconds",
-                "How long the most overdue pending deadline has been due (0: none).",
-                found.age_s(found.oldest_overdue_due_at) or 0.0)
-    yield by("hitl_outbox_unsent", "Outbox messages not yet published, by kind.", "kind",
-             found.outbox_unsent, ("exit", "notify"))
-    yield gauge("hitl_outbox_failing", "Unsent outbox messages whose last publish failed.",
-                found.outbox_failing)
-    yield gauge("hitl_outbox_oldest_unsent_seconds",
-                "Age of the oldest unsent outbox message (0: none).",
-                found.age_s(found.oldest_unsent_at) or 0.0)
-    yield gauge("hitl_reconciler_heartbeat_age_seconds",
-                "Since the reconciler's last tick (absent until its first).",
-                found.age_s(found.heartbeat_at))
-    yield gauge("hitl_dead_letters", "Messages kept as dead letters (refused or unreadable).",
-                found.dead_letters)
-
-
-def register(registry: CollectorRegistry, settings: Settings | None = None) -> None:
-    """Add the business metrics to ``registry``: every worker node's counters under this
-    host's metrics directory and the database gauges (what the gateway's /metrics serves)."""
-    settings = settings or get_settings()
-    registry.register(NodesCollector(settings.effective_metrics_dir))
-    registry.register(DatabaseCollector())

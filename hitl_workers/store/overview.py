@@ -67,7 +67,7 @@ def load(conn: Connection, now: datetime, *, late_after_s: float) -> Overview:
         .order_by(executions.c.dispatched_at).limit(1)).first()
 
     pending = timers.c.state == "pending"
-    timer_counts = dict(conn.execute(
+    timer_counts: dict[str, int] = dict(conn.execute(
         sa.select(timers.c.kind, sa.func.count()).where(pending)
         .group_by(timers.c.kind)).tuples().all())
     overdue = conn.execute(
@@ -76,7 +76,7 @@ def load(conn: Connection, now: datetime, *, late_after_s: float) -> Overview:
         .where(pending, timers.c.due_at <= now)).one()
 
     unsent = outbox.c.sent_at.is_(None)
-    outbox_counts = dict(conn.execute(
+    outbox_counts: dict[str, int] = dict(conn.execute(
         sa.select(outbox.c.kind, sa.func.count()).where(unsent)
         .group_by(outbox.c.kind)).tuples().all())
     failing = conn.execute(

@@ -61,7 +61,7 @@ class Ops:
 
     @property
     def node_dir(self) -> Path:
-        from hitl_workers.metrics import node_dir
+        from hitl_workers.scrape import node_dir
 
         return node_dir(self.metrics_dir, OPS_NODE)
 

@@ -11,13 +11,13 @@ from typing import Any
 
 from celery import Celery
 
-from hitl_workers.flowsim import reply_queue
+from hitl_workers.flowsim import queue_for
 
 BROKER = os.environ["HITL_BROKER_URL"]
 QUEUE = os.environ["OPS_FLOW_QUEUE"]
 
 app = Celery("flow_engine", broker=BROKER)
-app.conf.update(task_queues=[reply_queue(BROKER, QUEUE)], task_default_queue=QUEUE,
+app.conf.update(task_queues=[queue_for(BROKER, QUEUE)], task_default_queue=QUEUE,
                 accept_content=["json"], task_serializer="json",
                 worker_send_task_events=True, broker_connection_retry_on_startup=True)
 
