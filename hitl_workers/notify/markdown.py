@@ -2,8 +2,7 @@
 
 Two independent layers, so one bug does not become an XSS in every agent console:
 
-1. markdown-it-py in CommonMark mode, with its own link check, which already refuses
-   ``javascript:``, ``vbscript:``, ``file:`` and ``data:`` destinations.
+1. markdown-it-py in CommonMark mode; every link it finds becomes an ``<a>``.
 2. nh3 (ammonia) with an explicit allow-list: the tags below, ``href``/``title`` on links only,
    absolute http/https/mailto/tel URLs only (relative ones are dropped too: on the console's own
    origin a link like ``/?token=…`` would sign the agent in as someone else), and
@@ -42,6 +41,10 @@ LINK_REL = "noopener noreferrer nofollow"
 _MD = MarkdownIt(
     "commonmark", {"html": True, "linkify": False, "typographer": False, "breaks": True}
 ).enable(["table", "strikethrough"])
+# Every Markdown link becomes an <a>, and the sanitizer decides its href: a `javascript:` or
+# `data:` link keeps its text and loses its URL, instead of staying on the page as the
+# literal "[text](javascript:…)" that markdown-it's own check would leave.
+_MD.validateLink = lambda url: True
 _CLEANER = nh3.Cleaner(
     tags=set(ALLOWED_TAGS),
     clean_content_tags={"script", "style"},
