@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import types
 from dataclasses import dataclass
-from typing import Annotated, Any, Union, get_args, get_origin
+from typing import Annotated, Any, TypeVar, Union, get_args, get_origin
 
 from pydantic import BaseModel, ValidationError
 
@@ -253,3 +253,18 @@ def _model_at(model: type[BaseModel], path: Path) -> type[BaseModel] | None:
     if known == len(path) and isinstance(kind, type) and issubclass(kind, BaseModel):
         return kind
     return None
+
+
+M = TypeVar("M", bound=BaseModel)
+
+POSITIONAL = FieldError("(args)", "positional arguments are not accepted; use keyword arguments")
+
+
+def parse_kwargs(model: type[M], args: tuple[Any, ...], kwargs: dict[str, Any]) -> M | Invalid:
+    """A task's keyword arguments as ``model``, or the errors naming each bad field."""
+    if args:
+        return Invalid((POSITIONAL,))
+    try:
+        return model.model_validate(kwargs)
+    except ValidationError as exc:
+        return Invalid(field_errors(exc, model))

@@ -5,12 +5,12 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import ValidationError, model_validator
+from pydantic import model_validator
 from sqlalchemy.engine import Connection
 
 from hitl_workers.domain import machine
 from hitl_workers.domain.request import Identifier, _Strict
-from hitl_workers.domain.validation import Invalid, field_errors
+from hitl_workers.domain.validation import Invalid, parse_kwargs
 from hitl_workers.services.effects import Effects
 from hitl_workers.services.transitions import apply
 from hitl_workers.store import repo
@@ -51,27 +51,11 @@ def invalid_result(problem: Invalid, execution_id: Any = None) -> dict[str, Any]
 
 
 def parse_event(args: tuple[Any, ...], kwargs: dict[str, Any]) -> AgentEventIn | Invalid:
-    if args:
-        return Invalid((_positional(),))
-    try:
-        return AgentEventIn.model_validate(kwargs)
-    except ValidationError as exc:
-        return Invalid(field_errors(exc))
+    return parse_kwargs(AgentEventIn, args, kwargs)
 
 
 def parse_cancel(args: tuple[Any, ...], kwargs: dict[str, Any]) -> CancelIn | Invalid:
-    if args:
-        return Invalid((_positional(),))
-    try:
-        return CancelIn.model_validate(kwargs)
-    except ValidationError as exc:
-        return Invalid(field_errors(exc))
-
-
-def _positional() -> Any:
-    from hitl_workers.domain.validation import FieldError
-
-    return FieldError("(args)", "positional arguments are not accepted; use keyword arguments")
+    return parse_kwargs(CancelIn, args, kwargs)
 
 
 def handle_event(conn: Connection, action: Action, event: AgentEventIn, now: datetime

@@ -5,12 +5,13 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, StringConstraints, ValidationError
+from pydantic import Field, StringConstraints
 from sqlalchemy.engine import Connection
 
 from hitl_workers.domain import machine
 from hitl_workers.domain.request import Identifier, Tag, _Strict
-from hitl_workers.domain.validation import FieldError, Invalid, field_errors
+from hitl_workers.domain.validation import Invalid
+from hitl_workers.domain.validation import parse_kwargs as parse  # noqa: F401 (tasks use it)
 from hitl_workers.notify import events as notifications
 from hitl_workers.services import outbox
 from hitl_workers.services.effects import Effects
@@ -35,15 +36,6 @@ class SetStatusIn(_Strict):
 
 class RemoveAgentIn(_Strict):
     agent_id: Identifier
-
-
-def parse(model: type[_Strict], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    if args:
-        return Invalid((FieldError("(args)", "positional arguments are not accepted"),))
-    try:
-        return model.model_validate(kwargs)
-    except ValidationError as exc:
-        return Invalid(field_errors(exc))
 
 
 def invalid_result(problem: Invalid, kwargs: dict[str, Any]) -> dict[str, Any]:
