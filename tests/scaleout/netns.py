@@ -11,6 +11,7 @@ Needs root and iproute2 (``ip netns``). :func:`available` says whether this mach
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 from collections.abc import Sequence
@@ -43,7 +44,7 @@ class VirtualHosts:
     def __init__(self, names: Sequence[str], tag: str | None = None) -> None:
         # Short, per-process names: interface names have at most 15 characters, and two test
         # runs on one machine must not collide.
-        self.tag = tag or f"hs{os.getpid() % 100000}"
+        self.tag = tag or f"hs{os.getpid()}"
         third = os.getpid() % 200 + 20
         self.network = f"10.213.{third}"
         self.gateway = f"{self.network}.1"
@@ -56,6 +57,7 @@ class VirtualHosts:
         return f"{self.tag}-{name}"
 
     def up(self) -> VirtualHosts:
+        remove_stale()
         _ip("link", "add", self.bridge, "type", "bridge")
         self._made.append(("link", "del", self.bridge))
         _ip("addr", "add", f"{self.gateway}/24", "dev", self.bridge)
@@ -84,3 +86,17 @@ class VirtualHosts:
         for args in reversed(self._made):
             subprocess.run(["ip", *args], capture_output=True, timeout=20)
         self._made.clear()
+
+
+def remove_stale() -> None:
+    """Remove the namespaces and bridges of earlier runs whose process is gone (killed before
+    it could tidy up), so their addresses cannot clash with this run's."""
+    listing = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True,
+                             timeout=20).stdout
+    pids = {int(m.group(1)) for m in re.finditer(r"^hs(\d+)-\S+", listing, re.MULTILINE)}
+    for pid in pids - {os.getpid()}:
+        if os.path.exists(f"/proc/{pid}"):
+            continue
+        for name in re.findall(rf"^(hs{pid}-\S+)", listing, re.MULTILINE):
+            subprocess.run(["ip", "netns", "del", name], capture_output=True, timeout=20)
+        subprocess.run(["ip", "link", "del", f"hs{pid}br"], capture_output=True, timeout=20)
