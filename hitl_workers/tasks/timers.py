@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from sqlalchemy.exc import DBAPIError, OperationalError
@@ -21,14 +22,47 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-@app.task(name="hitl.fire_timer", base=GuardedTask, bind=True, ignore_result=True, **RETRY)
+@app.task(name="hitl.fire_timer", base=GuardedTask, bind=True, ignore_result=True)
 def fire_timer(self: Any, *, execution_id: str, kind: str) -> str:
     """A deadline's wake-up. Re-checks the row, so an early, late, duplicated or stale
-    wake-up is harmless: early ones re-arm themselves, the rest change nothing."""
-    outcome, effects = in_transaction(
-        lambda conn: agent_events.fire_timer(conn, execution_id, kind, utcnow()))
+    wake-up is harmless: early ones re-arm themselves, the rest change nothing.
+
+    Never retried: a wake-up that cannot reach the database (PostgreSQL restarting) is a lost
+    wake-up, and the reconciler fires that deadline within an interval of the database's
+    return. Retries would come back all at once and fill the timer workers' pool while the
+    reconciler's tick waited behind them.
+
+    A wake-up that runs late (the timer workers are behind: a burst of deadlines, or the
+    backlog after an outage) first fires every overdue deadline in batches, as the reconciler
+    does, so the burst costs a few transactions instead of one each; the wake-ups behind it
+    then find their deadlines already fired.
+    """
+    if _late(self.request.eta):
+        _with_database(lambda: reconciler.fire_overdue(utcnow, after_commit,
+                                                       budget_s=LATE_DRAIN_S))
+    fired = _with_database(lambda: in_transaction(
+        lambda conn: agent_events.fire_timer(conn, execution_id, kind, utcnow())))
+    if fired is None:
+        return "deferred"  # the database is away: the reconciler fires it when it is back
+    outcome, effects = fired
     after_commit(effects)
     return outcome
+
+
+LATE_DRAIN_S = 1.0
+"""How long a late wake-up drains overdue deadlines before it handles its own."""
+
+
+def _late(eta: str | None) -> bool:
+    if not eta:
+        return False
+    try:
+        due = datetime.fromisoformat(eta)
+    except ValueError:
+        return False
+    if due.tzinfo is None:
+        due = due.replace(tzinfo=UTC)
+    return (utcnow() - due).total_seconds() > get_settings().reconcile_interval_s
 
 
 @app.task(name="hitl.reconcile", base=GuardedTask, ignore_result=True, **RETRY)
@@ -83,7 +117,8 @@ def _ask_for_helpers() -> None:
 
 
 def _with_database(work: Callable[[], T]) -> T | None:
-    """``work()``; None when the database is unreachable (logged, the next tick retries).
+    """``work()``; None when the database is unreachable (logged; the reconciler's next tick
+    does what was left undone).
 
     A pooled connection that died with a PostgreSQL restart fails its first statement and
     SQLAlchemy invalidates the pool: one immediate second attempt gets a fresh connection.
@@ -96,7 +131,7 @@ def _with_database(work: Callable[[], T]) -> T | None:
                 continue
             if not isinstance(exc, OperationalError):
                 raise
-            log.warning("reconciler: database unavailable (%s); the next tick tries again",
+            log.warning("database unavailable (%s); the reconciler's next tick tries again",
                         str(exc.orig).strip().splitlines()[0] if exc.orig else exc)
             return None
     return None

@@ -38,6 +38,10 @@ from tests.support.fixtures import ARTIFACTS, System
 INTERVAL_S = float(os.environ.get("HITL_RECONCILE_INTERVAL_S", "1"))
 HOST = os.uname().nodename
 DELIVERY_S = 1.0
+DRAIN_S_PER_DEADLINE = 0.02
+"""After an outage, the deadlines that passed meanwhile are all overdue at once; the slack
+grows by this much for each of them: the reconciler fires at least 50 a second on a 2-core
+machine that other test runs load heavily (about 300 a second when it is quiet)."""
 """Allowed from the exit's commit to the flow engine's receipt of the message: publishing
 after commit (a batch of the reconciler's at a time) and the broker's hop."""
 
@@ -430,6 +434,20 @@ def assert_each_exits_once_on_time(db: Db, listener: Listener, steps: Sequence[S
     summary = report.write()
     assert not late, (f"{len(late)} steps exited later than deadline + {bound_s:.1f}s "
                       f"({summary}): {late[:10]}")
+
+
+def overdue(db: Db, now: datetime) -> int:
+    """Executions with a pending deadline due by ``now``."""
+    return int(db.rows(sa.select(sa.func.count(sa.distinct(timers.c.execution_id))).where(
+        timers.c.state == "pending", timers.c.due_at <= now))[0][0])
+
+
+def deadlines_between(db: Db, steps: Sequence[Step], start: datetime, end: datetime) -> int:
+    """Steps whose first deadline fell in ``(start, end]``: during an outage, the backlog
+    the system finds when it returns."""
+    found = db.timers([s.execution_id for s in steps])
+    return sum(start < min(t.due_at for t in found[s.execution_id].values()) <= end
+               for s in steps)
 
 
 def utc_now() -> datetime:

@@ -26,8 +26,8 @@ from tests.faults.harness import (
 STEPS = 200
 SLACK_S = 2.0
 """Beyond one reconcile interval: the consumers' reconnection, and a loaded CI machine."""
-WORKERS = {"flush-requests": (("hitl.requests", "hitl.events"), 4),
-           "flush-timers": (("hitl.timers", "hitl.outbox"), 3)}
+WORKERS = {"flush-requests": (("hitl.requests", "hitl.events"), 3),
+           "flush-timers": (("hitl.timers", "hitl.outbox"), 2)}
 
 pytestmark = pytest.mark.slow
 

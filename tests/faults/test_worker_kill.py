@@ -11,26 +11,27 @@ ran) + one reconcile interval + SLACK_S.
 from __future__ import annotations
 
 import pytest
-import sqlalchemy as sa
 
-from hitl_workers.store.tables import timers
 from tests.faults.harness import (
+    DRAIN_S_PER_DEADLINE,
     Report,
     assert_each_exits_once_on_time,
+    deadlines_between,
     dispatch,
     dispatch_rate,
     mixed_steps,
+    overdue,
     utc_now,
     wait_until,
 )
 
 STEPS = 240
-SLACK_S = 2.5
-"""Beyond one reconcile interval: draining the backlog that piled up while no worker ran
-(about 120 deadlines here, fired in batches by the tick and its helpers) on a loaded
-2-core machine."""
-WORKERS = {"kill-requests": (("hitl.requests", "hitl.events"), 4),
-           "kill-timers": (("hitl.timers", "hitl.outbox"), 3)}
+SLACK_S = 1.5
+"""Beyond one reconcile interval: the restarted workers' first transactions, and a loaded
+CI machine; plus DRAIN_S_PER_DEADLINE for each deadline that passed while no worker ran
+(they are all overdue at once when the workers return)."""
+WORKERS = {"kill-requests": (("hitl.requests", "hitl.events"), 3),
+           "kill-timers": (("hitl.timers", "hitl.outbox"), 2)}
 
 pytestmark = pytest.mark.slow
 
@@ -38,11 +39,6 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def fx(fault_system):
     return fault_system(workers=WORKERS, beats=2)
-
-
-def _overdue(fx, now) -> int:
-    return int(fx.db.rows(sa.select(sa.func.count()).select_from(timers).where(
-        timers.c.state == "pending", timers.c.due_at <= now))[0][0])
 
 
 def test_every_step_exits_once_on_time_after_every_worker_is_killed(fx):
@@ -54,15 +50,16 @@ def test_every_step_exits_once_on_time_after_every_worker_is_killed(fx):
     # half of the deadlines have passed
     fx.system.kill(WORKERS)
     killed_at = utc_now()
-    wait_until(lambda: _overdue(fx, utc_now()) >= STEPS // 2, 20, "half the deadlines")
+    wait_until(lambda: overdue(fx.db, utc_now()) >= STEPS // 2, 20, "half the deadlines")
     fx.system.restart_workers(WORKERS)
     recovered_at = utc_now()
-    overdue_at_recovery = _overdue(fx, recovered_at)
+    backlog = deadlines_between(fx.db, steps, killed_at, recovered_at)
     # Then every step exits exactly once, on time from the moment the workers were back
+    slack_s = SLACK_S + DRAIN_S_PER_DEADLINE * backlog
     report = Report("worker_kill", extra={
         "dispatch_s": round(dispatch_s, 2), "lead_s_per_step": round(lead_s, 3),
         "workers_down_s": round((recovered_at - killed_at).total_seconds(), 2),
-        "overdue_at_recovery": overdue_at_recovery, "slack_s": SLACK_S})
-    assert_each_exits_once_on_time(fx.db, fx.listener, steps, report, slack_s=SLACK_S,
+        "deadlines_while_down": backlog, "slack_s": round(slack_s, 2)})
+    assert_each_exits_once_on_time(fx.db, fx.listener, steps, report, slack_s=slack_s,
                                    recovered_at=recovered_at)
-    assert overdue_at_recovery > 0  # the test did take wake-ups away
+    assert backlog >= STEPS // 3  # the test did take wake-ups away
