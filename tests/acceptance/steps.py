@@ -132,7 +132,9 @@ def publish_raw(broker_url: str, queue: str, body: bytes | str, *, task: str | N
 
     ``task=None`` leaves out the task header. Returns the message's task id.
     """
-    from kombu import Connection, Exchange, Queue
+    from kombu import Connection
+
+    from hitl_workers.flowsim import queue_for
 
     task_id = task_id or str(uuid.uuid4())
     headers: dict[str, Any] = {"lang": "py", "id": task_id, "root_id": task_id,
@@ -141,7 +143,7 @@ def publish_raw(broker_url: str, queue: str, body: bytes | str, *, task: str | N
     if task is not None:
         headers["task"] = task
     headers.update(extra_headers or {})
-    target = Queue(queue, Exchange(queue, type="direct"), routing_key=queue)
+    target = queue_for(broker_url, queue)  # declared as the workers declare it
     with Connection(broker_url) as conn:
         producer = conn.Producer()
         producer.publish(body, exchange=target.exchange, routing_key=queue, declare=[target],
