@@ -43,6 +43,10 @@ class Settings(BaseSettings):
     """Revoke a finished step's pending wake-ups (saves work only; correctness never needs it)."""
     db_pool_size: int = Field(5, ge=1)
     notification_stream_maxlen: int = Field(10_000, ge=100)
+    notify_timeout_s: float = Field(0.5, gt=0)
+    """Socket timeout of the notification Redis client. A claim or a wake-up that publishes
+    a notification waits at most this long for a Redis that hangs (once per worker: after
+    that the notifications are skipped and re-sent from the outbox)."""
 
     secret: str = "dev-insecure-secret-change-me"
     token_max_age_s: int = Field(12 * 3600, gt=0)

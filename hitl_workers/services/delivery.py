@@ -6,11 +6,13 @@ notifications on their ``id``.
 
 Exits go first: they are what the flow engine waits for, and they travel over the broker,
 not over the notification Redis. When the notification Redis fails (down, or hanging until
-the client's socket timeout), :data:`notifications` opens for a while: in that time the
-publishing done right after a transaction (a claim's, a wake-up's) skips notifications and
-leaves their rows unsent, so a dead Redis costs a claim one timeout at most, not one per
-message or per claim. The reconciler re-sends those rows through ``hitl.deliver_outbox``,
-which always tries (it is the probe) and stops at the first failure.
+the client's socket timeout, ``HITL_NOTIFY_TIMEOUT_S``), :data:`notifications` opens, for
+every process of the worker at once: in that time publishing right after a transaction (a
+claim's, a wake-up's) skips notifications and leaves their rows unsent, so a dead Redis
+costs one socket timeout per worker, not one per message, per claim or per pool process.
+When the pause is over, a quick probe (a PING with a short timeout) decides whether to try
+again. The reconciler re-sends the skipped rows through ``hitl.deliver_outbox``, which
+probes even while the breaker is open, and stops at the first failure.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from datetime import datetime
-from typing import Any, Protocol
+from multiprocessing.sharedctypes import RawArray
+from typing import Any, Literal, Protocol
 
 from hitl_workers.services.effects import OutboxMessage
 from hitl_workers.store import repo
@@ -35,33 +38,40 @@ class Publisher(Protocol):
 
 
 class Breaker:
-    """Remembers, per process, that a channel failed recently: while open, callers that
-    may skip (publishing right after a transaction) leave the channel alone. The pause
-    doubles while failures go on (up to ``max_pause_s``) and ends with the first success."""
+    """Remembers that a channel failed recently; while open, publishing that may skip the
+    channel does. The pause doubles while failures go on (up to ``max_pause_s``) and ends
+    with the first success; when it is over the breaker is half-open: the next caller
+    probes the channel cheaply before using it.
+
+    The state lives in shared memory created at import, so the pool processes a worker
+    forks share it: one process meeting a dead Redis spares the others the same timeout.
+    """
 
     def __init__(self, pause_s: float = 2.0, max_pause_s: float = 30.0,
-                 monotonic: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.pause_s = pause_s
         self.max_pause_s = max_pause_s
-        self.monotonic = monotonic
-        self._open_until = 0.0
-        self._next_pause_s = pause_s
+        self.clock = clock  # CLOCK_MONOTONIC is one clock for every process on the host
+        self._state = RawArray("d", [0.0, pause_s])  # open until, next pause
 
-    @property
-    def open(self) -> bool:
-        return self.monotonic() < self._open_until
+    def state(self) -> Literal["closed", "open", "half-open"]:
+        open_until = self._state[0]
+        if not open_until:
+            return "closed"
+        return "open" if self.clock() < open_until else "half-open"
 
     def failed(self) -> None:
-        self._open_until = self.monotonic() + self._next_pause_s
-        self._next_pause_s = min(self._next_pause_s * 2, self.max_pause_s)
+        pause = self._state[1]
+        self._state[0] = self.clock() + pause
+        self._state[1] = min(pause * 2, self.max_pause_s)
 
     def succeeded(self) -> None:
-        self._open_until = 0.0
-        self._next_pause_s = self.pause_s
+        self._state[0] = 0.0
+        self._state[1] = self.pause_s
 
 
 notifications = Breaker()
-"""The notification Redis's breaker (per process)."""
+"""The notification Redis's breaker (shared by a worker's processes)."""
 
 
 def publish(messages: Sequence[OutboxMessage], publisher: Publisher,
@@ -69,14 +79,16 @@ def publish(messages: Sequence[OutboxMessage], publisher: Publisher,
     """Publish ``messages`` and record the result; returns (sent, failed).
 
     Notifications are skipped (left unsent, not counted) while :data:`notifications` is
-    open, unless ``probe``; after one fails, the rest of this call's notifications are
-    skipped too. Skipped and failed rows are re-sent by the reconciler.
+    open, unless ``probe``; when it is half-open (or open, with ``probe``) a quick probe of
+    the channel decides. After one notification fails, the rest of this call's are skipped
+    too. Skipped and failed rows are re-sent by the reconciler.
     """
     if not messages:
         return 0, 0
     sent: list[OutboxMessage] = []
     failed: dict[int, str] = {}
-    skip_notify = notifications.open and not probe
+    skip_notify = any(m.kind != "exit" for m in messages) and not _may_notify(publisher,
+                                                                             probe)
     for message in sorted(messages, key=lambda m: m.kind != "exit"):
         if message.kind != "exit" and skip_notify:
             continue
@@ -106,6 +118,19 @@ def publish(messages: Sequence[OutboxMessage], publisher: Publisher,
         for outbox_id, error in failed.items():
             repo.mark_outbox_failed(conn, [outbox_id], error, now)
     return len(sent), len(failed)
+
+
+def _may_notify(publisher: Publisher, probe: bool) -> bool:
+    state = notifications.state()
+    if state == "closed":
+        return True
+    if state == "open" and not probe:
+        return False
+    quick_probe = getattr(publisher, "probe", None)
+    if quick_probe is None or quick_probe():
+        return True
+    notifications.failed()
+    return False
 
 
 def _publish_one(message: OutboxMessage, publisher: Publisher) -> None:

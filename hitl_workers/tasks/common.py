@@ -56,8 +56,10 @@ def in_transaction(work: Callable[[Connection], T], *, attempts: int = 3) -> T:
 
 
 class CeleryPublisher:
-    def __init__(self, streams: StreamPublisher) -> None:
+    def __init__(self, streams: StreamPublisher, probe_client: redis.Redis | None = None
+                 ) -> None:
         self.streams = streams
+        self.probe_client = probe_client
 
     def send_exit(self, *, task: str, queue: str, kwargs: dict[str, Any]) -> None:
         app.send_task(task, kwargs=kwargs, queue=queue,
@@ -66,17 +68,33 @@ class CeleryPublisher:
     def notify(self, agent_ids: Sequence[str], event: dict[str, Any]) -> None:
         self.streams.publish(agent_ids, event)
 
+    def probe(self) -> bool:
+        """Does the notification Redis answer a PING within half a second?"""
+        try:
+            return bool((self.probe_client or self.streams.client).ping())
+        except redis.RedisError:
+            return False
+
 
 _publisher: CeleryPublisher | None = None
+PROBE_TIMEOUT_S = 0.5
+"""A PING of a live Redis takes a millisecond; one that hangs costs only this much."""
 
 
 def publisher() -> CeleryPublisher:
     global _publisher
     if _publisher is None:
         settings = get_settings()
-        client = redis.Redis.from_url(settings.redis_url, socket_timeout=2,
-                                      socket_connect_timeout=2, health_check_interval=30)
-        _publisher = CeleryPublisher(StreamPublisher(client, settings.notification_stream_maxlen))
+        # A live Redis answers an XADD pipeline in about a millisecond; one that hangs costs
+        # this timeout once per worker (the breaker in services.delivery then skips it).
+        client = redis.Redis.from_url(settings.redis_url,
+                                      socket_timeout=settings.notify_timeout_s,
+                                      socket_connect_timeout=settings.notify_timeout_s,
+                                      health_check_interval=30)
+        probe = redis.Redis.from_url(settings.redis_url, socket_timeout=PROBE_TIMEOUT_S,
+                                     socket_connect_timeout=PROBE_TIMEOUT_S)
+        _publisher = CeleryPublisher(
+            StreamPublisher(client, settings.notification_stream_maxlen), probe)
     return _publisher
 
 
