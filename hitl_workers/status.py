@@ -231,7 +231,7 @@ def to_text(status: Status, found: list[Problem]) -> str:
         for q in status.queues:
             value = q.error or str(q.messages)
             if q.consumers is not None:
-                value += f" ({q.consumers} consumers)"
+                value += f" ({q.consumers} consumer{'' if q.consumers == 1 else 's'})"
             cells.append(f"{q.name} {value}")
         lines.append("queues        " + " · ".join(cells))
         if status.reserved is not None:
