@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import hashlib
 import tempfile
+import warnings
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -74,6 +75,18 @@ class Settings(BaseSettings):
         if not value.startswith(("sqlite", "postgresql")):
             raise ValueError("HITL_DATABASE_URL must be a sqlite:// or postgresql+psycopg2:// URL")
         return value
+
+    @model_validator(mode="after")
+    def _visibility_above_horizon(self) -> Settings:
+        if self.effective_visibility_timeout_s <= self.timer_horizon_s:
+            # Allowed (the fault tests use it to provoke redeliveries) and never wrong, but
+            # every wake-up held longer than the visibility timeout is delivered twice.
+            warnings.warn(
+                f"HITL_VISIBILITY_TIMEOUT_S ({self.effective_visibility_timeout_s:g}) is not "
+                f"above HITL_TIMER_HORIZON_S ({self.timer_horizon_s:g}): a Redis broker "
+                f"redelivers armed wake-ups while they wait (harmless, double work). Leave it "
+                f"unset to get twice the horizon plus a minute.", stacklevel=2)
+        return self
 
     @property
     def effective_visibility_timeout_s(self) -> float:
