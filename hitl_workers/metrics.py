@@ -53,7 +53,8 @@ log = logging.getLogger(__name__)
 WAIT_BUCKETS = (0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 4 * 3600, 86400)
 LATENESS_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300)
 TASK_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
-TIMER_VIA = {"hitl.fire_timer": "wakeup", "hitl.reconcile": "reconciler"}
+TIMER_VIA = {"hitl.fire_timer": "wakeup", "hitl.reconcile": "reconciler",
+             "hitl.fire_overdue": "reconciler"}  # fire_overdue: the reconciler's helpers
 AGENT_EVENT_TASKS = {"hitl.claim": "claim", "hitl.reject": "reject", "hitl.close": "close"}
 _LABEL_VALUE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 

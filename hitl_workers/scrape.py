@@ -20,7 +20,7 @@ from prometheus_client.registry import Collector
 from hitl_workers.clock import utcnow
 from hitl_workers.settings import Settings, get_settings
 from hitl_workers.store import overview
-from hitl_workers.store.db import transaction
+from hitl_workers.store.db import read_only
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ class DatabaseCollector(Collector):
         up = GaugeMetricFamily("hitl_database_up",
                                "1 when the database answered this scrape's queries.")
         try:
-            with transaction() as conn:
+            with read_only() as conn:
                 found = overview.load(conn, utcnow(), late_after_s=0)
         except Exception as exc:
             log.warning("metrics: database gauges unavailable: %r", exc)

@@ -18,7 +18,7 @@ from hitl_workers.clock import utcnow
 from hitl_workers.procs import ALL_QUEUES
 from hitl_workers.settings import Settings
 from hitl_workers.store import overview
-from hitl_workers.store.db import transaction
+from hitl_workers.store.db import read_only
 
 LATE_GRACE_S = 5.0
 """A deadline may be this much past one reconcile interval before it counts as late."""
@@ -74,7 +74,7 @@ def gather(app: Any, settings: Settings, *, timeout_s: float = 1.5) -> Status:
                     database=_safe_url(settings.database_url),
                     broker=_safe_url(settings.broker_url))
     try:
-        with transaction() as conn:
+        with read_only() as conn:
             status.overview = overview.load(conn, status.at, late_after_s=status.late_after_s)
     except Exception as exc:
         status.database_error = _short(exc)

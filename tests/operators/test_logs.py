@@ -39,7 +39,8 @@ def test_task_lines_carry_the_task_id_and_the_steps_ids(
     # (the reconciler and outbox delivery serve many executions at once: their lines name them
     # in the message, not as the task's ids)
     from_tasks = [e for e in entries if e["process"] != "MainProcess"
-                  and e.get("task_name") not in ("hitl.reconcile", "hitl.deliver_outbox")]
+                  and e.get("task_name") not in ("hitl.reconcile", "hitl.fire_overdue",
+                                                 "hitl.deliver_outbox")]
     assert {e["task_name"] for e in from_tasks} >= {"hitl.request_assistance", "hitl.claim"}
     for entry in from_tasks:
         assert entry["execution_id"] == execution_id, entry
