@@ -295,13 +295,6 @@ def finish_timers(conn: Connection, execution_id: str, *, fired: str | None,
     return [r.kind for r in rows if r.state == "cancelled"]
 
 
-def overdue_timers(conn: Connection, now: datetime, limit: int) -> list[tuple[str, str]]:
-    return [(r.execution_id, r.kind) for r in conn.execute(
-        sa.select(timers.c.execution_id, timers.c.kind)
-        .where(timers.c.state == "pending", timers.c.due_at <= now)
-        .order_by(timers.c.due_at).limit(limit))]
-
-
 def lock_overdue(conn: Connection, now: datetime, limit: int) -> list[Row[Any]]:
     """Waiting executions with a pending deadline due by ``now``, earliest deadline first,
     each locked for this transaction; at most one row per execution, for its earliest
@@ -322,7 +315,9 @@ def lock_overdue(conn: Connection, now: datetime, limit: int) -> list[Row[Any]]:
             conversations, conversations.c.conversation_id == executions.c.conversation_id))
         .where(timers.c.state == "pending", timers.c.due_at <= now,
                executions.c.state == "waiting")
-        .order_by(timers.c.due_at, timers.c.execution_id).limit(limit)
+        # On a tie the countdown ("countdown" < "timeout") wins, as at dispatch, where the
+        # earliest deadline is armed and the countdown comes first.
+        .order_by(timers.c.due_at, timers.c.execution_id, timers.c.kind).limit(limit)
         .with_for_update(of=executions, skip_locked=True)
     ).all()
     seen: set[str] = set()
