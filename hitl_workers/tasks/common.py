@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Sequence
+from datetime import datetime
 from typing import Any, TypeVar
 
 import redis
@@ -112,11 +113,16 @@ def after_commit(effects: Effects) -> None:
             log.info("revoke of %s failed: %r", effects.revoke, exc)
 
 
-def arm_timer(execution_id: str, kind: str, due_at: Any) -> None:
+def arm_timer(execution_id: str, kind: str, due_at: datetime) -> None:
+    when: dict[str, Any] = {"eta": due_at}
+    if 0 < (due_at - utcnow()).total_seconds() < 1:
+        # RabbitMQ's native delayed delivery counts whole seconds and refuses a delay under
+        # one; so does Celery's send_task with it on. A wake-up that close is carried in the
+        # message's own eta header instead: the worker holds it for that fraction of a second.
+        when = {"headers": {"eta": due_at.isoformat()}}
     try:
         app.send_task("hitl.fire_timer", kwargs={"execution_id": execution_id, "kind": kind},
-                      eta=due_at, task_id=timer_task_id(execution_id, kind),
-                      queue="hitl.timers")
+                      task_id=timer_task_id(execution_id, kind), queue="hitl.timers", **when)
     except Exception as exc:
         # The row is the truth: the reconciler fires it when overdue.
         log.warning("wake-up for %s %s not published: %r", kind, execution_id, exc)
