@@ -65,12 +65,13 @@ def _late(eta: str | None) -> bool:
     return (utcnow() - due).total_seconds() > get_settings().reconcile_interval_s
 
 
-@app.task(name="hitl.reconcile", base=GuardedTask, ignore_result=True, **RETRY)
+@app.task(name="hitl.reconcile", base=GuardedTask, ignore_result=True)
 def reconcile() -> dict[str, int]:
     """One reconciler tick; beat sends one every ``HITL_RECONCILE_INTERVAL_S``.
 
-    A tick that fails on the database (PostgreSQL restarting) is not retried: the next tick
-    comes within an interval, and retries would only pile up behind it on the timers queue.
+    Never retried: a tick that fails (PostgreSQL restarting, the broker refusing a publish)
+    is replaced by the next one within an interval, and retries would only pile up behind
+    it on the timers queue.
     """
     settings = get_settings()
     tick = _with_database(lambda: reconciler.reconcile(
