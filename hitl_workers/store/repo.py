@@ -8,7 +8,7 @@ so the same code is correct on both.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -19,6 +19,7 @@ from sqlalchemy.engine import Connection, Row
 from hitl_workers.domain.eligibility import AgentView, Audience
 from hitl_workers.domain.machine import ExecutionView, TimerView
 from hitl_workers.store.tables import (
+    UTCDateTime,
     agent_events,
     agents,
     audit_events,
@@ -38,6 +39,22 @@ def _insert(conn: Connection, table: sa.Table) -> Any:
     return dialect.insert(table)
 
 
+_PREBUILT: dict[tuple[str, Any], Any] = {}
+
+
+def _prebuilt(conn: Connection, key: Any, build: Callable[[Connection], Any]) -> Any:
+    """A statement built once per dialect and reused with bound parameters.
+
+    The step's hot path runs the same few statements for every execution; building each
+    with fresh literals costs more CPU than PostgreSQL spends running it.
+    """
+    cache_key = (conn.dialect.name, key)
+    statement = _PREBUILT.get(cache_key)
+    if statement is None:
+        statement = _PREBUILT[cache_key] = build(conn)
+    return statement
+
+
 # --- executions -----------------------------------------------------------------------------
 
 def lock_execution(conn: Connection, execution_id: str, *, skip_locked: bool = False
@@ -47,16 +64,16 @@ def lock_execution(conn: Connection, execution_id: str, *, skip_locked: bool = F
     With ``skip_locked`` a row that another transaction holds is reported as None: the
     reconciler uses that so two beats never wait on each other (the holder will finish it).
     """
-    query = (
+    query = _prebuilt(conn, ("lock_execution", skip_locked), lambda _: (
         sa.select(executions, conversations.c.tags,
                   conversations.c.status.label("conversation_status"),
                   conversations.c.claimed_by)
         .select_from(executions.outerjoin(
             conversations, conversations.c.conversation_id == executions.c.conversation_id))
-        .where(executions.c.execution_id == execution_id)
+        .where(executions.c.execution_id == sa.bindparam("b_execution_id"))
         .with_for_update(of=executions, skip_locked=skip_locked)
-    )
-    return conn.execute(query).first()
+    ))
+    return conn.execute(query, {"b_execution_id": execution_id}).first()
 
 
 def waiting_execution_id(conn: Connection, conversation_id: str) -> str | None:
@@ -80,18 +97,18 @@ def execution_views(conn: Connection, rows: Sequence[Row[Any]], *, with_timers: 
     """:func:`execution_view` for several locked rows, in two queries: execution id → view."""
     ids = [row.execution_id for row in rows]
     offer_rows: dict[str, list[Row[Any]]] = {i: [] for i in ids}
-    for r in conn.execute(
+    offers_of = _prebuilt(conn, "offers_of", lambda _: (
         sa.select(offers.c.execution_id, offers.c.agent_id, offers.c.status)
-        .where(offers.c.execution_id.in_(ids))
-        .order_by(offers.c.updated_at, offers.c.agent_id)
-    ):
+        .where(offers.c.execution_id.in_(sa.bindparam("b_ids", expanding=True)))
+        .order_by(offers.c.updated_at, offers.c.agent_id)))
+    for r in conn.execute(offers_of, {"b_ids": ids}):
         offer_rows[r.execution_id].append(r)
     timer_rows: dict[str, list[Row[Any]]] = {i: [] for i in ids}
     if with_timers:
-        for r in conn.execute(
+        timers_of = _prebuilt(conn, "timers_of", lambda _: (
             sa.select(timers.c.execution_id, timers.c.kind, timers.c.due_at, timers.c.state)
-            .where(timers.c.execution_id.in_(ids))
-        ):
+            .where(timers.c.execution_id.in_(sa.bindparam("b_ids", expanding=True)))))
+        for r in conn.execute(timers_of, {"b_ids": ids}):
             timer_rows[r.execution_id].append(r)
     return {row.execution_id: _view(row, offer_rows[row.execution_id],
                                     timer_rows[row.execution_id]) for row in rows}
@@ -120,10 +137,11 @@ def _view(row: Row[Any], offer_rows: Sequence[Row[Any]], timer_rows: Sequence[Ro
 
 def insert_execution(conn: Connection, values: Mapping[str, Any]) -> bool:
     """Insert unless the execution id exists; True when this call created it."""
-    stmt = (_insert(conn, executions).values(**values)
-            .on_conflict_do_nothing(index_elements=["execution_id"])
-            .returning(executions.c.execution_id))
-    return conn.execute(stmt).first() is not None
+    stmt = _prebuilt(conn, ("insert_execution", tuple(sorted(values))), lambda c: (
+        _insert(c, executions)
+        .on_conflict_do_nothing(index_elements=["execution_id"])
+        .returning(executions.c.execution_id)))
+    return conn.execute(stmt, dict(values)).first() is not None
 
 
 def end_execution(conn: Connection, execution_id: str, *, state: str, exit: str | None,
@@ -133,24 +151,25 @@ def end_execution(conn: Connection, execution_id: str, *, state: str, exit: str 
     The caller holds the row lock, so this cannot lose; the ``state = 'waiting'`` guard is the
     database's own word that no second exit is ever written even if a caller forgot the lock.
     """
-    stmt = (
+    stmt = _prebuilt(conn, "end_execution", lambda _: (
         sa.update(executions)
-        .where(executions.c.execution_id == execution_id, executions.c.state == "waiting")
-        .values(state=state, exit=exit, merge_field=merge_field, ended_at=now)
-        .returning(executions.c.execution_id)
-    )
-    return conn.execute(stmt).first() is not None
+        .where(executions.c.execution_id == sa.bindparam("b_execution_id"),
+               executions.c.state == "waiting")
+        .returning(executions.c.execution_id)))
+    return conn.execute(stmt, {"b_execution_id": execution_id, "state": state, "exit": exit,
+                               "merge_field": merge_field, "ended_at": now}).first() is not None
 
 
 def existing_or_waiting(conn: Connection, execution_id: str, conversation_id: str
                         ) -> tuple[Row[Any] | None, str | None]:
     """In one query: this execution if it exists, and the conversation's waiting execution."""
-    rows = conn.execute(
+    query = _prebuilt(conn, "existing_or_waiting", lambda _: (
         sa.select(executions.c.execution_id, executions.c.state, executions.c.exit)
-        .where(sa.or_(executions.c.execution_id == execution_id,
-                      sa.and_(executions.c.conversation_id == conversation_id,
-                              executions.c.state == "waiting")))
-    ).all()
+        .where(sa.or_(executions.c.execution_id == sa.bindparam("b_execution_id"),
+                      sa.and_(executions.c.conversation_id == sa.bindparam("b_conversation_id"),
+                              executions.c.state == "waiting")))))
+    rows = conn.execute(query, {"b_execution_id": execution_id,
+                                "b_conversation_id": conversation_id}).all()
     mine = next((r for r in rows if r.execution_id == execution_id), None)
     waiting = next((r.execution_id for r in rows if r.execution_id != execution_id), None)
     return mine, waiting
@@ -169,21 +188,24 @@ def lock_conversation(conn: Connection, conversation_id: str, now: datetime) -> 
     One statement: an upsert takes the row lock in PostgreSQL whether it inserts or updates,
     and returns the row as it stands (SQLite's BEGIN IMMEDIATE already serializes writers).
     """
-    stmt = _insert(conn, conversations).values(
-        conversation_id=conversation_id, status="open", tags=[], contact=None, claimed_by=[],
-        updated_at=now)
-    stmt = stmt.on_conflict_do_update(
-        index_elements=["conversation_id"], set_={"updated_at": stmt.excluded.updated_at})
-    return conn.execute(stmt.returning(*conversations.c)).one()
+    def build(c: Connection) -> Any:
+        stmt = _insert(c, conversations)
+        return stmt.on_conflict_do_update(
+            index_elements=["conversation_id"], set_={"updated_at": stmt.excluded.updated_at}
+        ).returning(*conversations.c)
+
+    stmt = _prebuilt(conn, "lock_conversation", build)
+    return conn.execute(stmt, {"conversation_id": conversation_id, "status": "open", "tags": [],
+                               "contact": None, "claimed_by": [], "updated_at": now}).one()
 
 
 def update_conversation(conn: Connection, conversation_id: str, now: datetime,
                         **values: Any) -> None:
-    conn.execute(
+    # The SET list is the parameters' keys (besides the WHERE's own ``b_`` parameter).
+    stmt = _prebuilt(conn, "update_conversation", lambda _: (
         sa.update(conversations)
-        .where(conversations.c.conversation_id == conversation_id)
-        .values(updated_at=now, **values)
-    )
+        .where(conversations.c.conversation_id == sa.bindparam("b_conversation_id"))))
+    conn.execute(stmt, {"b_conversation_id": conversation_id, "updated_at": now, **values})
 
 
 def get_conversation(conn: Connection, conversation_id: str) -> Row[Any] | None:
@@ -198,7 +220,9 @@ def _agent_view(row: Row[Any]) -> AgentView:
 
 
 def get_agent(conn: Connection, agent_id: str) -> AgentView | None:
-    row = conn.execute(sa.select(agents).where(agents.c.agent_id == agent_id)).first()
+    query = _prebuilt(conn, "get_agent", lambda _: (
+        sa.select(agents).where(agents.c.agent_id == sa.bindparam("b_agent_id"))))
+    row = conn.execute(query, {"b_agent_id": agent_id}).first()
     return _agent_view(row) if row else None
 
 
@@ -284,14 +308,18 @@ def finish_timers(conn: Connection, execution_id: str, *, fired: str | None,
 
     Returns the kinds that were cancelled (their wake-ups may be revoked).
     """
-    is_fired = timers.c.kind == (fired or "")
-    rows = conn.execute(
-        sa.update(timers)
-        .where(timers.c.execution_id == execution_id, timers.c.state == "pending")
-        .values(state=sa.case((is_fired, "fired"), else_="cancelled"),
-                fired_at=sa.case((is_fired, now), else_=None))
-        .returning(timers.c.kind, timers.c.state)
-    ).all()
+    def build(_: Connection) -> Any:
+        is_fired = timers.c.kind == sa.bindparam("b_fired")
+        return (sa.update(timers)
+                .where(timers.c.execution_id == sa.bindparam("b_execution_id"),
+                       timers.c.state == "pending")
+                .values(state=sa.case((is_fired, "fired"), else_="cancelled"),
+                        fired_at=sa.case((is_fired, sa.bindparam("b_now", type_=UTCDateTime)),
+                                         else_=None))
+                .returning(timers.c.kind, timers.c.state))
+
+    rows = conn.execute(_prebuilt(conn, "finish_timers", build), {
+        "b_execution_id": execution_id, "b_fired": fired or "", "b_now": now}).all()
     return [r.kind for r in rows if r.state == "cancelled"]
 
 
