@@ -37,7 +37,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from hitl_workers.domain.eligibility import AgentView, Audience, refusal
 
@@ -126,6 +126,8 @@ class Decision:
     audit: str | None = None
     """The audit event kind to append, if any."""
     detail: Mapping[str, Any] = field(default_factory=dict)
+    timer: TimerKind | None = None
+    """The deadline that fired, when one did (not always the wake-up's own: see _timer)."""
 
     def ends(self, view: ExecutionView) -> bool:
         return view.state == "waiting" and self.state != "waiting"
@@ -228,10 +230,17 @@ def _timer(view: ExecutionView, event: TimerFired, now: datetime) -> Decision:
         return _unchanged(view, "stale")
     if now < timer.due_at:
         return _unchanged(view, "early")
-    audit = "timer_fired" if event.kind == "countdown" else "timeout_fired"
+    # The first deadline to arrive wins, whichever wake-up noticed: when a countdown's
+    # wake-up was lost and the timeout's arrives, the countdown (due earlier) still decides.
+    # A countdown and a timeout due at the same instant end by the countdown.
+    kind, timer = min(
+        ((k, t) for k, t in view.timers.items() if t.state == "pending" and t.due_at <= now),
+        key=lambda pair: (pair[1].due_at, pair[0] != "countdown"))
+    audit = "timer_fired" if kind == "countdown" else "timeout_fired"
     lateness_ms = (now - timer.due_at).total_seconds() * 1000
-    return Decision("fired", "exited", TIMER_EXITS[event.kind], {}, audit=audit,
-                    detail={"due_at": timer.due_at.isoformat(), "late_ms": round(lateness_ms, 1)})
+    return Decision("fired", "exited", TIMER_EXITS[kind], {}, audit=audit,
+                    detail={"due_at": timer.due_at.isoformat(), "late_ms": round(lateness_ms, 1)},
+                    timer=cast(TimerKind, kind))
 
 
 def _agent_removed(view: ExecutionView, event: AgentRemoved) -> Decision:

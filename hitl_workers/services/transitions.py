@@ -38,7 +38,7 @@ def apply(conn: Connection, row: Row[Any], view: ExecutionView, decision: Decisi
     if decision.outcome == "early" and fired is not None:
         effects.arm.append((view.execution_id, fired, view.timers[fired].due_at))
     if decision.ends(view):
-        _end(conn, row, view, decision, now, effects, audits, fired=fired)
+        _end(conn, row, view, decision, now, effects, audits, fired=decision.timer or fired)
     repo.audit_many(conn, view.execution_id, now, audits)
     return effects
 

@@ -323,7 +323,8 @@ def test_a_timer_that_is_due_exits_with_its_exit(kind: str, exit: str, audit: st
     view = with_timers(**{kind: 0})
     decision = decide(view, TimerFired(kind), NOW)  # type: ignore[arg-type]
     assert decision == Decision("fired", "exited", exit, {}, audit=audit,  # type: ignore[arg-type]
-                                detail={"due_at": NOW.isoformat(), "late_ms": 0.0})
+                                detail={"due_at": NOW.isoformat(), "late_ms": 0.0},
+                                timer=kind)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(("kind", "exit", "audit"), TIMER_ROWS)
@@ -347,6 +348,21 @@ def test_a_timer_that_is_not_pending_is_stale(kind: str, timer_state: str | None
     timers = {} if timer_state is None else {kind: TimerView(NOW - timedelta(1), timer_state)}
     view = waiting(timers=timers)
     assert decide(view, TimerFired(kind), NOW) == Decision("stale", "waiting")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("woken", ["countdown", "timeout"])
+def test_the_earliest_overdue_deadline_decides_whichever_wake_up_arrives(woken: str) -> None:
+    # Given both deadlines are overdue, the countdown by more (its wake-up was lost)
+    view = with_timers(countdown=-2, timeout=-1)
+    # When either wake-up arrives, Then the countdown, which came first, decides
+    decision = decide(view, TimerFired(woken), NOW)  # type: ignore[arg-type]
+    assert (decision.exit, decision.timer, decision.audit) == (
+        "timer_action", "countdown", "timer_fired")
+
+
+def test_a_countdown_and_a_timeout_due_at_the_same_instant_end_by_the_countdown() -> None:
+    view = with_timers(countdown=-1, timeout=-1)
+    assert decide(view, TimerFired("timeout"), NOW).exit == "timer_action"
 
 
 def test_the_countdown_and_the_timeout_are_separate_deadlines() -> None:
