@@ -118,9 +118,11 @@ def test_one_execution_id_is_one_row(engine, ids):
 
 # --- one outbox row per dedupe key (one exit message per execution) -------------------------
 
+# Marked sent: the session's reconciler must not try to deliver this payload-less row (it
+# would fail for ever and show up as a stuck outbox in other tests' `status`).
 INSERT_OUTBOX = """
-    INSERT INTO outbox (dedupe_key, kind, execution_id, payload, created_at)
-    VALUES (:key, 'exit', :execution_id, '{}'::jsonb, now())
+    INSERT INTO outbox (dedupe_key, kind, execution_id, payload, created_at, sent_at)
+    VALUES (:key, 'exit', :execution_id, '{}'::jsonb, now(), now())
 """
 
 
