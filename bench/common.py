@@ -3,8 +3,10 @@ their own, so a benchmark never touches a development or test system."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
+import signal
 import statistics
 import subprocess
 import sys
@@ -155,10 +157,12 @@ class RedisServer:
     itself, whatever else runs on the machine. Refuses a port that already answers; with no
     port, takes a free one."""
 
-    def __init__(self, port: int | None, log_dir: str | Path) -> None:
+    def __init__(self, port: int | None, log_dir: str | Path, name: str = "bench-redis"
+                 ) -> None:
         self.port = port or free_port()
         self.url = f"redis://127.0.0.1:{self.port}"
         self.log_dir = log_dir
+        self.name = name
         self.proc: Any = None
 
     def _pings(self) -> bool:
@@ -175,7 +179,7 @@ class RedisServer:
         if self._pings():
             raise SystemExit(f"something already answers on port {self.port}; choose another "
                              "--redis-port (the benchmark wants a Redis of its own)")
-        self.proc = Proc(f"redis-{self.port}", [
+        self.proc = Proc(self.name, [
             "redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
             "--appendonly", "no"], log_dir=self.log_dir).start()
         if not wait_until(self._pings, timeout=10):
@@ -284,3 +288,152 @@ def restart_note(started_at: str, database: str | None = None) -> str:
         return f"PostgreSQL was not restarted during the run (up since {started_at})"
     return (f"WARNING: PostgreSQL restarted during the run (up since {now}, was {started_at}):"
             " something else on the machine restarted it; the figures are disturbed")
+
+
+class PostgresServer:
+    """A private PostgreSQL server (``initdb`` into a temporary directory, default settings)
+    so that a benchmark owns its database server: nothing else on the machine restarts it,
+    reconfigures it or fills its connection slots during a run. As root, the server runs as
+    the ``postgres`` user (PostgreSQL refuses root)."""
+
+    def __init__(self, port: int | None, log_dir: str | Path, name: str = "bench-postgres"
+                 ) -> None:
+        self.port = port or free_port()
+        self.log_dir = Path(log_dir)
+        self.name = name
+        self.data: Path | None = None
+        self.proc: Any = None
+        self.bindir = self._bindir()
+
+    @staticmethod
+    def _bindir() -> Path:
+        configured = os.environ.get("HITL_BENCH_PG_BINDIR")
+        if configured:
+            return Path(configured)
+        found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"),
+                       key=lambda p: int(p.parent.parent.name) if p.parent.parent.name
+                       .isdigit() else 0)
+        if not found:
+            raise SystemExit("no PostgreSQL server binaries found (set HITL_BENCH_PG_BINDIR, or "
+                             "pass --shared-postgres to use HITL_BENCH_DATABASE_URL)")
+        return found[-1].parent
+
+    def url(self, database: str) -> str:
+        return f"postgresql+psycopg2://postgres@127.0.0.1:{self.port}/{database}"
+
+    def _as_owner(self, cmd: list[str]) -> list[str]:
+        return ["runuser", "-u", "postgres", "--", *cmd] if os.geteuid() == 0 else cmd
+
+    def start(self) -> PostgresServer:
+        import shutil
+        import tempfile
+
+        from hitl_workers.procs import Proc
+
+        self.data = Path(tempfile.mkdtemp(prefix="hitl-bench-pg-"))
+        if os.geteuid() == 0:
+            shutil.chown(self.data, "postgres", "postgres")
+        subprocess.run(self._as_owner([
+            str(self.bindir / "initdb"), "-D", str(self.data), "-U", "postgres",
+            "--auth=trust", "-E", "UTF8", "--no-sync"]), check=True, capture_output=True)
+        self.proc = Proc(self.name, self._as_owner([
+            str(self.bindir / "postgres"), "-D", str(self.data), "-p", str(self.port),
+            "-k", str(self.data), "-c", "listen_addresses=127.0.0.1"]),
+            log_dir=self.log_dir).start()
+        if not wait_until(self._ready, timeout=30, interval=0.2):
+            raise RuntimeError(f"private PostgreSQL did not start:\n{self.proc.tail()}")
+        return self
+
+    def _ready(self) -> bool:
+        return subprocess.run([str(self.bindir / "pg_isready"), "-h", "127.0.0.1", "-p",
+                               str(self.port)], capture_output=True).returncode == 0
+
+    def stop(self) -> None:
+        import shutil
+
+        if self.proc is not None and self.proc.popen is not None:
+            self.proc.signal_group(signal.SIGINT)  # a "fast" shutdown: clients are cut off
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.popen.wait(timeout=30)
+            self.proc.stop()
+        if self.data is not None:
+            shutil.rmtree(self.data, ignore_errors=True)
+
+
+class CpuMeter:
+    """Samples, twice a second, the CPU time used by this process and its descendants (the
+    benchmark's workers, servers and clients) and by every other process on the machine, so
+    a run can say what its own work cost and how much of the machine others took meanwhile.
+    """
+
+    def __init__(self, interval_s: float = 0.5) -> None:
+        import threading
+
+        self.interval_s = interval_s
+        self.samples: list[tuple[float, float, float]] = []  # (time, ours, others) cpu-s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="cpu-meter", daemon=True)
+        self._hz = os.sysconf("SC_CLK_TCK")
+
+    def start(self) -> CpuMeter:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _snapshot(self) -> dict[int, tuple[int, int]]:
+        """pid -> (parent pid, utime + stime in clock ticks)."""
+        table = {}
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                table[int(entry.name)] = (int(fields[1]), int(fields[11]) + int(fields[12]))
+            except (OSError, IndexError, ValueError):
+                continue
+        return table
+
+    def _ours(self, table: dict[int, tuple[int, int]]) -> set[int]:
+        root, ours = os.getpid(), set()
+        for pid in table:
+            walk, hops = pid, 0
+            while walk in table and hops < 64:
+                if walk == root:
+                    ours.add(pid)
+                    break
+                walk, hops = table[walk][0], hops + 1
+        return ours
+
+    def _run(self) -> None:
+        previous = self._snapshot()
+        while not self._stop.wait(self.interval_s):
+            current = self._snapshot()
+            ours_set = self._ours(current)
+            ours = others = 0
+            for pid, (_parent, ticks) in current.items():
+                delta = ticks - previous[pid][1] if pid in previous else 0
+                if pid in ours_set:
+                    ours += delta
+                else:
+                    others += delta
+            self.samples.append((time.time(), ours / self._hz, others / self._hz))
+            previous = current
+
+    def between(self, start: float, end: float) -> tuple[float, float]:
+        """Mean CPU use (cores) of ours and of others over samples taken in [start, end]."""
+        inside = [s for s in self.samples if start < s[0] <= end]
+        span = len(inside) * self.interval_s
+        if not span:
+            return float("nan"), float("nan")
+        return sum(s[1] for s in inside) / span, sum(s[2] for s in inside) / span
+
+    def peak_others(self, start: float, end: float, window_s: float = 2.0) -> float:
+        """The busiest ``window_s`` of other processes in [start, end], in cores."""
+        inside = [s for s in self.samples if start < s[0] <= end]
+        per = max(min(int(window_s / self.interval_s), len(inside)), 1)
+        sums = [sum(s[2] for s in inside[i:i + per]) / (per * self.interval_s)
+                for i in range(max(len(inside) - per + 1, 0))]
+        return max(sums, default=float("nan"))
