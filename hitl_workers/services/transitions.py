@@ -55,8 +55,12 @@ def _end(conn: Connection, row: Row[Any], view: ExecutionView, decision: Decisio
                        merge_field=decision.merge_field, dispatched_at=row.dispatched_at, now=now)
     if fired is not None and (timer := view.timers.get(fired)) is not None:
         metrics.timer_fired(conn, kind=fired, due_at=timer.due_at, now=now)
-    for kind in repo.finish_timers(conn, execution_id, fired=fired, now=now):
-        effects.revoke.append((execution_id, kind))
+    cancelled = repo.finish_timers(conn, execution_id, fired=fired, now=now)
+    if cancelled and fired is None:
+        # Only the earliest deadline ever gets a wake-up (see dispatch), so only it can be
+        # revoked; a step ended by a deadline had no other wake-up out. Revoking is an
+        # optimisation: a wake-up that escapes it finds its timer cancelled and does nothing.
+        effects.revoke.append((execution_id, cancelled[0]))
 
     winner = (decision.merge_field or {}).get("addClaimedBy") if decision.exit else None
     _release_conversation(conn, row, now, winner=winner)

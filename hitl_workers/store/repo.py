@@ -306,7 +306,7 @@ def finish_timers(conn: Connection, execution_id: str, *, fired: str | None,
                   now: datetime) -> list[str]:
     """Mark the fired timer ``fired`` and every other pending one ``cancelled``.
 
-    Returns the kinds that were cancelled (their wake-ups may be revoked).
+    Returns the kinds that were cancelled, earliest deadline first.
     """
     def build(_: Connection) -> Any:
         is_fired = timers.c.kind == sa.bindparam("b_fired")
@@ -316,11 +316,11 @@ def finish_timers(conn: Connection, execution_id: str, *, fired: str | None,
                 .values(state=sa.case((is_fired, "fired"), else_="cancelled"),
                         fired_at=sa.case((is_fired, sa.bindparam("b_now", type_=UTCDateTime)),
                                          else_=None))
-                .returning(timers.c.kind, timers.c.state))
+                .returning(timers.c.kind, timers.c.state, timers.c.due_at))
 
     rows = conn.execute(_prebuilt(conn, "finish_timers", build), {
         "b_execution_id": execution_id, "b_fired": fired or "", "b_now": now}).all()
-    return [r.kind for r in rows if r.state == "cancelled"]
+    return [r.kind for r in sorted(rows, key=lambda r: r.due_at) if r.state == "cancelled"]
 
 
 def lock_overdue(conn: Connection, now: datetime, limit: int) -> list[Row[Any]]:
