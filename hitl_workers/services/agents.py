@@ -11,7 +11,6 @@ from sqlalchemy.engine import Connection
 from hitl_workers.domain import machine
 from hitl_workers.domain.request import Identifier, Tag, _Strict
 from hitl_workers.domain.validation import Invalid
-from hitl_workers.domain.validation import parse_kwargs as parse  # noqa: F401 (tasks use it)
 from hitl_workers.notify import events as notifications
 from hitl_workers.services import outbox
 from hitl_workers.services.effects import Effects

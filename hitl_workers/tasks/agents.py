@@ -6,7 +6,7 @@ from typing import Any
 
 from hitl_workers.app import app
 from hitl_workers.clock import utcnow
-from hitl_workers.domain.validation import Invalid
+from hitl_workers.domain.validation import Invalid, parse_kwargs
 from hitl_workers.services import agents
 from hitl_workers.services.effects import Effects
 from hitl_workers.tasks.common import RETRY, after_commit, dead_letter, in_transaction
@@ -21,7 +21,7 @@ def _reject_invalid(task: Any, name: str, problem: Invalid, args: tuple[Any, ...
 
 @app.task(name="hitl.upsert_agent", base=GuardedTask, bind=True, **RETRY)
 def upsert_agent(self: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
-    parsed = agents.parse(agents.UpsertAgentIn, args, kwargs)
+    parsed = parse_kwargs(agents.UpsertAgentIn, args, kwargs)
     if isinstance(parsed, Invalid):
         return _reject_invalid(self, "hitl.upsert_agent", parsed, args, kwargs)
     return in_transaction(lambda conn: agents.upsert_agent(conn, parsed, utcnow()))
@@ -29,7 +29,7 @@ def upsert_agent(self: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
 
 @app.task(name="hitl.set_agent_status", base=GuardedTask, bind=True, **RETRY)
 def set_agent_status(self: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
-    parsed = agents.parse(agents.SetStatusIn, args, kwargs)
+    parsed = parse_kwargs(agents.SetStatusIn, args, kwargs)
     if isinstance(parsed, Invalid):
         return _reject_invalid(self, "hitl.set_agent_status", parsed, args, kwargs)
     return in_transaction(lambda conn: agents.set_agent_status(conn, parsed, utcnow()))
@@ -37,7 +37,7 @@ def set_agent_status(self: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
 
 @app.task(name="hitl.remove_agent", base=GuardedTask, bind=True, **RETRY)
 def remove_agent(self: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
-    parsed = agents.parse(agents.RemoveAgentIn, args, kwargs)
+    parsed = parse_kwargs(agents.RemoveAgentIn, args, kwargs)
     if isinstance(parsed, Invalid):
         return _reject_invalid(self, "hitl.remove_agent", parsed, args, kwargs)
     answer: dict[str, Any]
