@@ -183,7 +183,8 @@ def _dispatch(conn: Connection, request: AssistanceRequest, now: datetime,
         # Nobody to offer it to: the step exits at once and the conversation keeps its status.
         merge_field = {"reason": selection.not_claimed}
         values.update(state="exited", exit="not_claimed", merge_field=merge_field, ended_at=now)
-        repo.insert_execution(conn, values)
+        if not repo.insert_execution(conn, values):
+            return _duplicate(conn, execution_id), Effects()
         metrics.step_ended(conn, state="exited", exit="not_claimed", merge_field=merge_field,
                            dispatched_at=now, now=now)
         if request.conversation is not None:
@@ -203,7 +204,10 @@ def _dispatch(conn: Connection, request: AssistanceRequest, now: datetime,
     display_until = (now + timedelta(seconds=popup.display_for)
                      if popup and popup.display_for else None)
     values.update(state="waiting", countdown_at=countdown_at, timeout_at=timeout_at)
-    repo.insert_execution(conn, values)
+    if not repo.insert_execution(conn, values):
+        # The same execution_id sent for another conversation at this very moment: the other
+        # request locked a different conversation row, so only the primary key stops this one.
+        return _duplicate(conn, execution_id), Effects()
     repo.update_conversation(conn, request.conversation_id, now, status="needs_action",
                              tags=tags, contact=contact)
     repo.insert_offers(conn, execution_id, selection.notified, now)

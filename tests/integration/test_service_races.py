@@ -190,3 +190,31 @@ def test_many_copies_of_one_claim_event_id_on_a_live_step(wide_pool, team):
                                                                   "claimed"]
     assert len(stored_events(alice)) == 1 and len(stored_events(bob)) == 1
     assert exit_rows(eid) == 1
+
+
+def test_one_execution_id_sent_for_several_conversations_at_once_starts_once(wide_pool):
+    # Given an eligible agent, and one execution_id that a confused flow engine sends for ten
+    # different conversations at the same moment (each request locks its own conversation row)
+    team = f"team:{uuid.uuid4().hex[:8]}"
+    add_agents(team, 1)
+    execution_id = f"exec-{uuid.uuid4().hex[:12]}"
+
+    def request(i: int) -> Callable[[threading.Barrier], Any]:
+        kwargs = {"execution_id": execution_id, "conversation_id": f"conv-{i}-{execution_id}",
+                  "conversation": {"tags": [team]}}
+        def work(barrier: threading.Barrier) -> Any:
+            barrier.wait()
+            return in_transaction(lambda conn: dispatch.submit(
+                conn, (), kwargs, task_id=None, now=utcnow(), defaults=DEFAULTS)[0])
+        return work
+
+    # When they are dispatched together
+    answers = at_once([request(i) for i in range(10)])
+    # Then exactly one started the execution and the others are told it already exists
+    assert Counter(a["duplicate"] for a in answers) == Counter({False: 1, True: 9})
+    assert {(a["state"], a["exit"]) for a in answers} == {("waiting", None)}
+    with transaction() as conn:
+        waiting = conn.execute(sa.text(
+            "SELECT count(*) FROM conversations WHERE status = 'needs_action' "
+            "AND conversation_id LIKE :pattern"), {"pattern": f"conv-%-{execution_id}"}).scalar()
+    assert waiting == 1
