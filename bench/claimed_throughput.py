@@ -15,11 +15,9 @@ ceiling.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import socket
 import sys
-import threading
 import time
 import uuid
 from pathlib import Path
@@ -27,6 +25,7 @@ from pathlib import Path
 from bench.common import (
     BASE,
     REDIS,
+    Claimer,
     configure,
     describe_machine,
     flush_redis,
@@ -38,7 +37,6 @@ from bench.common import (
 configure()
 
 from hitl_workers.flowsim import ExitListener  # noqa: E402
-from hitl_workers.notify.streams import stream_key  # noqa: E402
 from hitl_workers.procs import Proc, wait_for_workers, worker_cmd  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -77,32 +75,6 @@ def measure_bare(concurrency: int, tasks: int, samples: int) -> tuple[float, lis
         proc.stop()
 
 
-class Claimer(threading.Thread):
-    """An agent who claims every request the moment its notification arrives."""
-
-    def __init__(self, app, agent_id: str) -> None:  # type: ignore[no-untyped-def]
-        super().__init__(daemon=True)
-        import redis
-
-        self.app, self.agent_id = app, agent_id
-        self.redis = redis.Redis.from_url(f"{REDIS}/{BASE + 2}", decode_responses=True)
-        self.stop = threading.Event()
-        self.claimed = 0
-
-    def run(self) -> None:
-        last = "$"
-        while not self.stop.is_set():
-            replies = self.redis.xread({stream_key(self.agent_id): last}, block=200, count=500)
-            for _stream, entries in replies or []:
-                for entry_id, fields in entries:
-                    last = entry_id
-                    event = json.loads(fields["event"])
-                    if event["type"] == "assistance.requested":
-                        self.app.send_task("hitl.claim", kwargs={
-                            "execution_id": event["execution_id"], "agent_id": self.agent_id})
-                        self.claimed += 1
-
-
 def request(app, listener: ExitListener, tag: str) -> str:  # type: ignore[no-untyped-def]
     execution_id = f"bench-{uuid.uuid4().hex}"
     app.send_task("hitl.request_assistance", kwargs={
@@ -138,7 +110,7 @@ def measure_hitl(concurrency: int, steps: int, samples: int) -> tuple[float, lis
         ids = [request(app, listener, tag) for _ in range(steps)]
         got = listener.wait_count(20 + steps, timeout=600) - 20
         throughput = got / (time.perf_counter() - started)
-        claimer.stop.set()
+        claimer.stop_event.set()
         claimer.join()
 
         duplicates = sum(1 for e in ids if listener.count_for(e) != 1)

@@ -10,6 +10,7 @@ import signal
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -437,3 +438,33 @@ class CpuMeter:
         sums = [sum(s[2] for s in inside[i:i + per]) / (per * self.interval_s)
                 for i in range(max(len(inside) - per + 1, 0))]
         return max(sums, default=float("nan"))
+
+
+class Claimer(threading.Thread):
+    """An agent who claims every request the moment its notification arrives."""
+
+    def __init__(self, app: Any, agent_id: str) -> None:
+        super().__init__(daemon=True)
+        import redis
+
+        from hitl_workers.notify.streams import stream_key
+
+        self.app, self.agent_id, self.key = app, agent_id, stream_key(agent_id)
+        self.redis = redis.Redis.from_url(os.environ["HITL_REDIS_URL"], decode_responses=True)
+        self.stop_event = threading.Event()
+        self.claimed = 0
+
+    def run(self) -> None:
+        import json
+
+        last = "$"
+        while not self.stop_event.is_set():
+            replies = self.redis.xread({self.key: last}, block=200, count=500)
+            for _stream, entries in replies or []:
+                for entry_id, fields in entries:
+                    last = entry_id
+                    event = json.loads(fields["event"])
+                    if event["type"] == "assistance.requested":
+                        self.app.send_task("hitl.claim", kwargs={
+                            "execution_id": event["execution_id"], "agent_id": self.agent_id})
+                        self.claimed += 1

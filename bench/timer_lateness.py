@@ -147,42 +147,12 @@ class Paced(threading.Thread):
             self.stop_event.wait(max(0.0, next_at - time.monotonic()))
 
 
-class Claimer(threading.Thread):
-    """An agent who claims every request the moment its notification arrives."""
-
-    def __init__(self, app: Any, agent_id: str) -> None:
-        super().__init__(daemon=True)
-        import redis
-
-        from hitl_workers.notify.streams import stream_key
-
-        self.app, self.agent_id, self.key = app, agent_id, stream_key(agent_id)
-        self.redis = redis.Redis.from_url(os.environ["HITL_REDIS_URL"], decode_responses=True)
-        self.stop_event = threading.Event()
-        self.claimed = 0
-
-    def run(self) -> None:
-        import json
-
-        last = "$"
-        while not self.stop_event.is_set():
-            replies = self.redis.xread({self.key: last}, block=200, count=500)
-            for _stream, entries in replies or []:
-                for entry_id, fields in entries:
-                    last = entry_id
-                    event = json.loads(fields["event"])
-                    if event["type"] == "assistance.requested":
-                        self.app.send_task("hitl.claim", kwargs={
-                            "execution_id": event["execution_id"], "agent_id": self.agent_id})
-                        self.claimed += 1
-
-
 @contextlib.contextmanager
 def hitl_load(app: Any, rate: float) -> Iterator[Any]:
     """``rate`` claimed steps a second; yields the listener that receives their exits."""
     listener = common.wall_clock_listener(os.environ["HITL_BROKER_URL"],
                                           f"flow-load-{uuid.uuid4().hex[:6]}").start()
-    claimer = Claimer(app, LOAD_AGENT)
+    claimer = common.Claimer(app, LOAD_AGENT)
     claimer.start()
     time.sleep(0.3)  # the claimer's XREAD is in place
 
