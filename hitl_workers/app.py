@@ -1,19 +1,33 @@
-"""The Celery app: ``celery -A hitl_workers.app worker|beat|flower``."""
+"""The Celery app: ``celery -A hitl_workers.app worker|beat|flower``.
+
+Importing this module imports no task and no worker hook, so any process can send a task by
+name through ``app`` (the gateway, ``hitl-workers status``, the simulator, the tests) without
+loading the worker. A worker or beat imports the modules in ``include`` when it starts
+(Celery's ``loader.init_worker``, before ``worker_init`` and before logging is set up); the
+task modules import ``app`` from here, and nothing here imports them back.
+"""
 
 from __future__ import annotations
 
 from celery import Celery
 
-app = Celery("hitl_workers")
-app.config_from_object("celeryconfig")
+# The tasks: each module registers its tasks under their contract names (``hitl.claim`` …).
+TASK_MODULES = (
+    "hitl_workers.tasks.agents",
+    "hitl_workers.tasks.events",
+    "hitl_workers.tasks.requests",
+    "hitl_workers.tasks.timers",
+)
 
-# The tasks, then the worker hooks: schema check and fresh engines (worker_signals), task ids
-# on log lines (logs), business metrics (metrics), arguments Flower can search (flower).
-import hitl_workers.flower  # noqa: E402,F401
-import hitl_workers.logs  # noqa: E402,F401
-import hitl_workers.metrics  # noqa: E402,F401
-import hitl_workers.tasks.agents  # noqa: E402,F401  (registers the tasks)
-import hitl_workers.tasks.events  # noqa: E402,F401
-import hitl_workers.tasks.requests  # noqa: E402,F401
-import hitl_workers.tasks.timers  # noqa: E402,F401
-import hitl_workers.worker_signals  # noqa: E402,F401
+# The worker hooks (Celery signal handlers): schema check and fresh engines (worker_signals),
+# task ids on log lines (logs), business metrics (metrics), arguments Flower can search
+# (flower). Beat loads them too, so its log lines get the same format.
+HOOK_MODULES = (
+    "hitl_workers.flower",
+    "hitl_workers.logs",
+    "hitl_workers.metrics",
+    "hitl_workers.worker_signals",
+)
+
+app = Celery("hitl_workers", include=[*TASK_MODULES, *HOOK_MODULES])
+app.config_from_object("celeryconfig")
