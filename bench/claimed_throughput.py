@@ -36,8 +36,8 @@ from bench.common import (
 
 configure()
 
-from hitl_workers.flowsim import ExitListener  # noqa: E402
-from hitl_workers.procs import Proc, wait_for_workers, worker_cmd  # noqa: E402
+from hitl_workers.ops.flow_engine import ExitListener  # noqa: E402
+from hitl_workers.ops.processes import Proc, wait_for_workers, worker_cmd  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 LOGS = ROOT / "run" / "bench-logs"

@@ -175,7 +175,7 @@ class RedisServer:
             return False
 
     def start(self) -> RedisServer:
-        from hitl_workers.procs import Proc
+        from hitl_workers.ops.processes import Proc
 
         if self._pings():
             raise SystemExit(f"something already answers on port {self.port}; choose another "
@@ -242,10 +242,10 @@ def _kb(text: str, field: str) -> int:
 
 
 def wall_clock_listener(broker_url: str, queue: str) -> Any:
-    """An :class:`~hitl_workers.flowsim.ExitListener` that also notes each first arrival's
+    """An :class:`~hitl_workers.ops.flow_engine.ExitListener` that also notes each first arrival's
     wall-clock time (``arrived_at[execution_id]``, seconds since the epoch), to set against
     deadlines the workers computed from their own wall clock."""
-    from hitl_workers.flowsim import ExitListener
+    from hitl_workers.ops.flow_engine import ExitListener
 
     class WallClockListener(ExitListener):
         def __init__(self) -> None:
@@ -329,7 +329,7 @@ class PostgresServer:
         import shutil
         import tempfile
 
-        from hitl_workers.procs import Proc
+        from hitl_workers.ops.processes import Proc
 
         self.data = Path(tempfile.mkdtemp(prefix="hitl-bench-pg-"))
         if os.geteuid() == 0:

@@ -14,7 +14,7 @@ Four phases, one after the other, each with freshly started workers:
 * hitl / idle  — a hitl_workers worker and beat (the reconciler) get as many steps whose
   deadlines (half step ``timeout``, half popup ``auto_action_timeout``) fall at the same offsets;
   no agent claims. Lateness = the exit message's arrival at the flow-engine listener
-  (``hitl_workers.flowsim.ExitListener``, wall clock) − the deadline the worker stored
+  (``hitl_workers.ops.flow_engine.ExitListener``, wall clock) − the deadline the worker stored
   (``timers.due_at`` of the timer that fired, which is ``executions.dispatched_at`` + the
   duration). The requests are sent at ``--dispatch-rate`` a second, each with the duration
   that puts its deadline on its place in the window, all before the window opens: dispatch
@@ -85,7 +85,7 @@ class Phase:
 @contextlib.contextmanager
 def bare_worker(concurrency: int) -> Iterator[Any]:
     from bench.bare_app import app as bare
-    from hitl_workers.procs import Proc, wait_for_workers
+    from hitl_workers.ops.processes import Proc, wait_for_workers
 
     node = f"bare-timers@{HOST}"
     cmd = [sys.executable, "-m", "celery", "-A", "bench.bare_app", "worker", "-Q", "bare",
@@ -106,7 +106,7 @@ def bare_worker(concurrency: int) -> Iterator[Any]:
 def hitl_system(concurrency: int) -> Iterator[Any]:
     """A worker on every queue and beat, as ``hitl-workers run`` starts them."""
     from hitl_workers.app import app
-    from hitl_workers.procs import Proc, beat_cmd, wait_for_workers, worker_cmd
+    from hitl_workers.ops.processes import Proc, beat_cmd, wait_for_workers, worker_cmd
 
     node = f"timers@{HOST}"
     schedule = LOGS / f"timers-beat-{uuid.uuid4().hex[:6]}"

@@ -66,7 +66,7 @@ def measure_bare(args: argparse.Namespace) -> tuple[common.Memory, common.Memory
     import redis
 
     from bench.bare_app import app as bare
-    from hitl_workers.procs import Proc, wait_for_workers
+    from hitl_workers.ops.processes import Proc, wait_for_workers
 
     node = f"bare-waiting@{HOST}"
     cmd = [sys.executable, "-m", "celery", "-A", "bench.bare_app", "worker", "-Q", "bare",
@@ -137,8 +137,8 @@ def hitl_system(name: str, database: str, base: int, concurrency: int) -> Iterat
     and a flow-engine listener, all on ``database`` and Redis databases ``base``…``base+2``."""
     from celery import Celery
 
-    from hitl_workers.flowsim import ExitListener
-    from hitl_workers.procs import Proc, beat_cmd, wait_for_workers, worker_cmd
+    from hitl_workers.ops.flow_engine import ExitListener
+    from hitl_workers.ops.processes import Proc, beat_cmd, wait_for_workers, worker_cmd
 
     env = common.system_env(database, common.REDIS, base)
     system = System(name, env)

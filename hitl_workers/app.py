@@ -19,14 +19,14 @@ TASK_MODULES = (
     "hitl_workers.tasks.timers",
 )
 
-# The worker hooks (Celery signal handlers): schema check and fresh engines (worker_signals),
-# task ids on log lines (logs), business metrics (metrics), arguments Flower can search
-# (flower). Beat loads them too, so its log lines get the same format.
+# The worker hooks (Celery signal handlers, hitl_workers/observe/): task arguments Flower can
+# search, task ids on log lines, business metrics, the schema check and fresh engines at start.
+# Beat loads them too, so its log lines get the same format.
 HOOK_MODULES = (
-    "hitl_workers.flower",
-    "hitl_workers.logs",
-    "hitl_workers.metrics",
-    "hitl_workers.worker_signals",
+    "hitl_workers.observe.flower_search",
+    "hitl_workers.observe.log_format",
+    "hitl_workers.observe.metrics",
+    "hitl_workers.observe.worker_startup",
 )
 
 app = Celery("hitl_workers", include=[*TASK_MODULES, *HOOK_MODULES])

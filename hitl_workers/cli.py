@@ -32,14 +32,14 @@ def db_upgrade(revision: str) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the raw story as JSON.")
 def show(execution_id: str, as_json: bool) -> None:
     """What happened to one step execution: notified, skipped and why, events, exit, delivery."""
-    from hitl_workers import story
+    from hitl_workers.ops.show import format_text, load, to_json
     from hitl_workers.store.db import read_only
 
     with read_only() as conn:
-        found = story.load(conn, execution_id)
+        found = load(conn, execution_id)
     if found is None:
         raise click.ClickException(f"no execution {execution_id!r} in the database")
-    click.echo(story.to_json(found) if as_json else story.format_text(found))
+    click.echo(to_json(found) if as_json else format_text(found))
 
 
 @main.command()
@@ -51,8 +51,8 @@ def status(as_json: bool, timeout: float) -> None:
 
     Exits 1 when something is wrong (and says what to do), 0 when all is well.
     """
-    from hitl_workers import status as checks
     from hitl_workers.app import app
+    from hitl_workers.ops import status as checks
     from hitl_workers.settings import get_settings
 
     found = checks.gather(app, get_settings(), timeout_s=timeout)
@@ -69,7 +69,7 @@ def status(as_json: bool, timeout: float) -> None:
 def simulate(leave_waiting: bool, timeout: float) -> None:
     """Play a flow engine and a handful of agents against the running system."""
     from hitl_workers.app import app
-    from hitl_workers.simulate import Simulator
+    from hitl_workers.ops.simulate import Simulator
 
     summary = Simulator(app, click.echo, timeout).run(leave_waiting=leave_waiting)
     click.echo("\nSummary")
@@ -91,7 +91,7 @@ def run(gateway_port: int, flower_port: int, no_simulate: bool, log_dir: str) ->
     """Run everything on this machine (SQLite + local Redis by default) and simulate a flow."""
     from pathlib import Path
 
-    from hitl_workers.devrun import run_system
+    from hitl_workers.ops.run import run_system
     from hitl_workers.settings import get_settings
 
     run_system(get_settings(), gateway_port=gateway_port, flower_port=flower_port,

@@ -13,7 +13,7 @@ import time
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from hitl_workers import scrape as business_metrics
+from hitl_workers.observe import metrics_reader as business_metrics
 
 log = logging.getLogger("hitl_workers.gateway.access")
 
@@ -30,7 +30,8 @@ AGENT_EVENTS = Counter("hitl_gateway_agent_events_total",
                        "Claim, reject and close answered, by outcome.", ["action", "outcome"])
 
 # The business metrics beside the gateway's own: what the worker processes on this host counted
-# and the database's gauges, read at each scrape (hitl_workers.scrape, docs/operations.md).
+# and the database's gauges, read at each scrape (hitl_workers.observe.metrics_reader,
+# docs/operations.md).
 business_metrics.register(REGISTRY)
 
 

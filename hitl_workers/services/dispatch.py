@@ -10,7 +10,6 @@ from typing import Any
 
 from sqlalchemy.engine import Connection
 
-from hitl_workers import metrics
 from hitl_workers.domain.eligibility import Audience, select_agents
 from hitl_workers.domain.request import AssistanceRequest, ReplyTo
 from hitl_workers.domain.validation import (
@@ -20,6 +19,7 @@ from hitl_workers.domain.validation import (
     validate_request,
 )
 from hitl_workers.notify import events as notifications
+from hitl_workers.observe import metrics
 from hitl_workers.services import outbox
 from hitl_workers.services.effects import Effects
 from hitl_workers.services.transitions import queue_exit_message

@@ -8,10 +8,10 @@ from typing import Any
 
 from sqlalchemy.engine import Connection, Row
 
-from hitl_workers import metrics, taskcontext
 from hitl_workers.domain.machine import LIVE_OFFERS, Decision, ExecutionView
 from hitl_workers.errors import HitlError
 from hitl_workers.notify import events as notifications
+from hitl_workers.observe import metrics, task_context
 from hitl_workers.services import outbox
 from hitl_workers.services.effects import Effects
 from hitl_workers.store import repo
@@ -27,7 +27,7 @@ def apply(conn: Connection, row: Row[Any], view: ExecutionView, decision: Decisi
 
     ``row`` comes from :func:`repo.lock_execution` (with the conversation's columns).
     """
-    taskcontext.learn(view.execution_id, row.conversation_id)  # for the task's log lines
+    task_context.learn(view.execution_id, row.conversation_id)  # for the task's log lines
     effects = Effects()
     audits: list[tuple[str, str | None, Mapping[str, Any] | None]] = []
     if decision.offer_change is not None:

@@ -1,7 +1,7 @@
 """What an operator asks the database first: how much is waiting, late or stuck.
 
 Read-only, a handful of indexed aggregate queries, shared by ``hitl-workers status`` and the
-Prometheus gauges computed at scrape time (:mod:`hitl_workers.metrics`).
+Prometheus gauges computed at scrape time (:mod:`hitl_workers.observe.metrics`).
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ import pytest
 
 @pytest.fixture(scope="session")
 def _session_flow(system: Any) -> Iterator[Any]:
-    from hitl_workers.flowsim import ExitListener
+    from hitl_workers.ops.flow_engine import ExitListener
 
     listener = ExitListener(os.environ["HITL_BROKER_URL"], f"flow-test-{uuid.uuid4().hex[:10]}")
     with listener:

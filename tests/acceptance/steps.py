@@ -134,7 +134,7 @@ def publish_raw(broker_url: str, queue: str, body: bytes | str, *, task: str | N
     """
     from kombu import Connection
 
-    from hitl_workers.flowsim import queue_for
+    from hitl_workers.ops.flow_engine import queue_for
 
     task_id = task_id or str(uuid.uuid4())
     headers: dict[str, Any] = {"lang": "py", "id": task_id, "root_id": task_id,

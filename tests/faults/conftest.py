@@ -13,7 +13,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
-from hitl_workers.procs import ALL_QUEUES
+from hitl_workers.ops.processes import ALL_QUEUES
 from tests.faults.harness import (
     Db,
     FaultSystem,

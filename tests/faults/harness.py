@@ -29,8 +29,8 @@ import redis
 import sqlalchemy as sa
 from celery import Celery
 
-from hitl_workers.flowsim import ExitListener
-from hitl_workers.procs import ALL_QUEUES, Proc, beat_cmd, wait_for_workers, worker_cmd
+from hitl_workers.ops.flow_engine import ExitListener
+from hitl_workers.ops.processes import ALL_QUEUES, Proc, beat_cmd, wait_for_workers, worker_cmd
 from hitl_workers.store.tables import audit_events, executions, outbox, timers
 from tests.acceptance.steps import request
 from tests.support.fixtures import ARTIFACTS, System

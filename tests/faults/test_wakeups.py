@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from hitl_workers.procs import ALL_QUEUES
+from hitl_workers.ops.processes import ALL_QUEUES
 from hitl_workers.services.effects import timer_task_id
 from tests.faults.harness import (
     INTERVAL_S,

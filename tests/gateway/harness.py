@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
-from hitl_workers.procs import Proc
+from hitl_workers.ops.processes import Proc
 from tests.support.fixtures import ARTIFACTS
 
 KEEPALIVE_S = 2.0

@@ -23,7 +23,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from hitl_workers.procs import ALL_QUEUES, Proc, wait_for_workers, worker_cmd
+from hitl_workers.ops.processes import ALL_QUEUES, Proc, wait_for_workers, worker_cmd
 from tests.gateway.harness import Gateway, free_port
 from tests.support.fixtures import ARTIFACTS, System
 
@@ -61,7 +61,7 @@ class Ops:
 
     @property
     def node_dir(self) -> Path:
-        from hitl_workers.scrape import node_dir
+        from hitl_workers.observe.metrics_reader import node_dir
 
         return node_dir(self.metrics_dir, OPS_NODE)
 

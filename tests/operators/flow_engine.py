@@ -11,7 +11,7 @@ from typing import Any
 
 from celery import Celery
 
-from hitl_workers.flowsim import queue_for
+from hitl_workers.ops.flow_engine import queue_for
 
 BROKER = os.environ["HITL_BROKER_URL"]
 QUEUE = os.environ["OPS_FLOW_QUEUE"]

@@ -12,8 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
-from hitl_workers.flower import flower_cmd
-from hitl_workers.procs import Proc, celery_cmd, wait_for_workers
+from hitl_workers.ops.processes import Proc, celery_cmd, flower_cmd, wait_for_workers
 from hitl_workers.settings import Settings
 from tests.acceptance.steps import eventually, request
 from tests.operators.conftest import HOST, ROOT, Ops, free_port

@@ -8,7 +8,7 @@ import subprocess
 from collections.abc import Callable
 from typing import Any
 
-from hitl_workers.procs import ALL_QUEUES
+from hitl_workers.ops.processes import ALL_QUEUES
 from tests.acceptance.steps import request
 from tests.operators.conftest import OPS_NODE, Ops, cli
 

@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 from kombu import Connection
 
-from hitl_workers.flowsim import ExitListener
+from hitl_workers.ops.flow_engine import ExitListener
 from tests.scaleout.systems import EnvSystem, app_for, fresh_database
 from tests.support.fixtures import ARTIFACTS
 

@@ -20,7 +20,7 @@ from celery import Celery
 from kombu import Connection
 
 import celeryconfig
-from hitl_workers.flowsim import ExitListener, queue_for
+from hitl_workers.ops.flow_engine import ExitListener, queue_for
 from hitl_workers.services.effects import timer_task_id
 from hitl_workers.settings import get_settings
 from tests.acceptance import test_exits
@@ -39,7 +39,7 @@ AMQP = "amqp://guest:guest@rabbitmq.example:5672/hitl"
 def test_every_queue_is_declared_as_a_flow_engine_declares_it():
     # Given the RabbitMQ settings
     conf = celeryconfig.settings_for_broker(AMQP, get_settings())
-    # Then the system's own queues follow the rule a flow engine follows (flowsim.queue_for)
+    # Then the system's own queues follow the rule a flow engine follows (ops.flow_engine.queue_for)
     for queue in conf["task_queues"]:
         expected = queue_for(AMQP, queue.name)
         assert (queue.exchange.name, queue.exchange.type, queue.routing_key,

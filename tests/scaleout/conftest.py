@@ -23,8 +23,8 @@ import pytest
 import redis
 from sqlalchemy.engine import make_url
 
-from hitl_workers.flowsim import ExitListener
-from hitl_workers.procs import Proc
+from hitl_workers.ops.flow_engine import ExitListener
+from hitl_workers.ops.processes import Proc
 from tests.conftest import BASE, REDIS
 from tests.scaleout import netns
 from tests.scaleout.systems import EnvSystem, app_for, fresh_database

@@ -19,7 +19,7 @@ import sqlalchemy as sa
 from celery import Celery
 from sqlalchemy.engine import make_url
 
-from hitl_workers.procs import Proc, beat_cmd, wait_for_workers, worker_cmd
+from hitl_workers.ops.processes import Proc, beat_cmd, wait_for_workers, worker_cmd
 from tests.support.fixtures import System
 
 

@@ -13,7 +13,7 @@ import redis
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
-from hitl_workers.procs import Proc, beat_cmd, wait_for_workers, worker_cmd
+from hitl_workers.ops.processes import Proc, beat_cmd, wait_for_workers, worker_cmd
 
 ARTIFACTS = Path(os.environ.get("HITL_TEST_ARTIFACTS", "test-artifacts"))
 TASK_TIMEOUT = 20
@@ -128,7 +128,7 @@ def client(system: System) -> Client:
 @pytest.fixture
 def flow(system: System) -> Iterator[Any]:
     """A flow engine listening on a queue of its own for this test's exits."""
-    from hitl_workers.flowsim import ExitListener
+    from hitl_workers.ops.flow_engine import ExitListener
 
     listener = ExitListener(os.environ["HITL_BROKER_URL"], f"flow-test-{uuid.uuid4().hex[:10]}")
     with listener:

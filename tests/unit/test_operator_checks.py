@@ -9,10 +9,11 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from hitl_workers import metrics, status, taskcontext
-from hitl_workers.flower import readable_kwargs
-from hitl_workers.logs import JsonFormatter, TaskContextFilter
-from hitl_workers.procs import ALL_QUEUES
+from hitl_workers.observe import metrics, task_context
+from hitl_workers.observe.flower_search import readable_kwargs
+from hitl_workers.observe.log_format import JsonFormatter, TaskContextFilter
+from hitl_workers.ops import status
+from hitl_workers.ops.processes import ALL_QUEUES
 from hitl_workers.store.overview import Overview
 
 NOW = datetime(2026, 1, 5, 12, 0, tzinfo=UTC)
@@ -103,12 +104,12 @@ def test_exit_reasons_are_a_bounded_label(exit: str, merge_field: dict[str, obje
 def test_a_json_log_line_carries_the_running_tasks_ids() -> None:
     record = logging.LogRecord("hitl_workers.x", logging.WARNING, __file__, 1,
                                "publish of %s failed", ("exit",), None)
-    taskcontext.enter("task-1", "hitl.claim", {"execution_id": "e-1", "agent_id": "a"})
+    task_context.enter("task-1", "hitl.claim", {"execution_id": "e-1", "agent_id": "a"})
     try:
-        taskcontext.learn("e-1", "c-1")
+        task_context.learn("e-1", "c-1")
         TaskContextFilter().filter(record)
     finally:
-        taskcontext.leave()
+        task_context.leave()
     line = json.loads(JsonFormatter().format(record))
     assert line["message"] == "publish of exit failed"
     assert (line["task_id"], line["task_name"]) == ("task-1", "hitl.claim")
@@ -117,23 +118,23 @@ def test_a_json_log_line_carries_the_running_tasks_ids() -> None:
 
 
 def test_a_task_about_no_execution_does_not_borrow_one() -> None:
-    taskcontext.enter("tick", "hitl.reconcile", {})
+    task_context.enter("tick", "hitl.reconcile", {})
     try:
-        taskcontext.learn("e-1", "c-1")  # the reconciler fires many executions' deadlines
-        context = taskcontext.current()
+        task_context.learn("e-1", "c-1")  # the reconciler fires many executions' deadlines
+        context = task_context.current()
         assert context is not None and context.execution_id is None
     finally:
-        taskcontext.leave()
+        task_context.leave()
 
 
 def test_ids_from_outside_are_taken_only_when_short_strings() -> None:
-    taskcontext.enter("t", "hitl.claim", {"execution_id": "x" * 129, "conversation_id": 7})
+    task_context.enter("t", "hitl.claim", {"execution_id": "x" * 129, "conversation_id": 7})
     try:
-        context = taskcontext.current()
+        context = task_context.current()
         assert context is not None
         assert (context.execution_id, context.conversation_id) == (None, None)
     finally:
-        taskcontext.leave()
+        task_context.leave()
 
 
 def test_flower_sees_the_ids_first_even_in_a_long_request() -> None:

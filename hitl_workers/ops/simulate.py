@@ -14,8 +14,8 @@ from typing import Any
 
 import redis
 
-from hitl_workers.flowsim import ExitListener
 from hitl_workers.notify.streams import stream_key
+from hitl_workers.ops.flow_engine import ExitListener
 from hitl_workers.settings import get_settings
 
 Echo = Callable[[str], None]

@@ -1,4 +1,4 @@
-"""Reading the business metrics (:mod:`hitl_workers.metrics`) for Prometheus.
+"""Reading the business metrics (:mod:`hitl_workers.observe.metrics`) for Prometheus.
 
 :class:`NodesCollector` merges the files that worker processes wrote, one node at a time, and
 labels each series with its node; :class:`DatabaseCollector` computes the gauges from the

@@ -15,7 +15,7 @@ from typing import Any
 from kombu.exceptions import ChannelError
 
 from hitl_workers.clock import utcnow
-from hitl_workers.procs import ALL_QUEUES
+from hitl_workers.ops.processes import ALL_QUEUES
 from hitl_workers.settings import Settings
 from hitl_workers.store import overview
 from hitl_workers.store.db import read_only

@@ -3,7 +3,7 @@
 Celery sets up its handlers, then sends ``after_setup_logger`` (the root logger, which our
 modules' loggers reach) and ``after_setup_task_logger`` (``celery.task``). Both get a filter
 that adds the running task's ``task_id``, ``task_name``, ``execution_id`` and
-``conversation_id`` (:mod:`hitl_workers.taskcontext`), and either
+``conversation_id`` (:mod:`hitl_workers.observe.task_context`), and either
 
 * JSON, one object a line, when ``HITL_LOG_JSON=true``: ``ts``, ``level``, ``logger``,
   ``process``, ``message``, the ids that are known, ``exc_info`` for a traceback; or
@@ -20,7 +20,7 @@ from typing import Any
 from celery.signals import after_setup_logger, after_setup_task_logger
 from celery.utils.log import ColorFormatter
 
-from hitl_workers import taskcontext
+from hitl_workers.observe import task_context
 from hitl_workers.settings import get_settings
 
 TEXT_SUFFIX = "%(hitl_ids)s"
@@ -31,7 +31,7 @@ class TaskContextFilter(logging.Filter):
     """Puts the running task's ids on every record (``record.hitl`` and ``record.hitl_ids``)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        context = taskcontext.current()
+        context = task_context.current()
         fields = context.fields() if context is not None else _received(record)
         record.hitl = fields
         record.hitl_ids = "".join(f" {k}={fields[k]}" for k in TEXT_FIELDS if k in fields)
@@ -61,7 +61,7 @@ class JsonFormatter(logging.Formatter):
         }
         fields = getattr(record, "hitl", None)
         if fields is None:  # a handler this module did not set up
-            context = taskcontext.current()
+            context = task_context.current()
             fields = context.fields() if context is not None else {}
         entry.update(fields)
         if record.exc_info:

@@ -11,10 +11,10 @@ Two kinds, both named ``hitl_*`` (docs/operations.md has the table):
 * **Read from the database at scrape time** (waiting executions, outbox backlog, reconciler
   heartbeat age, …): correct however many processes or hosts there are, and never stale.
 
-Where they are served (:mod:`hitl_workers.scrape` reads them): the gateway's ``/metrics`` has
-both (the workers' counters of every node on its host, and the database gauges); with
-``HITL_METRICS_PORT`` set, each worker also serves its own node's counters (for workers on
-hosts without a gateway, such as Kubernetes pods).
+Where they are served (:mod:`hitl_workers.observe.metrics_reader` reads them): the gateway's
+``/metrics`` has both (the workers' counters of every node on its host, and the database
+gauges); with ``HITL_METRICS_PORT`` set, each worker also serves its own node's counters (for
+workers on hosts without a gateway, such as Kubernetes pods).
 """
 
 from __future__ import annotations
@@ -42,8 +42,8 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_
 from prometheus_client.multiprocess import mark_process_dead
 from sqlalchemy.engine import Connection
 
-from hitl_workers import taskcontext
-from hitl_workers.scrape import NodesCollector, node_dir
+from hitl_workers.observe import task_context
+from hitl_workers.observe.metrics_reader import NodesCollector, node_dir
 from hitl_workers.settings import get_settings
 from hitl_workers.store.db import after_commit
 
@@ -148,7 +148,7 @@ def step_ended(conn: Connection, *, state: str, exit: str | None,
 
 def timer_fired(conn: Connection, *, kind: str, due_at: datetime, now: datetime) -> None:
     """Observe a deadline's lateness once the transaction that fired it commits."""
-    context = taskcontext.current()
+    context = task_context.current()
     via = TIMER_VIA.get(context.task_name, "other") if context else "other"
     lateness = max(0.0, (now - due_at).total_seconds())
     after_commit(conn, lambda: _m().timer_lateness.labels(_label(kind), via).observe(lateness))

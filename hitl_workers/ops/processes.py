@@ -13,6 +13,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
+from hitl_workers.settings import Settings
+
 ALL_QUEUES = ("hitl.requests", "hitl.events", "hitl.timers", "hitl.outbox")
 
 
@@ -30,6 +32,15 @@ def worker_cmd(name: str, queues: Sequence[str] = ALL_QUEUES, concurrency: int =
 
 def beat_cmd(schedule_file: str | Path, loglevel: str = "INFO") -> list[str]:
     return celery_cmd("beat", "--schedule", str(schedule_file), "--loglevel", loglevel)
+
+
+def flower_cmd(settings: Settings, *, port: int, address: str = "127.0.0.1") -> list[str]:
+    """``celery -A hitl_workers.app flower …``, with ``--basic-auth`` from
+    ``HITL_FLOWER_BASIC_AUTH`` when it is set (the Procfile and deploy/ do the same)."""
+    args = ["flower", f"--port={port}", f"--address={address}"]
+    if settings.flower_basic_auth:
+        args.append(f"--basic-auth={settings.flower_basic_auth}")
+    return celery_cmd(*args)
 
 
 class Proc:

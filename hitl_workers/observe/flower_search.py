@@ -1,4 +1,5 @@
-"""Flower, for operators: the command that starts it, and task arguments it can search.
+"""Task arguments Flower can search (a worker hook; the command that starts Flower is
+:func:`hitl_workers.ops.processes.flower_cmd`).
 
 Flower shows each task with the ``argsrepr``/``kwargsrepr`` its message carries and finds
 tasks by any substring of their id, name and arguments. Every hitl task takes keyword
@@ -15,20 +16,8 @@ from typing import Any
 from celery.signals import task_received
 from celery.utils.saferepr import saferepr
 
-from hitl_workers.procs import celery_cmd
-from hitl_workers.settings import Settings
-
 KWARGSREPR_CHARS = 1024  # what Celery's own client sends at most
 IDS_FIRST = ("execution_id", "conversation_id", "agent_id", "kind")
-
-
-def flower_cmd(settings: Settings, *, port: int, address: str = "127.0.0.1") -> list[str]:
-    """``celery -A hitl_workers.app flower …``, with ``--basic-auth`` from
-    ``HITL_FLOWER_BASIC_AUTH`` when it is set (the Procfile and deploy/ do the same)."""
-    args = ["flower", f"--port={port}", f"--address={address}"]
-    if settings.flower_basic_auth:
-        args.append(f"--basic-auth={settings.flower_basic_auth}")
-    return celery_cmd(*args)
 
 
 def readable_kwargs(kwargs: dict[str, Any]) -> str:

@@ -19,8 +19,7 @@ from urllib.parse import urlparse
 import click
 import redis
 
-from hitl_workers.flower import flower_cmd
-from hitl_workers.procs import Proc, beat_cmd, wait_for_workers, worker_cmd
+from hitl_workers.ops.processes import Proc, beat_cmd, flower_cmd, wait_for_workers, worker_cmd
 from hitl_workers.settings import Settings
 
 REDIS_HINT = (
@@ -88,7 +87,7 @@ def run_system(settings: Settings, *, gateway_port: int, flower_port: int, simul
                          procs=procs[:1])
         echo(f"worker, beat, Flower and the agent gateway are up (logs in {log_dir}/)")
         if simulate:
-            from hitl_workers.simulate import Simulator
+            from hitl_workers.ops.simulate import Simulator
 
             echo("\nThe simulator plays a flow engine and four agents:\n")
             simulator = Simulator(app, echo)

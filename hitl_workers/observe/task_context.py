@@ -1,8 +1,8 @@
 """Which task this process is running, and for which step execution.
 
 Set from the task's keyword arguments when it starts (Celery's ``task_prerun``), cleared when
-it ends (``task_postrun``); log lines (:mod:`hitl_workers.logs`) and metrics
-(:mod:`hitl_workers.metrics`) read it. Keyword arguments come from outside, so only short
+it ends (``task_postrun``); log lines (:mod:`hitl_workers.observe.log_format`) and metrics
+(:mod:`hitl_workers.observe.metrics`) read it. Keyword arguments come from outside, so only short
 strings are taken as ids.
 """
 
