@@ -8,6 +8,7 @@ from typing import Any
 
 from kombu import Exchange, Queue
 
+from hitl_workers.domain.names import QUEUE_NAMES, TASK_QUEUES
 from hitl_workers.settings import Settings, get_settings
 
 _settings = get_settings()
@@ -29,20 +30,7 @@ enable_utc = True
 
 # task_queues and the broker's transport options depend on the broker: see the end of this file.
 task_default_queue = "hitl.requests"
-task_routes = {
-    "hitl.request_assistance": {"queue": "hitl.requests"},
-    "hitl.cancel": {"queue": "hitl.requests"},
-    "hitl.upsert_agent": {"queue": "hitl.requests"},
-    "hitl.set_agent_status": {"queue": "hitl.requests"},
-    "hitl.remove_agent": {"queue": "hitl.requests"},
-    "hitl.claim": {"queue": "hitl.events"},
-    "hitl.reject": {"queue": "hitl.events"},
-    "hitl.close": {"queue": "hitl.events"},
-    "hitl.fire_timer": {"queue": "hitl.timers"},
-    "hitl.reconcile": {"queue": "hitl.timers"},
-    "hitl.fire_overdue": {"queue": "hitl.timers"},
-    "hitl.deliver_outbox": {"queue": "hitl.outbox"},
-}
+task_routes = {task: {"queue": queue} for task, queue in TASK_QUEUES.items()}  # domain/names.py
 
 # At least once, without duplicates: every task is idempotent, so a message is acked only
 # after its task ran, and a worker killed mid-task gives the message back to the broker.
@@ -72,7 +60,6 @@ beat_schedule = {
 # Redis is the default broker, RabbitMQ the other (README "Choosing a broker"). They differ in
 # how the queues are declared and where an ETA wake-up waits until it is due.
 
-QUEUE_NAMES = ("hitl.requests", "hitl.events", "hitl.timers", "hitl.outbox")
 RABBITMQ_SCHEMES = ("amqp", "amqps", "pyamqp")
 
 

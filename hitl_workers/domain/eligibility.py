@@ -4,11 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
 
-AgentStatus = Literal["available", "busy", "offline"]
-AGENT_STATUSES: tuple[AgentStatus, ...] = ("available", "busy", "offline")
-NotClaimedReason = Literal["NO_AGENTS", "NOT_AVAILABLE"]
+from hitl_workers.domain.names import NotClaimedReason
 
 
 @dataclass(frozen=True)

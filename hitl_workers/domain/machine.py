@@ -40,10 +40,9 @@ from datetime import datetime
 from typing import Any, Literal, cast
 
 from hitl_workers.domain.eligibility import AgentView, Audience, refusal
+from hitl_workers.domain.names import ExecutionState as State
+from hitl_workers.domain.names import ExitName, TimerKind
 
-State = Literal["waiting", "exited", "cancelled", "failed"]
-ExitName = Literal["claimed", "not_claimed", "timer_action", "timeout", "error"]
-TimerKind = Literal["countdown", "timeout"]
 RejectPolicy = Literal["any", "all"]
 
 TIMER_EXITS: dict[str, ExitName] = {"countdown": "timer_action", "timeout": "timeout"}

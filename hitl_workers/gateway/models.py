@@ -11,12 +11,11 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PlainSerializer
 
+from hitl_workers.domain.names import AgentStatus
+from hitl_workers.domain.names import EventOutcome as Outcome
+from hitl_workers.domain.names import ExecutionState as State
 from hitl_workers.domain.request import Identifier
 
-AgentStatus = Literal["available", "busy", "offline"]
-Outcome = Literal["claimed", "already_claimed", "rejected", "reject_recorded", "closed",
-                  "already_resolved", "not_eligible", "not_found", "invalid"]
-State = Literal["waiting", "exited", "cancelled", "failed"]
 UtcIso = Annotated[datetime, PlainSerializer(lambda v: v.isoformat(), return_type=str)]
 """An aware UTC datetime, sent as ISO-8601 (``2026-11-24T10:15:02.123456+00:00``, as §2)."""
 

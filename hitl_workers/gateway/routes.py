@@ -8,6 +8,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Header, Path, Query, Request
 from fastapi.responses import StreamingResponse
 
+from hitl_workers.domain.names import AGENT_STATUSES
 from hitl_workers.domain.request import ID_PATTERN
 from hitl_workers.gateway import queries, sse, telemetry
 from hitl_workers.gateway.auth import CurrentAgent, PathAgent
@@ -116,7 +117,7 @@ async def set_status(request: Request, agent_id: AgentId, _me: PathAgent,
                                                  status=change.status)
     if answer.get("status") == "not_found":
         raise Refused(404, f"agent {agent_id!r} is not in the directory")
-    if answer.get("status") not in ("available", "busy", "offline"):
+    if answer.get("status") not in AGENT_STATUSES:
         raise Refused(422, str((answer.get("error") or {}).get("message") or answer))
     return {"agent_id": agent_id, "status": answer["status"]}
 

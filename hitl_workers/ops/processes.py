@@ -13,9 +13,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
+from hitl_workers.domain.names import QUEUE_NAMES
 from hitl_workers.settings import Settings
 
-ALL_QUEUES = ("hitl.requests", "hitl.events", "hitl.timers", "hitl.outbox")
+ALL_QUEUES = QUEUE_NAMES
 
 
 def celery_cmd(*args: str) -> list[str]:

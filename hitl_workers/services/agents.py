@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from pydantic import Field, StringConstraints
 from sqlalchemy.engine import Connection
 
 from hitl_workers.domain import machine
+from hitl_workers.domain.names import AgentStatus
 from hitl_workers.domain.request import Identifier, Tag, _Strict
 from hitl_workers.domain.validation import Invalid
 from hitl_workers.notify import events as notifications
@@ -17,7 +18,7 @@ from hitl_workers.services.effects import Effects
 from hitl_workers.services.transitions import apply
 from hitl_workers.store import repo
 
-Status = Literal["available", "busy", "offline"]
+Status = AgentStatus  # domain/names.py
 
 
 class UpsertAgentIn(_Strict):

@@ -287,13 +287,6 @@ def set_offer(conn: Connection, execution_id: str, agent_id: str, status: str,
         where=offers.c.status != stmt.excluded.status))
 
 
-def live_offer_agents(conn: Connection, execution_id: str) -> list[str]:
-    return list(conn.execute(
-        sa.select(offers.c.agent_id)
-        .where(offers.c.execution_id == execution_id, offers.c.status != "withdrawn")
-        .order_by(offers.c.agent_id)).scalars())
-
-
 def insert_timers(conn: Connection, execution_id: str,
                   deadlines: Iterable[tuple[str, datetime, datetime | None]]) -> None:
     rows = [{"execution_id": execution_id, "kind": kind, "due_at": due_at, "state": "pending",

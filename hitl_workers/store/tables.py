@@ -16,6 +16,17 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 
+from hitl_workers.domain.names import (
+    AGENT_STATUSES,
+    CONVERSATION_STATUSES,
+    EXECUTION_STATES,
+    EXITS,
+    OFFER_STATUSES,
+    OUTBOX_KINDS,
+    TIMER_KINDS,
+    TIMER_STATES,
+)
+
 metadata = sa.MetaData(
     naming_convention={
         "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -50,8 +61,12 @@ class UTCDateTime(sa.TypeDecorator[datetime]):
 JSONType = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
 
 ID_LEN = 128
-EXECUTION_STATES = ("waiting", "exited", "cancelled", "failed")
-EXITS = ("claimed", "not_claimed", "timer_action", "timeout", "error")
+
+
+def one_of(column: str, values: tuple[str, ...]) -> str:
+    """A CHECK constraint's text: ``column IN ('a', 'b')``, from a name list in domain/names."""
+    return f"{column} IN ({', '.join(repr(v) for v in values)})"
+
 
 agents = sa.Table(
     "agents",
@@ -61,7 +76,7 @@ agents = sa.Table(
     sa.Column("status", sa.String(16), nullable=False),
     sa.Column("rule_groups", JSONType, nullable=False),
     sa.Column("updated_at", UTCDateTime, nullable=False),
-    sa.CheckConstraint("status IN ('available', 'busy', 'offline')", name="status"),
+    sa.CheckConstraint(one_of("status", AGENT_STATUSES), name="status"),
 )
 
 conversations = sa.Table(
@@ -73,7 +88,7 @@ conversations = sa.Table(
     sa.Column("contact", JSONType, nullable=True),
     sa.Column("claimed_by", JSONType, nullable=False),
     sa.Column("updated_at", UTCDateTime, nullable=False),
-    sa.CheckConstraint("status IN ('open', 'needs_action', 'claimed')", name="status"),
+    sa.CheckConstraint(one_of("status", CONVERSATION_STATUSES), name="status"),
 )
 
 executions = sa.Table(
@@ -96,13 +111,8 @@ executions = sa.Table(
     sa.Column("timeout_at", UTCDateTime, nullable=True),
     sa.Column("ended_at", UTCDateTime, nullable=True),
     sa.Column("errors", JSONType, nullable=True),
-    sa.CheckConstraint(
-        "state IN ('waiting', 'exited', 'cancelled', 'failed')", name="state"
-    ),
-    sa.CheckConstraint(
-        "exit IS NULL OR exit IN ('claimed', 'not_claimed', 'timer_action', 'timeout', 'error')",
-        name="exit",
-    ),
+    sa.CheckConstraint(one_of("state", EXECUTION_STATES), name="state"),
+    sa.CheckConstraint(f"exit IS NULL OR {one_of('exit', EXITS)}", name="exit"),
     # An exit exists exactly when the execution left by one (``failed`` leaves by ``error``).
     sa.CheckConstraint(
         "(state IN ('exited', 'failed')) = (exit IS NOT NULL)", name="exit_iff_ended"
@@ -127,7 +137,7 @@ offers = sa.Table(
     sa.Column("status", sa.String(16), nullable=False, server_default="offered"),
     sa.Column("updated_at", UTCDateTime, nullable=False),
     sa.CheckConstraint(
-        "status IN ('offered', 'closed', 'rejected', 'withdrawn')", name="status"
+        one_of("status", OFFER_STATUSES), name="status"
     ),
 )
 sa.Index("ix_offers_agent", offers.c.agent_id)
@@ -143,8 +153,8 @@ timers = sa.Table(
     sa.Column("state", sa.String(16), nullable=False, server_default="pending"),
     sa.Column("armed_at", UTCDateTime, nullable=True),
     sa.Column("fired_at", UTCDateTime, nullable=True),
-    sa.CheckConstraint("kind IN ('countdown', 'timeout')", name="kind"),
-    sa.CheckConstraint("state IN ('pending', 'fired', 'cancelled')", name="state"),
+    sa.CheckConstraint(one_of("kind", TIMER_KINDS), name="kind"),
+    sa.CheckConstraint(one_of("state", TIMER_STATES), name="state"),
 )
 sa.Index(
     "ix_timers_pending_due",
@@ -192,7 +202,7 @@ outbox = sa.Table(
     sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
     sa.Column("sent_at", UTCDateTime, nullable=True),
     sa.Column("last_error", sa.Text, nullable=True),
-    sa.CheckConstraint("kind IN ('exit', 'notify')", name="kind"),
+    sa.CheckConstraint(one_of("kind", OUTBOX_KINDS), name="kind"),
 )
 sa.Index(
     "ix_outbox_unsent",
