@@ -32,8 +32,9 @@ def db_upgrade(revision: str) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the raw story as JSON.")
 def show(execution_id: str, as_json: bool) -> None:
     """What happened to one step execution: notified, skipped and why, events, exit, delivery."""
-    from hitl_workers.ops.show import format_text, load, to_json
+    from hitl_workers.ops.show import format_text, to_json
     from hitl_workers.store.db import read_only
+    from hitl_workers.store.journal import load
 
     with read_only() as conn:
         found = load(conn, execution_id)

@@ -9,15 +9,14 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from hitl_workers.app import app as celery_app
-from hitl_workers.gateway import queries
-from hitl_workers.store.db import read_only
+from hitl_workers.store.db import ping, read_only
 
 CHECK_TIMEOUT_S = 3.0
 
 
 def _database() -> None:
     with read_only() as conn:
-        queries.ping(conn)
+        ping(conn)
 
 
 def _broker() -> None:

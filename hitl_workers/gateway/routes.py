@@ -10,7 +10,7 @@ from fastapi.responses import StreamingResponse
 
 from hitl_workers.domain.names import AGENT_STATUSES
 from hitl_workers.domain.request import ID_PATTERN
-from hitl_workers.gateway import queries, sse, telemetry
+from hitl_workers.gateway import sse, telemetry
 from hitl_workers.gateway.auth import CurrentAgent, PathAgent
 from hitl_workers.gateway.errors import Refused
 from hitl_workers.gateway.models import (
@@ -23,6 +23,7 @@ from hitl_workers.gateway.models import (
     StatusIn,
     StatusOut,
 )
+from hitl_workers.store import bell
 from hitl_workers.store.db import read_only
 
 router = APIRouter()
@@ -61,7 +62,7 @@ async def _read(work: Any, *args: Any) -> Any:
 @router.get("/me", response_model=Me, responses=AUTH_ERRORS, tags=["agents"],
             summary="The agent the token was issued for")
 async def whoami(me: CurrentAgent) -> dict[str, Any]:
-    agent = await _read(queries.get_agent, me)
+    agent = await _read(bell.get_agent, me)
     return {"agent_id": me, "name": agent.name if agent else None,
             "status": agent.status if agent else None}
 
@@ -103,7 +104,7 @@ async def events(
             responses=AUTH_ERRORS, tags=["agents"],
             summary="The bell list: waiting executions this agent may claim now, oldest first")
 async def bell_list(agent_id: AgentId, _me: PathAgent) -> list[dict[str, Any]]:
-    entries: list[dict[str, Any]] = await _read(queries.bell_list, agent_id)
+    entries: list[dict[str, Any]] = await _read(bell.bell_list, agent_id)
     return entries
 
 

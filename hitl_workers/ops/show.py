@@ -1,43 +1,20 @@
-"""An execution's whole story, for operators: ``hitl-workers show EXECUTION_ID``."""
+"""``hitl-workers show EXECUTION_ID``: one execution's whole story, as text or JSON.
+
+The rows come from :mod:`hitl_workers.store.journal`; this module only prints them.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from datetime import datetime
 from typing import Any
 
-import sqlalchemy as sa
-from sqlalchemy.engine import Connection
-
-from hitl_workers.store import repo
-from hitl_workers.store.tables import agent_events, offers, timers
+from hitl_workers.store.journal import Journal
 
 
-def load(conn: Connection, execution_id: str) -> dict[str, Any] | None:
-    row = repo.get_execution(conn, execution_id)
-    if row is None:
-        return None
-    conversation = repo.get_conversation(conn, row.conversation_id) if row.conversation_id \
-        else None
-    return {
-        "execution": dict(row._mapping),
-        "conversation": dict(conversation._mapping) if conversation else None,
-        "timers": [dict(r._mapping) for r in conn.execute(
-            sa.select(timers).where(timers.c.execution_id == execution_id)
-            .order_by(timers.c.due_at))],
-        "offers": [dict(r._mapping) for r in conn.execute(
-            sa.select(offers).where(offers.c.execution_id == execution_id)
-            .order_by(offers.c.agent_id))],
-        "audit": [dict(r._mapping) for r in repo.audit_trail(conn, execution_id)],
-        "agent_events": [dict(r._mapping) for r in conn.execute(
-            sa.select(agent_events).where(agent_events.c.execution_id == execution_id)
-            .order_by(agent_events.c.created_at))],
-        "outbox": [dict(r._mapping) for r in repo.outbox_for_execution(conn, execution_id)],
-    }
-
-
-def to_json(story: dict[str, Any]) -> str:
-    return json.dumps(story, indent=2, default=_jsonable)
+def to_json(story: Journal) -> str:
+    return json.dumps(dataclasses.asdict(story), indent=2, default=_jsonable)
 
 
 def _jsonable(value: Any) -> Any:
@@ -78,8 +55,8 @@ def _describe(event: dict[str, Any]) -> str:
     return f"{kind.replace('_', ' ')}{who}{rest}"
 
 
-def format_text(story: dict[str, Any]) -> str:
-    ex = story["execution"]
+def format_text(story: Journal) -> str:
+    ex = story.execution
     origin = ex["requested_at"]
     lines = [
         f"execution   {ex['execution_id']}",
@@ -94,23 +71,23 @@ def format_text(story: dict[str, Any]) -> str:
     if ex.get("errors"):
         lines.append("errors      " + "; ".join(
             f"{e['field']}: {e['message']}" for e in ex["errors"]))
-    if story["conversation"]:
-        conv = story["conversation"]
+    if story.conversation:
+        conv = story.conversation
         lines.append(f"conversation now {conv['status']}, claimed by "
                      f"{', '.join(conv['claimed_by']) or 'nobody'}, tags {conv['tags']}")
-    if story["timers"]:
+    if story.timers:
         lines.append("timers")
         lines += [f"  {t['kind']:<10} due {_t(t['due_at'], origin)}  {t['state']}"
                   + (f" at {_t(t['fired_at'], origin)}" if t["fired_at"] else "")
-                  for t in story["timers"]]
-    if story["offers"]:
+                  for t in story.timers]
+    if story.offers:
         lines.append("offers")
-        lines += [f"  {o['agent_id']:<24} {o['status']}" for o in story["offers"]]
+        lines += [f"  {o['agent_id']:<24} {o['status']}" for o in story.offers]
     lines.append("events")
-    lines += [f"  {_t(e['at'], origin)}  {_describe(e)}" for e in story["audit"]]
-    if story["outbox"]:
+    lines += [f"  {_t(e['at'], origin)}  {_describe(e)}" for e in story.audit]
+    if story.outbox:
         lines.append("messages")
-        for m in story["outbox"]:
+        for m in story.outbox:
             state = f"sent {_t(m['sent_at'], origin)}" if m["sent_at"] else \
                 f"NOT SENT (attempts {m['attempts']}, last error {m['last_error'] or '-'})"
             lines.append(f"  {m['dedupe_key']:<40} {state}")

@@ -127,3 +127,8 @@ def after_commit(conn: Connection, callback: Callable[[], None]) -> None:
 
 def is_postgres(conn: Connection) -> bool:
     return conn.dialect.name == "postgresql"
+
+
+def ping(conn: Connection) -> None:
+    """Raises when the database does not answer (the gateway's ``/healthz``)."""
+    conn.execute(sa.text("SELECT 1"))

@@ -104,3 +104,25 @@ def test_the_audit_trail_of_refusals_rejects_timers_and_cancels(client, flow, ag
     client.call("hitl.cancel", execution_id=cancelled["execution_id"], reason="left")
     assert audit_kinds(cancelled["execution_id"]) == ["requested", "notified", "cancelled"]
     assert audit_trail(cancelled["execution_id"])[-1].detail == {"reason": "left"}
+
+
+def test_hitl_workers_show_tells_a_claimed_steps_story(client, flow, agents, team):
+    from click.testing import CliRunner
+
+    from hitl_workers.cli import main
+
+    alice = agents()
+    step = request(team, flow.reply_to)
+    client.call("hitl.request_assistance", **step)
+    client.call("hitl.claim", execution_id=step["execution_id"], agent_id=alice)
+    eventually(lambda: "exit_delivered" in audit_kinds(step["execution_id"]))
+
+    text = CliRunner().invoke(main, ["show", step["execution_id"]])
+    assert text.exit_code == 0, text.output
+    assert f'exit claimed {{"addClaimedBy": "{alice}"}}' in text.output
+    assert f"  {alice}" in text.output  # its offer
+    assert "exit delivered to" in text.output
+    as_json = CliRunner().invoke(main, ["show", "--json", step["execution_id"]])
+    assert '"state": "exited"' in as_json.output
+    missing = CliRunner().invoke(main, ["show", "no-such-execution"])
+    assert missing.exit_code == 1 and "no execution 'no-such-execution'" in missing.output

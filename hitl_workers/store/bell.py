@@ -1,4 +1,4 @@
-"""Read-only SQL for the gateway: the bell list, the agent's own row, the database check.
+"""Read-only SQL for the gateway: the bell list and the agent's own row.
 
 The bell list applies the very rule claims are judged by
 (:func:`hitl_workers.domain.eligibility.refusal`), so an entry it shows is one a claim would
@@ -105,6 +105,3 @@ def _entry(row: Any) -> dict[str, Any]:
         "timeout_at": row.timeout_at,
     }
 
-
-def ping(conn: Connection) -> None:
-    conn.execute(sa.text("SELECT 1"))
