@@ -205,7 +205,8 @@ def payload_size(value: Any) -> int:
 Path = tuple[str | int, ...]
 
 
-def json_problem(value: Any, *, max_nodes: int | None = None) -> tuple[Path, str] | None:
+# One walk with a check per kind of JSON value: splitting it would scatter the refusal rules.
+def json_problem(value: Any, *, max_nodes: int | None = None) -> tuple[Path, str] | None:  # noqa: C901
     """The first thing found in ``value`` that is not plain, storable JSON.
 
     Returns its path and what is wrong, or None. Iterative, so any depth is safe to inspect.

@@ -140,7 +140,7 @@ def salvage_execution_id(kwargs: dict[str, Any]) -> str | None:
         return None
 
 
-def salvage_reply_to(kwargs: dict[str, Any]) -> ReplyTo | None | bool:
+def salvage_reply_to(kwargs: dict[str, Any]) -> ReplyTo | bool | None:
     """The request's ``reply_to``: the model, None when absent, False when unusable."""
     try:
         return ReplyRef.model_validate(kwargs).reply_to

@@ -10,7 +10,7 @@ import json
 import time
 import uuid
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import redis
 
@@ -21,7 +21,7 @@ from hitl_workers.settings import get_settings
 Echo = Callable[[str], None]
 
 BILLING, SALES = [["team:billing"]], [["team:sales"]]
-AGENTS = [
+AGENTS: list[dict[str, Any]] = [
     {"agent_id": "alice", "name": "Alice", "status": "available", "rule_groups": BILLING},
     {"agent_id": "bob", "name": "Bob", "status": "available", "rule_groups": BILLING},
     {"agent_id": "carol", "name": "Carol", "status": "busy", "rule_groups": BILLING},
@@ -75,7 +75,10 @@ class Simulator:
         return answer
 
     def notifications(self, agent_id: str, execution_id: str) -> None:
-        for _id, fields in self.streams.xrange(stream_key(agent_id)):
+        # decode_responses=True: ids and fields come back as str.
+        entries = cast(list[tuple[str, dict[str, str]]],
+                       self.streams.xrange(stream_key(agent_id)))
+        for _id, fields in entries:
             event = json.loads(fields["event"])
             if event.get("execution_id") != execution_id:
                 continue

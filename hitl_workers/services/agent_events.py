@@ -16,7 +16,8 @@ from hitl_workers.services.transitions import apply
 from hitl_workers.store import repo
 
 Action = Literal["claim", "reject", "close"]
-_EVENTS = {"claim": machine.Claim, "reject": machine.Reject, "close": machine.Close}
+_EVENTS: dict[str, type[machine.Claim | machine.Reject | machine.Close]] = {
+    "claim": machine.Claim, "reject": machine.Reject, "close": machine.Close}
 
 
 class AgentEventIn(_Strict):

@@ -85,7 +85,7 @@ def _record_invalid(conn: Connection, kwargs: dict[str, Any], message: str, fiel
 
 
 def _fail(conn: Connection, execution_id: str, kwargs: dict[str, Any], error: dict[str, Any],
-          reply: ReplyTo | None | bool, now: datetime, defaults: Defaults, *,
+          reply: ReplyTo | bool | None, now: datetime, defaults: Defaults, *,
           errors: list[dict[str, str]]) -> tuple[dict[str, Any], Effects]:
     """Record a failed execution and queue its ``error`` exit (when a reply target is known)."""
     reply_task, reply_queue = _reply_target(reply, defaults)
@@ -117,7 +117,7 @@ def _short_str(value: Any) -> str | None:
     return value if isinstance(value, str) and 0 < len(value) <= 128 else None
 
 
-def _reply_target(reply: ReplyTo | None | bool, defaults: Defaults
+def _reply_target(reply: ReplyTo | bool | None, defaults: Defaults
                   ) -> tuple[str | None, str | None]:
     if reply is False:
         return None, None  # unreadable reply_to: nowhere safe to answer
@@ -143,7 +143,7 @@ def _dispatch(conn: Connection, request: AssistanceRequest, now: datetime,
         return result(execution_id, mine.state, mine.exit, True), Effects()  # a retry
 
     if busy_with is not None:
-        error = {"code": "conversation_busy",
+        error: dict[str, Any] = {"code": "conversation_busy",
                  "message": f"conversation {request.conversation_id} already has a waiting "
                             f"execution ({busy_with}); cancel it or wait for its exit",
                  "fields": ["conversation_id"]}

@@ -407,8 +407,8 @@ def audit_many(conn: Connection, execution_id: str, now: datetime,
 
 
 def audit_trail(conn: Connection, execution_id: str) -> list[Row[Any]]:
-    return conn.execute(sa.select(audit_events).where(
-        audit_events.c.execution_id == execution_id).order_by(audit_events.c.id)).all()
+    return list(conn.execute(sa.select(audit_events).where(
+        audit_events.c.execution_id == execution_id).order_by(audit_events.c.id)))
 
 
 def add_outbox(conn: Connection, *, dedupe_key: str, kind: str, execution_id: str | None,
@@ -447,8 +447,8 @@ def relax_durability(conn: Connection) -> None:
 
 
 def unsent_outbox(conn: Connection, ids: Sequence[int]) -> list[Row[Any]]:
-    return conn.execute(sa.select(outbox).where(
-        outbox.c.id.in_(ids), outbox.c.sent_at.is_(None)).order_by(outbox.c.id)).all()
+    return list(conn.execute(sa.select(outbox).where(
+        outbox.c.id.in_(ids), outbox.c.sent_at.is_(None)).order_by(outbox.c.id)))
 
 
 def mark_outbox_sent(conn: Connection, ids: Sequence[int], now: datetime) -> None:
@@ -499,8 +499,8 @@ def ended_executions(conn: Connection, execution_ids: Iterable[str]) -> set[str]
 
 
 def outbox_for_execution(conn: Connection, execution_id: str) -> list[Row[Any]]:
-    return conn.execute(sa.select(outbox).where(
-        outbox.c.execution_id == execution_id).order_by(outbox.c.id)).all()
+    return list(conn.execute(sa.select(outbox).where(
+        outbox.c.execution_id == execution_id).order_by(outbox.c.id)))
 
 
 def add_dead_letter(conn: Connection, *, task_name: str, task_id: str | None, payload: str,

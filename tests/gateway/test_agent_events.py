@@ -154,7 +154,7 @@ MALFORMED = [
 ]
 
 
-@pytest.mark.parametrize("case,kwargs,mentions", MALFORMED, ids=[m[0] for m in MALFORMED])
+@pytest.mark.parametrize(("case", "kwargs", "mentions"), MALFORMED, ids=[m[0] for m in MALFORMED])
 @pytest.mark.parametrize("action", ["claim", "reject", "close"])
 def test_malformed_event_bodies_are_422_and_change_nothing(api, agents, waiting, action, case,
                                                            kwargs, mentions):

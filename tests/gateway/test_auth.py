@@ -33,12 +33,12 @@ def expired(agent_id: str) -> str:
 
 
 def tampered(agent_id: str) -> str:
-    payload, stamp, signature = make_token("someone-else").split(".")
+    _payload, stamp, signature = make_token("someone-else").split(".")
     good_payload = make_token(agent_id).split(".")[0]
     return ".".join([good_payload, stamp, signature])
 
 
-@pytest.mark.parametrize("method,path,body", AGENT_ENDPOINTS)
+@pytest.mark.parametrize(("method", "path", "body"), AGENT_ENDPOINTS)
 @pytest.mark.parametrize("credential", ["none", "forged", "expired", "tampered", "garbage",
                                         "basic"])
 def test_every_agent_endpoint_refuses_without_a_valid_token(api, agents, waiting, method, path,
@@ -88,7 +88,7 @@ def test_forged_token_in_the_query_is_refused_too(api, agents):
     assert "signature" in response.json()["detail"]
 
 
-@pytest.mark.parametrize("method,path,body", AGENT_ENDPOINTS[:3])
+@pytest.mark.parametrize(("method", "path", "body"), AGENT_ENDPOINTS[:3])
 def test_a_token_for_agent_a_never_acts_as_agent_b(api, agents, client, method, path, body):
     # Given agents A and B
     alice, bob = agents(), agents()

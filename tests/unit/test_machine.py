@@ -209,7 +209,7 @@ def test_under_all_the_whole_round_alice_bob_alice_again_carol() -> None:
 
 def test_under_all_an_eligible_agent_not_notified_is_counted_but_not_awaited() -> None:
     # Given only alice was notified, When dave (eligible, never notified) rejects
-    view, decisions = run(waiting(policy="all", offers={"alice": "offered"}),
+    _view, decisions = run(waiting(policy="all", offers={"alice": "offered"}),
                           Reject("dave", agent("dave")), Reject("alice", agent("alice")))
     # Then the step still waits for alice, and dave's reject is listed first
     assert decisions[0] == Decision("reject_recorded", "waiting",
@@ -289,7 +289,7 @@ def test_a_close_after_a_reject_keeps_the_reject() -> None:
 
 def test_a_close_by_an_agent_not_notified_does_not_make_it_one_who_must_reject() -> None:
     # Given only alice was notified under all, When dave (eligible) closes from his bell list
-    view, decisions = run(waiting(policy="all", offers={"alice": "offered"}),
+    _view, decisions = run(waiting(policy="all", offers={"alice": "offered"}),
                           Close("dave", agent("dave")), Reject("alice", agent("alice")))
     # Then no offer is created for dave, and alice's reject alone ends the step
     assert decisions[0] == Decision("closed", "waiting", audit="popup_closed")
@@ -414,7 +414,7 @@ def test_under_all_removing_the_last_agent_still_to_answer_completes_the_rejecti
 
 def test_under_all_a_reject_made_before_the_rejecters_removal_still_stands() -> None:
     # Given alice rejected and was then removed, When bob (the last one left) rejects
-    view, decisions = run(waiting(policy="all", offers={"alice": "offered", "bob": "offered"}),
+    _view, decisions = run(waiting(policy="all", offers={"alice": "offered", "bob": "offered"}),
                           Reject("alice", agent("alice")), AgentRemoved("alice"),
                           Reject("bob", agent("bob")))
     assert decisions[1].outcome == "withdrawn"

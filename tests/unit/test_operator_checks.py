@@ -50,7 +50,7 @@ def test_an_unreachable_broker_is_reported_once_not_as_missing_workers() -> None
         "the broker does not answer (ConnectionError: refused)"]
 
 
-@pytest.mark.parametrize("age_s, stale", [(None, True), (14.9, False), (15.1, True)])
+@pytest.mark.parametrize(("age_s", "stale"), [(None, True), (14.9, False), (15.1, True)])
 def test_the_reconciler_heartbeat_is_stale_after_fifteen_seconds_at_one_per_second(
         age_s: float | None, stale: bool) -> None:
     beat = None if age_s is None else NOW - timedelta(seconds=age_s)
@@ -88,7 +88,7 @@ def test_the_text_ends_with_the_verdict() -> None:
     assert json.loads(status.to_json(found, status.problems(found)))["ok"] is False
 
 
-@pytest.mark.parametrize("exit, merge_field, reason", [
+@pytest.mark.parametrize(("exit", "merge_field", "reason"), [
     ("not_claimed", {"reason": "NO_AGENTS"}, "NO_AGENTS"),
     ("not_claimed", {"reason": "REJECTED", "rejectedBy": ["a"]}, "REJECTED"),
     ("error", {"error": {"code": "conversation_busy"}}, "conversation_busy"),

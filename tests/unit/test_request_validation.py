@@ -692,8 +692,8 @@ def leaf_paths(value: Any, prefix: str = "") -> list[str]:
     return [prefix.rstrip(".")]
 
 
-@pytest.mark.parametrize("path", leaf_paths(example()) + ["settings.popup", "conversation",
-                                                          "settings", "reply_to"])
+@pytest.mark.parametrize("path", [*leaf_paths(example()), "settings.popup", "conversation",
+                                  "settings", "reply_to"])
 def test_any_odd_value_anywhere_validates_or_is_invalid_never_raises(path: str) -> None:
     for value in ODD_VALUES:
         result = validate_request(at(path, value, example()))
@@ -741,6 +741,6 @@ def test_salvage_execution_id(kwargs: dict[str, Any], execution_id: str | None) 
         (minimal(reply_to="flow"), False),
     ],
 )
-def test_salvage_reply_to(kwargs: dict[str, Any], reply: ReplyTo | None | bool) -> None:
+def test_salvage_reply_to(kwargs: dict[str, Any], reply: ReplyTo | bool | None) -> None:
     # None: absent, use the default target; False: given but unusable, answer nowhere
     assert salvage_reply_to(kwargs) == reply
