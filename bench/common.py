@@ -16,6 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tests.support import databases
+from tests.support.ports import free_port
+
 BENCH_DB = os.environ.get("HITL_BENCH_DATABASE_URL",
                           "postgresql+psycopg2://postgres@127.0.0.1:5432/hitl_bench")
 REDIS = os.environ.get("HITL_BENCH_REDIS", "redis://127.0.0.1:6379")
@@ -53,34 +56,16 @@ def configure(*, database: str | None = None, redis: str | None = None,
 
 def fresh_database(database: str | None = None) -> None:
     """Drop and re-create the benchmark database (``BENCH_DB`` by default), then migrate it."""
-    from hitl_workers.store.migrate import upgrade
-
-    database = database or BENCH_DB
-    drop_database(database, recreate=True)
-    upgrade(database)
+    databases.fresh(database or BENCH_DB)
 
 
-def drop_database(database: str, *, recreate: bool = False) -> None:
-    import sqlalchemy as sa
-    from sqlalchemy.engine import make_url
-
-    url = make_url(database)
-    if url.get_backend_name() != "postgresql":
-        return
-    admin = sa.create_engine(url.set(database="postgres"), isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{url.database}" WITH (FORCE)')
-        if recreate:
-            conn.exec_driver_sql(f'CREATE DATABASE "{url.database}"')
-    admin.dispose()
+def drop_database(database: str) -> None:
+    databases.drop(database, quiet=False)
 
 
 def database_named(database: str, suffix: str) -> str:
     """``database`` with ``suffix`` appended to its database name (a second system's)."""
-    from sqlalchemy.engine import make_url
-
-    url = make_url(database)
-    return url.set(database=f"{url.database}{suffix}").render_as_string(hide_password=False)
+    return databases.named(database, suffix)
 
 
 def flush_redis(count: int = 3) -> None:
@@ -142,15 +127,6 @@ def summary_ms(values: list[float]) -> str:
         return "no samples"
     return (f"p50 {percentile(values, 50) * 1000:7.1f} ms, p99 {percentile(values, 99) * 1000:7.1f}"
             f" ms, max {max(values) * 1000:7.1f} ms (n={len(values)})")
-
-
-def free_port() -> int:
-    """A TCP port nothing listens on at this moment."""
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 class RedisServer:

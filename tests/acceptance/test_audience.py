@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tests.acceptance.steps import execution, request
+from tests.support.steps import execution, request
 
 
 def test_fan_out_notifies_every_eligible_agent_and_nobody_else(client, flow, agents, team,

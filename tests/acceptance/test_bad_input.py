@@ -14,7 +14,7 @@ from html.parser import HTMLParser
 
 import pytest
 
-from tests.acceptance.steps import (
+from tests.support.steps import (
     dead_letters_for,
     eventually,
     execution,

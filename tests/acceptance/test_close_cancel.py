@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tests.acceptance.steps import conversation, execution, outbox_rows, request, stays
+from tests.support.steps import conversation, execution, outbox_rows, request, stays
 
 
 def test_close_dismisses_the_popup_and_changes_nothing_else(client, flow, agents, team,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tests.acceptance.steps import audit_kinds, audit_trail, conversation, eventually, request
+from tests.support.steps import audit_kinds, audit_trail, conversation, eventually, request
 
 
 def test_a_claim_moves_the_conversation_to_claimed_with_the_winner(client, flow, agents, team):

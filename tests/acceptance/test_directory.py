@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tests.acceptance.steps import execution, request
+from tests.support.steps import execution, request
 
 
 def test_upsert_set_status_and_remove_answer_once_committed(client, uid):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from tests.acceptance.steps import audit_trail, execution, outbox_rows, request, stays
+from tests.support.steps import audit_trail, execution, outbox_rows, request, stays
 
 
 def test_claim_exits_claimed_with_the_winner_in_the_merge_field(client, flow, agents, team,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tests.acceptance.steps import audit_kinds, outbox_rows, request, stays
+from tests.support.steps import audit_kinds, outbox_rows, request, stays
 
 
 def test_the_same_request_twice_is_one_execution_one_round_one_exit(client, flow, agents, team,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 
-from tests.acceptance.steps import (
+from tests.support.steps import (
     audit_kinds,
     call_at_once,
     conversation,

@@ -18,9 +18,9 @@ from typing import Any
 
 import pytest
 
-from tests.acceptance.steps import request
 from tests.gateway.harness import Gateway, bearer
 from tests.support.fixtures import ARTIFACTS
+from tests.support.steps import request
 
 try:
     from playwright.sync_api import expect

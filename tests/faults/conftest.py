@@ -10,8 +10,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-import sqlalchemy as sa
-from sqlalchemy.engine import make_url
 
 from hitl_workers.ops.processes import ALL_QUEUES
 from tests.faults.harness import (
@@ -23,7 +21,8 @@ from tests.faults.harness import (
     add_agents,
     private_app,
 )
-from tests.support.fixtures import ARTIFACTS
+from tests.support import databases
+from tests.support.fixtures import ARTIFACTS, fresh_database
 
 
 @dataclass
@@ -47,34 +46,6 @@ class Fx:
         return (self.notify_redis.client(0) if self.notify_redis else self.redis.client(2))
 
 
-def _recreate_database(url: str) -> None:
-    from hitl_workers.store.migrate import upgrade
-
-    parsed = make_url(url)
-    admin = sa.create_engine(parsed.set(database="postgres"), isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as conn:
-            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{parsed.database}" WITH (FORCE)')
-            conn.exec_driver_sql(f'CREATE DATABASE "{parsed.database}"')
-    except sa.exc.OperationalError as exc:
-        pytest.fail(f"PostgreSQL is required for the fault tests: {exc!r}", pytrace=False)
-    finally:
-        admin.dispose()
-    upgrade(url)
-
-
-def _drop_database(url: str) -> None:
-    parsed = make_url(url)
-    admin = sa.create_engine(parsed.set(database="postgres"), isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as conn:
-            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{parsed.database}" WITH (FORCE)')
-    except sa.exc.OperationalError:
-        pass  # PostgreSQL away: the next run drops it before use
-    finally:
-        admin.dispose()
-
-
 @pytest.fixture(scope="module")
 def fault_system(request: pytest.FixtureRequest) -> Iterator[Callable[..., Fx]]:
     """``fault_system(workers={name: (queues, concurrency)}, beats=1, env={...},
@@ -84,9 +55,7 @@ def fault_system(request: pytest.FixtureRequest) -> Iterator[Callable[..., Fx]]:
                     "redis-server)", pytrace=False)
     module = request.module.__name__.rsplit(".", 1)[-1]
     log_dir = ARTIFACTS / "faults" / module
-    base = make_url(os.environ["HITL_DATABASE_URL"])
-    db_url = base.set(database=f"{base.database}_{module}"[:63]).render_as_string(
-        hide_password=False)
+    db_url = databases.named(os.environ["HITL_DATABASE_URL"], f"_{module}")
     built: list[Fx] = []
     servers: list[PrivateRedis] = []
 
@@ -99,7 +68,7 @@ def fault_system(request: pytest.FixtureRequest) -> Iterator[Callable[..., Fx]]:
         if own_notification_redis:
             notify = PrivateRedis(f"redis-notify-{module}", log_dir).start()
             servers.append(notify)
-        _recreate_database(db_url)
+        fresh_database(db_url)
         proc_env = {
             "HITL_DATABASE_URL": db_url,
             "HITL_BROKER_URL": server.url(0),
@@ -129,4 +98,4 @@ def fault_system(request: pytest.FixtureRequest) -> Iterator[Callable[..., Fx]]:
         fx.db.engine.dispose()
     for server in servers:
         server.stop()
-    _drop_database(db_url)
+    databases.drop(db_url)

@@ -4,7 +4,7 @@ Fault tests kill workers, flush the broker and restart services. They run agains
 their own so that none of it reaches the session ``system`` other tests use: a redis-server
 started here on a free port (broker, results and notifications, or a second one for
 notifications), a database of their own, and worker and beat processes started with that
-configuration through :class:`tests.support.fixtures.System`.
+configuration through :class:`tests.support.system.System`.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import json
 import os
 import random
 import signal
-import socket
 import statistics
 import threading
 import time
@@ -30,10 +29,12 @@ import sqlalchemy as sa
 from celery import Celery
 
 from hitl_workers.ops.flow_engine import ExitListener
-from hitl_workers.ops.processes import ALL_QUEUES, Proc, beat_cmd, wait_for_workers, worker_cmd
+from hitl_workers.ops.processes import Proc
 from hitl_workers.store.tables import audit_events, executions, outbox, timers
-from tests.acceptance.steps import request
-from tests.support.fixtures import ARTIFACTS, System
+from tests.support.fixtures import ARTIFACTS
+from tests.support.ports import free_port
+from tests.support.steps import request
+from tests.support.system import System, app_for
 
 INTERVAL_S = float(os.environ.get("HITL_RECONCILE_INTERVAL_S", "1"))
 HOST = os.uname().nodename
@@ -44,12 +45,6 @@ grows by this much for each of them: the reconciler fires at least 50 a second o
 machine that other test runs load heavily (about 300 a second when it is quiet)."""
 """Allowed from the exit's commit to the flow engine's receipt of the message: publishing
 after commit (a batch of the reconciler's at a time) and the broker's hop."""
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class PrivateRedis:
@@ -93,52 +88,28 @@ class PrivateRedis:
 
 def private_app(broker_url: str, backend_url: str) -> Celery:
     """A Celery app of this test process that talks to the private broker only."""
-    app = Celery("hitl-faults", set_as_current=False)
-    app.config_from_object("celeryconfig")
-    app.conf.update(broker_url=broker_url, result_backend=backend_url)
-    return app
+    return app_for(broker_url, result_backend=backend_url)
 
 
 class FaultSystem(System):
-    """:class:`System` with an environment of its own for every process it starts."""
+    """:class:`System` whose workers are started together, then awaited together."""
 
     def __init__(self, app: Any, log_dir: Path, env: Mapping[str, str]) -> None:
-        super().__init__(app, log_dir)
-        self.env = dict(env)
-        self.worker_specs: dict[str, tuple[Sequence[str], int]] = {}
+        super().__init__(app, log_dir, env, ready_timeout_s=90)
 
     def start_worker(self, name: str, concurrency: int = 4, **kwargs: Any) -> Proc:
-        return self.start_workers({name: (kwargs.get("queues", ALL_QUEUES), concurrency)})[0]
+        return super().start_worker(name, concurrency, **kwargs)
 
     def start_workers(self, specs: Mapping[str, tuple[Sequence[str], int]]) -> list[Proc]:
         """Start the workers together, then wait until every one answers a ping."""
-        procs = []
-        for name, (queues, concurrency) in specs.items():
-            self.worker_specs[name] = (queues, concurrency)
-            proc = Proc(name, worker_cmd(f"{name}@{HOST}", queues=queues,
-                                         concurrency=concurrency),
-                        env=self.env, log_dir=self.log_dir).start()
-            self.procs[name] = proc
-            procs.append(proc)
-        wait_for_workers(self.app, [f"{n}@{HOST}" for n in specs], timeout=90, procs=procs)
+        procs = [self.launch_worker(name, concurrency, queues=queues)
+                 for name, (queues, concurrency) in specs.items()]
+        self.wait_ready(specs)
         return procs
 
     def restart_workers(self, names: Iterable[str]) -> None:
-        self.start_workers({name: self.worker_specs[name] for name in names})
-
-    def start_beat(self, name: str = "beat") -> Proc:
-        proc = Proc(name, beat_cmd(self.log_dir / f"{name}-schedule"), env=self.env,
-                    log_dir=self.log_dir).start()
-        self.procs[name] = proc
-        return proc
-
-    def kill(self, names: Iterable[str]) -> None:
-        """``kill -9`` of each named process group (a worker and its pool children)."""
-        for name in names:
-            self.procs[name].kill()
-
-    def worker_names(self) -> list[str]:
-        return [name for name in self.procs if name in self.worker_specs]
+        self.start_workers({name: (self._specs[name]["queues"], self._specs[name]["concurrency"])
+                            for name in names})
 
 
 # --- observing -------------------------------------------------------------------------------

@@ -26,7 +26,7 @@ def api(gateway: Gateway) -> Iterator[httpx.Client]:
 @pytest.fixture
 def waiting(client: Any, flow: Any, team: str) -> Any:
     """``waiting(**settings) -> request``: a step put up for this test's team, waiting."""
-    from tests.acceptance.steps import request
+    from tests.support.steps import request
 
     def start(**settings: Any) -> dict[str, Any]:
         settings.setdefault("timeout", "5m")

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import queue
-import socket
 import sys
 import threading
 import time
@@ -20,14 +19,9 @@ import pytest
 
 from hitl_workers.ops.processes import Proc
 from tests.support.fixtures import ARTIFACTS
+from tests.support.ports import free_port
 
 KEEPALIVE_S = 2.0
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def cli() -> list[str]:

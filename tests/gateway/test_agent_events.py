@@ -116,7 +116,7 @@ def test_repeated_event_id_answers_the_first_answer_verbatim(api, agents, waitin
 
 
 def test_path_ids_are_percent_decoded(api, agents, client, team, flow):
-    from tests.acceptance.steps import request
+    from tests.support.steps import request
 
     alice = agents()
     eid = f"flow:{uuid.uuid4().hex[:6]}:step@1"

@@ -6,7 +6,8 @@ import httpx
 import pytest
 
 from hitl_workers.gateway.tokens import agent_of
-from tests.gateway.harness import Gateway, bearer, free_port
+from tests.gateway.harness import Gateway, bearer
+from tests.support.ports import free_port
 
 CONTRACT_PATHS = {
     ("get", "/"), ("get", "/agents/{agent_id}/events"), ("get", "/agents/{agent_id}/requests"),

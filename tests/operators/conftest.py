@@ -24,8 +24,10 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from hitl_workers.ops.processes import ALL_QUEUES, Proc, wait_for_workers, worker_cmd
-from tests.gateway.harness import Gateway, free_port
-from tests.support.fixtures import ARTIFACTS, System
+from tests.gateway.harness import Gateway
+from tests.support.fixtures import ARTIFACTS
+from tests.support.ports import free_port
+from tests.support.system import System
 
 ROOT = Path(__file__).resolve().parents[2]
 HOST = os.uname().nodename

@@ -14,9 +14,10 @@ import pytest
 
 from hitl_workers.ops.processes import Proc, celery_cmd, flower_cmd, wait_for_workers
 from hitl_workers.settings import Settings
-from tests.acceptance.steps import eventually, request
-from tests.operators.conftest import HOST, ROOT, Ops, free_port
+from tests.operators.conftest import HOST, ROOT, Ops
 from tests.support.fixtures import ARTIFACTS
+from tests.support.ports import free_port
+from tests.support.steps import eventually, request
 
 USER, PASSWORD = "operator", f"pw-{uuid.uuid4().hex[:8]}"
 

@@ -6,8 +6,8 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from tests.acceptance.steps import eventually, request
 from tests.operators.conftest import Ops
+from tests.support.steps import eventually, request
 
 
 def test_task_lines_carry_the_task_id_and_the_steps_ids(

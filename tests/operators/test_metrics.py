@@ -7,8 +7,8 @@ from typing import Any
 
 from prometheus_client.multiprocess import MultiProcessCollector
 
-from tests.acceptance.steps import eventually, request
 from tests.operators.conftest import OPS_NODE, Ops, total
+from tests.support.steps import eventually, request
 
 
 def test_exits_are_counted_once_each_whichever_process_ran_them(

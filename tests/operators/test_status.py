@@ -9,8 +9,8 @@ from collections.abc import Callable
 from typing import Any
 
 from hitl_workers.ops.processes import ALL_QUEUES
-from tests.acceptance.steps import request
 from tests.operators.conftest import OPS_NODE, Ops, cli
+from tests.support.steps import request
 
 
 def status(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

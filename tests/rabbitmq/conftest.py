@@ -1,7 +1,7 @@
 """RabbitMQ as the broker: a system of its own, on a vhost of its own, in the same session.
 
 The worker and beat here get ``HITL_BROKER_URL=amqp://…`` and a database of their own (see
-tests/scaleout/systems.py for why two systems share neither); the result backend and the
+tests/support/system.py for why two systems share neither); the result backend and the
 agents' notification streams stay on the session's Redis. The test process talks to them
 through a second Celery app configured for AMQP.
 
@@ -28,8 +28,9 @@ import pytest
 from kombu import Connection
 
 from hitl_workers.ops.flow_engine import ExitListener
-from tests.scaleout.systems import EnvSystem, app_for, fresh_database
-from tests.support.fixtures import ARTIFACTS
+from tests.support import databases
+from tests.support.fixtures import ARTIFACTS, fresh_database
+from tests.support.system import System, app_for
 
 RABBITMQ_HOST = "amqp://guest:guest@127.0.0.1:5672"
 
@@ -81,15 +82,15 @@ def rabbitmq_url() -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def rabbitmq_database(database_url: str) -> str:
-    return fresh_database(database_url, "_rabbitmq")
+    return fresh_database(databases.named(database_url, "_rabbitmq"))
 
 
 @pytest.fixture(scope="module")
 def system(rabbitmq_url: str, rabbitmq_database: str, redis_urls: dict[str, str]
-           ) -> Iterator[EnvSystem]:
+           ) -> Iterator[System]:
     """One worker on every queue plus beat, on RabbitMQ, for this module."""
     app = app_for(rabbitmq_url)
-    system = EnvSystem(app, ARTIFACTS / "logs" / "rabbitmq",
+    system = System(app, ARTIFACTS / "logs" / "rabbitmq",
                        {"HITL_BROKER_URL": rabbitmq_url, "HITL_DATABASE_URL": rabbitmq_database})
     try:
         system.start_worker("rabbit-worker")
@@ -101,7 +102,7 @@ def system(rabbitmq_url: str, rabbitmq_database: str, redis_urls: dict[str, str]
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _reads_from_the_rabbitmq_database(system: EnvSystem, rabbitmq_database: str
+def _reads_from_the_rabbitmq_database(system: System, rabbitmq_database: str
                                       ) -> Iterator[None]:
     from hitl_workers.settings import get_settings
     from hitl_workers.store.db import reset_engine
@@ -118,7 +119,7 @@ def _reads_from_the_rabbitmq_database(system: EnvSystem, rabbitmq_database: str
 
 
 @pytest.fixture
-def flow(rabbitmq_url: str, system: EnvSystem) -> Iterator[Any]:
+def flow(rabbitmq_url: str, system: System) -> Iterator[Any]:
     """A flow engine listening for this test's exits on a queue of its own, on RabbitMQ."""
     with ExitListener(rabbitmq_url, f"flow-test-{uuid.uuid4().hex[:10]}") as listener:
         yield listener

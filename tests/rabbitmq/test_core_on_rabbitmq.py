@@ -24,7 +24,7 @@ from hitl_workers.ops.flow_engine import ExitListener, queue_for
 from hitl_workers.services.effects import timer_task_id
 from hitl_workers.settings import get_settings
 from tests.acceptance import test_exits
-from tests.acceptance.steps import call_at_once, execution, outbox_rows, request, stays
+from tests.support.steps import call_at_once, execution, outbox_rows, request, stays
 
 pytestmark = pytest.mark.slow
 

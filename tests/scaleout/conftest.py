@@ -27,8 +27,9 @@ from hitl_workers.ops.flow_engine import ExitListener
 from hitl_workers.ops.processes import Proc
 from tests.conftest import BASE, REDIS
 from tests.scaleout import netns
-from tests.scaleout.systems import EnvSystem, app_for, fresh_database
-from tests.support.fixtures import ARTIFACTS
+from tests.support import databases
+from tests.support.fixtures import ARTIFACTS, fresh_database
+from tests.support.system import System, app_for
 
 HOSTS = ("host-a", "host-b", "host-c")
 CONCURRENCY = 3
@@ -43,7 +44,7 @@ TIMER_HORIZON_S = 3.0
 
 @dataclass
 class ScaleOut:
-    system: EnvSystem
+    system: System
     app: Any
     broker_url: str
     database_url: str
@@ -98,7 +99,7 @@ def scale(database_url: str, redis_urls: dict[str, str]) -> Iterator[ScaleOut]:
         redis.Redis.from_url(broker_url).flushdb()
     except redis.RedisError as exc:
         pytest.fail(f"Redis is required and not reachable: {exc!r}", pytrace=False)
-    db_url = fresh_database(database_url, "_scaleout")
+    db_url = fresh_database(databases.named(database_url, "_scaleout"))
     results_url, notify_url = redis_urls["result_backend"], redis_urls["redis"]
     env = {
         "HITL_BROKER_URL": broker_url,
@@ -109,7 +110,7 @@ def scale(database_url: str, redis_urls: dict[str, str]) -> Iterator[ScaleOut]:
     }
     log_dir = ARTIFACTS / "logs" / "scaleout"
     app = app_for(broker_url)
-    system = EnvSystem(app, log_dir, env)
+    system = System(app, log_dir, env)
     use_netns, why_not = _choose_mode()
     hosts_net: netns.VirtualHosts | None = None
     scale = ScaleOut(system, app, broker_url, db_url,

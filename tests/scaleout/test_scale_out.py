@@ -46,8 +46,8 @@ from celery.exceptions import TimeoutError as CeleryTimeout
 
 from hitl_workers.store import repo
 from hitl_workers.store.db import make_engine
-from tests.acceptance.steps import request
 from tests.scaleout.conftest import HOSTS, VISIBILITY_TIMEOUT_S
+from tests.support.steps import request
 
 pytestmark = pytest.mark.slow
 

@@ -1,4 +1,5 @@
-"""Fixtures for the integration and acceptance tiers."""
+"""Fixtures for the tiers that run against real services: the session's database, Redis,
+worker and beat (one system for the whole session), a client, a flow engine, agents."""
 
 from __future__ import annotations
 
@@ -10,10 +11,9 @@ from typing import Any
 
 import pytest
 import redis
-import sqlalchemy as sa
-from sqlalchemy.engine import make_url
 
-from hitl_workers.ops.processes import Proc, beat_cmd, wait_for_workers, worker_cmd
+from tests.support import databases
+from tests.support.system import System
 
 ARTIFACTS = Path(os.environ.get("HITL_TEST_ARTIFACTS", "test-artifacts"))
 TASK_TIMEOUT = 20
@@ -24,24 +24,22 @@ def _fail_unreachable(what: str, exc: Exception) -> None:
                 f"Start it (see .ci/run) or point HITL_TEST_* at one.", pytrace=False)
 
 
+def fresh_database(url: str) -> str:
+    """:func:`tests.support.databases.fresh`, failing the test (never skipping it) when
+    PostgreSQL is not there."""
+    try:
+        return databases.fresh(url)
+    except databases.DatabaseUnavailable as exc:
+        pytest.fail(str(exc), pytrace=False)
+
+
 @pytest.fixture(scope="session")
 def database_url() -> str:
     """A fresh, migrated PostgreSQL database for the session."""
     from hitl_workers.store.db import reset_engine
-    from hitl_workers.store.migrate import upgrade
 
     url = os.environ["HITL_DATABASE_URL"]
-    parsed = make_url(url)
-    admin = sa.create_engine(parsed.set(database="postgres"), isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as conn:
-            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{parsed.database}" WITH (FORCE)')
-            conn.exec_driver_sql(f'CREATE DATABASE "{parsed.database}"')
-    except sa.exc.OperationalError as exc:
-        _fail_unreachable("PostgreSQL", exc)
-    finally:
-        admin.dispose()
-    upgrade(url)
+    fresh_database(url)
     reset_engine()
     return url
 
@@ -65,33 +63,6 @@ def celery_app(database_url: str, redis_urls: dict[str, str]) -> Any:
     from hitl_workers.app import app
 
     return app
-
-
-class System:
-    """The running system: worker processes and beat, restartable and killable by tests."""
-
-    def __init__(self, app: Any, log_dir: Path) -> None:
-        self.app = app
-        self.log_dir = log_dir
-        self.procs: dict[str, Proc] = {}
-
-    def start_worker(self, name: str, concurrency: int = 6, **kwargs: Any) -> Proc:
-        node = f"{name}@{os.uname().nodename}"
-        proc = Proc(name, worker_cmd(node, concurrency=concurrency, **kwargs),
-                    log_dir=self.log_dir).start()
-        self.procs[name] = proc
-        wait_for_workers(self.app, [node], procs=[proc])
-        return proc
-
-    def start_beat(self) -> Proc:
-        proc = Proc("beat", beat_cmd(self.log_dir / "beat-schedule"),
-                    log_dir=self.log_dir).start()
-        self.procs["beat"] = proc
-        return proc
-
-    def stop_all(self) -> None:
-        for proc in self.procs.values():
-            proc.stop()
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,4 @@
-"""Building requests and reading the system's state for the acceptance tests.
+"""Building requests and reading the system's state, for every tier that runs a system.
 
 The readers go straight to the database the workers write (the test process shares their
 configuration), so a test asserts on what the system stored, not on what a task said it did.
