@@ -8,7 +8,7 @@ from typing import Any
 
 from kombu import Exchange, Queue
 
-from hitl_workers.domain.names import QUEUE_NAMES, TASK_QUEUES
+from hitl_workers.domain.names import QUEUE_NAMES, TASK_QUEUES, QueueName
 from hitl_workers.settings import Settings, get_settings
 
 _settings = get_settings()
@@ -29,7 +29,7 @@ timezone = "UTC"
 enable_utc = True
 
 # task_queues and the broker's transport options depend on the broker: see the end of this file.
-task_default_queue = "hitl.requests"
+task_default_queue: QueueName = "hitl.requests"
 task_routes = {task: {"queue": queue} for task, queue in TASK_QUEUES.items()}  # domain/names.py
 
 # At least once, without duplicates: every task is idempotent, so a message is acked only

@@ -15,6 +15,7 @@ from typing import Any
 from kombu.exceptions import ChannelError
 
 from hitl_workers.clock import utcnow
+from hitl_workers.domain.names import QueueName
 from hitl_workers.ops.processes import ALL_QUEUES
 from hitl_workers.settings import Settings
 from hitl_workers.store import overview
@@ -183,7 +184,7 @@ def problems(status: Status) -> list[Problem]:
     return found
 
 
-_WHAT_WAITS = {
+_WHAT_WAITS: dict[QueueName, str] = {  # one line per queue of domain/names.py
     "hitl.requests": "new requests and cancels wait",
     "hitl.events": "agents' claims, rejects and closes wait",
     "hitl.timers": "wake-ups and the reconciler wait (deadlines fire late)",

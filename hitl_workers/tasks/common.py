@@ -14,6 +14,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
 from hitl_workers.app import app
 from hitl_workers.clock import utcnow
+from hitl_workers.domain.names import TASK_QUEUES
 from hitl_workers.notify.streams import StreamPublisher
 from hitl_workers.services import delivery
 from hitl_workers.services.effects import Effects, timer_task_id
@@ -122,7 +123,8 @@ def arm_timer(execution_id: str, kind: str, due_at: datetime) -> None:
         when = {"headers": {"eta": due_at.isoformat()}}
     try:
         app.send_task("hitl.fire_timer", kwargs={"execution_id": execution_id, "kind": kind},
-                      task_id=timer_task_id(execution_id, kind), queue="hitl.timers", **when)
+                      task_id=timer_task_id(execution_id, kind),
+                      queue=TASK_QUEUES["hitl.fire_timer"], **when)
     except Exception as exc:
         # The row is the truth: the reconciler fires it when overdue.
         log.warning("wake-up for %s %s not published: %r", kind, execution_id, exc)

@@ -12,6 +12,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 
 from hitl_workers.app import app
 from hitl_workers.clock import utcnow
+from hitl_workers.domain.names import TASK_QUEUES
 from hitl_workers.services import agent_events, delivery
 from hitl_workers.services import reconcile as reconciler
 from hitl_workers.settings import get_settings
@@ -85,7 +86,7 @@ def reconcile() -> dict[str, int]:
         # Delivery runs elsewhere: a notification Redis that hangs must not stall the
         # reconciler's firing of deadlines.
         app.send_task("hitl.deliver_outbox", kwargs={"ids": tick.stale_outbox},
-                      queue="hitl.outbox")
+                      queue=TASK_QUEUES["hitl.deliver_outbox"])
     if tick.fired or tick.stale_outbox:
         log.info("reconciler: %s", tick.summary())
     return tick.summary()
@@ -113,7 +114,7 @@ def _budget_s() -> float:
 def _ask_for_helpers() -> None:
     settings = get_settings()
     for _ in range(settings.reconcile_helpers):
-        app.send_task("hitl.fire_overdue", queue="hitl.timers",
+        app.send_task("hitl.fire_overdue", queue=TASK_QUEUES["hitl.fire_overdue"],
                       expires=max(5.0, settings.reconcile_interval_s * 5))
 
 
