@@ -23,7 +23,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from hitl_workers.ops.processes import ALL_QUEUES, Proc, wait_for_workers, worker_cmd
+from hitl_workers.ops.processes import ALL_QUEUES, Proc
 from tests.gateway.harness import Gateway
 from tests.support.fixtures import ARTIFACTS
 from tests.support.ports import free_port
@@ -87,13 +87,13 @@ def ops(system: System) -> Iterator[Ops]:
            "HITL_METRICS_PORT": str(metrics_port), "HITL_METRICS_ADDRESS": "127.0.0.1"}
     log_dir = ARTIFACTS / "logs"
     (log_dir / "ops.log").unlink(missing_ok=True)
-    worker = Proc("ops", worker_cmd(OPS_NODE, concurrency=3,
-                                    extra=["--max-tasks-per-child", "1"]),
-                  env=env, log_dir=log_dir, cwd=ROOT).start()
+    # A worker of its own (metrics and JSON logs on), beside the session's system.
+    ops_system = System(system.app, log_dir, env, cwd=ROOT)
+    worker = ops_system.launch_worker("ops", 3, extra=["--max-tasks-per-child", "1"])
     others: list[str] = []
     gateway = Gateway("ops-gateway", env={"HITL_METRICS_DIR": str(metrics_dir)})
     try:
-        wait_for_workers(system.app, [OPS_NODE], timeout=60, procs=[worker])
+        ops_system.wait_ready(["ops"])
         replies = system.app.control.ping(timeout=1.0) or []
         others = sorted(n for reply in replies for n in reply if n != OPS_NODE)
         for queue in ALL_QUEUES:

@@ -47,10 +47,11 @@ class System:
     """
 
     def __init__(self, app: Any, log_dir: Path, env: Mapping[str, str] | None = None,
-                 *, ready_timeout_s: float = 60.0) -> None:
+                 *, ready_timeout_s: float = 60.0, cwd: Path | None = None) -> None:
         self.app = app
         self.log_dir = log_dir
         self.env = dict(env or {})
+        self.cwd = cwd
         self.ready_timeout_s = ready_timeout_s
         self.procs: dict[str, Proc] = {}
         self.nodes: dict[str, str] = {}
@@ -66,7 +67,8 @@ class System:
                             "queues": queues, "prefix": prefix, "env": env, **kwargs}
         proc = Proc(key, [*prefix, *worker_cmd(node, queues=queues, concurrency=concurrency,
                                                **kwargs)],
-                    env={**self.env, **(env or {})}, log_dir=self.log_dir).start()
+                    env={**self.env, **(env or {})}, log_dir=self.log_dir,
+                    cwd=self.cwd).start()
         self.procs[key] = proc
         self.nodes[key] = node
         return proc
@@ -92,7 +94,7 @@ class System:
 
     def start_beat(self, name: str = "beat") -> Proc:
         proc = Proc(name, beat_cmd(self.log_dir / f"{name}-schedule"), env=self.env,
-                    log_dir=self.log_dir).start()
+                    log_dir=self.log_dir, cwd=self.cwd).start()
         self.procs[name] = proc
         return proc
 
