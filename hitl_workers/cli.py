@@ -64,6 +64,28 @@ def status(as_json: bool, timeout: float) -> None:
 
 
 @main.command()
+@click.option("--older-than", "older_than", required=True,
+              help="A time string: what ended (or was written) longer ago is deleted, e.g. 7d.")
+@click.option("--skip-streams", is_flag=True,
+              help="Leave the agents' notification streams alone (no Redis needed).")
+def purge(older_than: str, skip_streams: bool) -> None:
+    """Delete ended executions and what hangs off them, old event answers, dead letters, idle
+    conversations, and the streams of removed agents — in small batches, until none is left.
+
+    Waiting steps, and ended ones whose exit message is still unsent, are never touched.
+    """
+    from hitl_workers.ops.purge import purge_older_than
+
+    try:
+        purged = purge_older_than(older_than, streams=not skip_streams)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--older-than") from None
+    for table, count in sorted(purged.rows.items()):
+        click.echo(f"{table:<18} {count:>10} deleted")
+    click.echo(f"{'total':<18} {purged.total:>10} deleted")
+
+
+@main.command()
 @click.option("--leave-waiting", is_flag=True,
               help="Also leave one request waiting, for a human to claim in the console.")
 @click.option("--timeout", default=30.0, show_default=True, help="Seconds to wait for answers.")
