@@ -39,7 +39,9 @@ def show(execution_id: str, as_json: bool) -> None:
     with read_only() as conn:
         found = load(conn, execution_id)
     if found is None:
-        raise click.ClickException(f"no execution {execution_id!r} in the database")
+        raise click.ClickException(
+            f"no execution {execution_id!r} in the database (executions that ended more than "
+            f"HITL_RETENTION_DAYS ago are deleted: docs/operations.md §7)")
     click.echo(to_json(found) if as_json else format_text(found))
 
 
