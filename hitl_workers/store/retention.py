@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
@@ -126,7 +127,7 @@ def existing_agents(conn: Connection, agent_ids: Sequence[str]) -> set[str]:
     return set(rows.scalars())
 
 
-def _delete_where_in(conn: Connection, table: sa.Table, column: sa.Column[str],
+def _delete_where_in(conn: Connection, table: sa.Table, column: sa.Column[Any],
                      ids: Sequence[object]) -> int:
     result = conn.execute(sa.delete(table).where(column.in_(ids)))
     return int(result.rowcount or 0)
