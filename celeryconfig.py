@@ -54,6 +54,13 @@ beat_schedule = {
         "options": {"expires": max(5.0, _settings.reconcile_interval_s * 5)},
     },
 }
+if _settings.retention_days > 0:
+    # Retention (docs/operations.md): a bounded amount of deleting per tick.
+    beat_schedule["hitl-purge"] = {
+        "task": "hitl.purge",
+        "schedule": _settings.retention_interval_s,
+        "options": {"expires": _settings.retention_interval_s},
+    }
 
 
 # --- Broker-specific settings -------------------------------------------------------------------

@@ -15,6 +15,7 @@ from celery import Celery
 TASK_MODULES = (
     "hitl_workers.tasks.agents",
     "hitl_workers.tasks.events",
+    "hitl_workers.tasks.maintenance",
     "hitl_workers.tasks.requests",
     "hitl_workers.tasks.timers",
 )

@@ -39,7 +39,9 @@ def show(execution_id: str, as_json: bool) -> None:
     with read_only() as conn:
         found = load(conn, execution_id)
     if found is None:
-        raise click.ClickException(f"no execution {execution_id!r} in the database")
+        raise click.ClickException(
+            f"no execution {execution_id!r} in the database (executions that ended more than "
+            f"HITL_RETENTION_DAYS ago are deleted: docs/operations.md §7)")
     click.echo(to_json(found) if as_json else format_text(found))
 
 
@@ -61,6 +63,28 @@ def status(as_json: bool, timeout: float) -> None:
     click.echo(checks.to_json(found, problems) if as_json else checks.to_text(found, problems))
     if problems:
         raise SystemExit(1)
+
+
+@main.command()
+@click.option("--older-than", "older_than", required=True,
+              help="A time string: what ended (or was written) longer ago is deleted, e.g. 7d.")
+@click.option("--skip-streams", is_flag=True,
+              help="Leave the agents' notification streams alone (no Redis needed).")
+def purge(older_than: str, skip_streams: bool) -> None:
+    """Delete ended executions and what hangs off them, old event answers, dead letters, idle
+    conversations, and the streams of removed agents — in small batches, until none is left.
+
+    Waiting steps, and ended ones whose exit message is still unsent, are never touched.
+    """
+    from hitl_workers.ops.purge import purge_older_than
+
+    try:
+        purged = purge_older_than(older_than, streams=not skip_streams)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--older-than") from None
+    for table, count in sorted(purged.rows.items()):
+        click.echo(f"{table:<18} {count:>10} deleted")
+    click.echo(f"{'total':<18} {purged.total:>10} deleted")
 
 
 @main.command()

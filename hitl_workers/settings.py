@@ -40,6 +40,13 @@ class Settings(BaseSettings):
     visibility_timeout_s: float | None = None
     """Redis transport visibility timeout; default: the timer horizon plus a margin."""
 
+    retention_days: float = Field(30.0, ge=0)
+    """Ended executions (with their offers, timers, audit and outbox rows), stored answers to
+    agent events, dead letters, idle conversations and stream entries older than this are
+    deleted by beat's ``hitl.purge``; 0 keeps everything (docs/operations.md)."""
+    retention_interval_s: float = Field(60.0, gt=0)
+    """How often beat sends ``hitl.purge``."""
+
     revoke_timers: bool = True
     """Revoke a finished step's pending wake-ups (saves work only; correctness never needs it)."""
     db_pool_size: int = Field(5, ge=1)

@@ -29,6 +29,7 @@ TASK_QUEUES: dict[str, QueueName] = {
     "hitl.reconcile": "hitl.timers",
     "hitl.fire_overdue": "hitl.timers",
     "hitl.deliver_outbox": "hitl.outbox",
+    "hitl.purge": "hitl.timers",
 }
 """Each task name → the queue it is routed to."""
 

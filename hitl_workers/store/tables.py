@@ -91,6 +91,8 @@ conversations = sa.Table(
     sa.Column("updated_at", UTCDateTime, nullable=False),
     sa.CheckConstraint(one_of("status", CONVERSATION_STATUSES), name="status"),
 )
+# Retention finds idle conversations (store/retention.py).
+sa.Index("ix_conversations_updated_at", conversations.c.updated_at)
 
 executions = sa.Table(
     "executions",
@@ -127,6 +129,10 @@ sa.Index(
     sqlite_where=executions.c.state == "waiting",
 )
 sa.Index("ix_executions_state_conversation", executions.c.state, executions.c.conversation_id)
+# Retention finds the oldest ended executions (store/retention.py).
+sa.Index("ix_executions_ended_at", executions.c.ended_at,
+         postgresql_where=executions.c.ended_at.is_not(None),
+         sqlite_where=executions.c.ended_at.is_not(None))
 
 offers = sa.Table(
     "offers",
@@ -187,6 +193,8 @@ audit_events = sa.Table(
     sa.Column("agent_id", sa.String(ID_LEN), nullable=True),
     sa.Column("detail", JSONType, nullable=True),
 )
+sa.Index("ix_agent_events_created_at", agent_events.c.created_at)
+
 sa.Index("ix_audit_events_execution", audit_events.c.execution_id, audit_events.c.id)
 
 outbox = sa.Table(
@@ -212,6 +220,8 @@ sa.Index(
     sqlite_where=outbox.c.sent_at.is_(None),
 )
 
+sa.Index("ix_outbox_execution", outbox.c.execution_id)
+
 dead_letters = sa.Table(
     "dead_letters",
     metadata,
@@ -224,6 +234,8 @@ dead_letters = sa.Table(
     sa.Column("payload", sa.Text, nullable=False),
     sa.Column("reason", sa.Text, nullable=False),
 )
+
+sa.Index("ix_dead_letters_received_at", dead_letters.c.received_at)
 
 heartbeats = sa.Table(
     "heartbeats",
