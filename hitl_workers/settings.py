@@ -11,6 +11,7 @@ import tempfile
 import warnings
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -25,6 +26,11 @@ class Settings(BaseSettings):
         "redis://localhost:6379/2", description="Redis for agent notifications (Streams)."
     )
     database_url: str = "sqlite:///hitl_workers.db"
+
+    rabbitmq_queue_type: Literal["quorum", "classic"] = "quorum"
+    """On RabbitMQ, the type of every queue the system declares (the hitl.* queues and the
+    reply queues it publishes exits to). ``quorum`` (replicated, native delayed delivery) unless
+    a flow engine's AMQP client cannot declare quorum queues: docs/contract.md §2."""
 
     default_reply_task: str = "flow.step_exited"
     default_reply_queue: str = "flow"
