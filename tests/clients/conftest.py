@@ -1,0 +1,59 @@
+"""Clients nobody here wrote: flow engines in Node.js, run as real processes against real
+workers (docs/contract.md is all they know).
+
+Each client lives in a folder of its own with a ``package.json`` and a committed
+``package-lock.json`` (exact versions); ``npm ci`` installs it once per session. Node.js and npm
+are required: without them these tests fail, never skip.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+CLIENTS = Path(__file__).parent
+_installed: set[Path] = set()
+
+
+def _require(tool: str) -> str:
+    path = shutil.which(tool)
+    if path is None:
+        pytest.fail(f"{tool} is required by tests/clients (Node.js 20 and npm) and is not on "
+                    f"PATH. Install Node.js 20 with npm.", pytrace=False)
+    return path
+
+
+def install(client: str) -> Path:
+    """``npm ci`` in ``tests/clients/<client>`` (once per session); its folder."""
+    folder = CLIENTS / client
+    if folder in _installed:
+        return folder
+    npm = _require("npm")
+    _require("node")
+    done = subprocess.run([npm, "ci", "--no-audit", "--no-fund", "--loglevel=error"],
+                          cwd=folder, capture_output=True, text=True, timeout=300)
+    if done.returncode != 0:
+        pytest.fail(f"npm ci in {folder} failed:\n{done.stdout}\n{done.stderr}", pytrace=False)
+    _installed.add(folder)
+    return folder
+
+
+def run_node(client: str, script: str, scenario: dict[str, Any], tmp_path: Path,
+             timeout: float = 120, env: dict[str, str] | None = None) -> dict[str, Any]:
+    """Run ``node <script> scenario.json`` in the client's folder; the JSON it prints."""
+    folder = install(client)
+    scenario_file = tmp_path / f"{client}-scenario.json"
+    scenario_file.write_text(json.dumps(scenario))
+    done = subprocess.run([_require("node"), script, str(scenario_file)], cwd=folder,
+                          capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})
+    log = tmp_path / f"{client}-stderr.log"
+    log.write_text(done.stderr)
+    assert done.returncode == 0, f"node {script} exited {done.returncode}:\n{done.stderr[-4000:]}"
+    return json.loads(done.stdout.strip().splitlines()[-1])
