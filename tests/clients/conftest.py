@@ -44,16 +44,31 @@ def install(client: str) -> Path:
     return folder
 
 
-def run_node(client: str, script: str, scenario: dict[str, Any], tmp_path: Path,
-             timeout: float = 120, env: dict[str, str] | None = None) -> dict[str, Any]:
-    """Run ``node <script> scenario.json`` in the client's folder; the JSON it prints."""
+def start_node(client: str, script: str, scenario: dict[str, Any], tmp_path: Path,
+               env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    """Start ``node <script> scenario.json`` in the client's folder, in the background."""
     folder = install(client)
     scenario_file = tmp_path / f"{client}-scenario.json"
     scenario_file.write_text(json.dumps(scenario))
-    done = subprocess.run([_require("node"), script, str(scenario_file)], cwd=folder,
-                          capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, **(env or {})})
-    log = tmp_path / f"{client}-stderr.log"
-    log.write_text(done.stderr)
-    assert done.returncode == 0, f"node {script} exited {done.returncode}:\n{done.stderr[-4000:]}"
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return subprocess.Popen([_require("node"), script, str(scenario_file)], cwd=folder,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, **(env or {})})
+
+
+def node_output(proc: subprocess.Popen[str], tmp_path: Path,
+                timeout: float = 120) -> dict[str, Any]:
+    """Wait for a client started by :func:`start_node`; the JSON it printed last."""
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        stdout, stderr = proc.communicate()
+    (tmp_path / "node-stderr.log").write_text(stderr)
+    assert proc.returncode == 0, f"node exited {proc.returncode}:\n{stderr[-4000:]}"
+    return json.loads(stdout.strip().splitlines()[-1])
+
+
+def run_node(client: str, script: str, scenario: dict[str, Any], tmp_path: Path,
+             timeout: float = 120) -> dict[str, Any]:
+    """Run ``node <script> scenario.json`` in the client's folder; the JSON it prints."""
+    return node_output(start_node(client, script, scenario, tmp_path), tmp_path, timeout)
