@@ -27,6 +27,7 @@ from tests.clients.conftest import node_output, start_node
 from tests.rabbitmq.conftest import RABBITMQ_HOST, _rabbitmqctl
 from tests.scaleout.systems import EnvSystem, fresh_database
 from tests.support.fixtures import ARTIFACTS
+from tests.support.schemas import assert_conforms
 
 EXIT_FIELDS = {"execution_id", "conversation_id", "flow_id", "step_id", "exit", "merge_field",
                "exited_at"}
@@ -147,6 +148,7 @@ def test_a_raw_amqp_flow_engine_runs_every_exit(amqp_system: tuple[str, str, Env
         assert message["args"] == []
         assert set(message["kwargs"]) == EXIT_FIELDS
         assert message["kwargs"]["conversation_id"] == request["conversation_id"]
+        assert_conforms("exit.json", message["kwargs"])
 
     def exit_of(name: str) -> tuple[str, Any]:
         kwargs = exits[ids[name]][0]["kwargs"]

@@ -8,12 +8,17 @@ A change to a task name, a queue, the message format or a field it reads fails t
 
 from __future__ import annotations
 
+import json
 import os
 import uuid
 from pathlib import Path
 from typing import Any
 
+import redis
+
+from hitl_workers.notify.streams import stream_key
 from tests.clients.conftest import run_node
+from tests.support.schemas import assert_conforms
 
 EXIT_FIELDS = {"execution_id", "conversation_id", "flow_id", "step_id", "exit", "merge_field",
                "exited_at"}
@@ -128,3 +133,23 @@ def test_a_celery_node_flow_engine_runs_every_exit(system: Any, tmp_path: Path) 
     assert cases["rejected"]["event_results"][0]["outcome"] == "rejected"
     assert cases["no_agents"]["request_result"]["exit"] == "not_claimed"
     assert cases["error"]["request_result"]["state"] == "failed"
+
+    # and every message it received, and every notification its agents got, fits the schemas
+    # the project ships (docs/schema/)
+    for messages in exits.values():
+        for message in messages:
+            assert_conforms("exit.json", message)
+    for result in out["agents"] + out["removed"]:
+        assert_conforms("directory.result.json", result)
+    for case in cases.values():
+        assert_conforms("hitl.request_assistance.result.json", case["request_result"])
+        for result in case.get("event_results", []):
+            assert_conforms("agent_event.result.json", result)
+    notes = redis.Redis.from_url(os.environ["HITL_REDIS_URL"], decode_responses=True)
+    read = [json.loads(fields["event"]) for a in spec["agents"]
+            for _id, fields in notes.xrange(stream_key(a["agent_id"]))]
+    assert {n["type"] for n in read} == {"assistance.requested", "assistance.withdrawn"}
+    assert any(n["type"] == "assistance.requested" and n["popup"] for n in read)
+    for notification in read:
+        assert_conforms("notification.json", notification)
+        assert_conforms(f"{notification['type']}.json", notification)
