@@ -1,4 +1,4 @@
-"""The request a flow engine sends (CONTRACT.md §1), as validated models.
+"""The request a flow engine sends (docs/contract.md §1), as validated models.
 
 Unknown fields are refused everywhere except inside ``contact`` (free-form JSON shown to agents
 as it is): a misspelt setting must fail loudly, never fall back to its default. Durations are
