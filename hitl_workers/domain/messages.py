@@ -74,7 +74,7 @@ class DirectoryResult(_Out):
 # --- §2: the exit message --------------------------------------------------------------------
 
 class ClaimedBy(_Out):
-    addClaimedBy: Identifier  # noqa: N815 (the contract's name)
+    addClaimedBy: Identifier  # the contract's camelCase name
 
 
 class NotClaimed(_Out):
@@ -83,7 +83,7 @@ class NotClaimed(_Out):
 
 class Rejected(_Out):
     reason: Literal["REJECTED"]
-    rejectedBy: list[Identifier]  # noqa: N815 (the contract's name)
+    rejectedBy: list[Identifier]  # the contract's camelCase name
 
 
 class Nothing(_Out):
