@@ -94,6 +94,20 @@ class Settings(BaseSettings):
                 f"unset to get twice the horizon plus a minute.", stacklevel=2)
         return self
 
+    @model_validator(mode="after")
+    def _classic_horizon_below_consumer_timeout(self) -> Settings:
+        rabbitmq = self.broker_url.split("://", 1)[0].lower() in ("amqp", "amqps", "pyamqp")
+        if rabbitmq and self.rabbitmq_queue_type == "classic" and self.timer_horizon_s >= 1800:
+            # Classic queues have no native delayed delivery: a timer worker holds each armed
+            # wake-up unacked until due, and RabbitMQ closes a channel that holds a delivery
+            # longer than its consumer_timeout (30 min by default).
+            warnings.warn(
+                f"HITL_TIMER_HORIZON_S ({self.timer_horizon_s:g}) is 30 minutes or more with "
+                f"classic RabbitMQ queues: wake-ups held that long exceed RabbitMQ's default "
+                f"consumer_timeout (30 min), which closes the worker's channel. Lower the "
+                f"horizon or raise consumer_timeout.", stacklevel=2)
+        return self
+
     @property
     def effective_visibility_timeout_s(self) -> float:
         # A Redis broker re-delivers an unacked message after the visibility timeout. An ETA

@@ -6,6 +6,8 @@ these pin the declarations themselves, which a flow engine copies.
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from pydantic import ValidationError
 
@@ -59,3 +61,14 @@ def test_redis_is_unaffected() -> None:
     quorum = celeryconfig.settings_for_broker("redis://x/0", Settings())
     assert [q.name for q in classic["task_queues"]] == [q.name for q in quorum["task_queues"]]
     assert all(q.exchange.type == "direct" for q in classic["task_queues"])
+
+
+def test_classic_queues_warn_of_a_horizon_past_rabbitmqs_consumer_timeout() -> None:
+    with pytest.warns(UserWarning, match="consumer_timeout"):
+        Settings(broker_url=AMQP, rabbitmq_queue_type="classic", timer_horizon_s=3600)
+
+
+def test_quorum_queues_hold_no_wake_up_so_a_long_horizon_is_fine(recwarn: Any) -> None:
+    Settings(broker_url=AMQP, timer_horizon_s=3600)
+    Settings(broker_url=AMQP, rabbitmq_queue_type="classic", timer_horizon_s=600)
+    assert not [w for w in recwarn if "consumer_timeout" in str(w.message)]
