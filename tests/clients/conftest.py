@@ -12,10 +12,19 @@ import json
 import os
 import shutil
 import subprocess
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from celery import Celery
+
+import celeryconfig
+from hitl_workers.settings import Settings
+from tests.rabbitmq.conftest import RABBITMQ_HOST, _rabbitmqctl
+from tests.scaleout.systems import EnvSystem, fresh_database
+from tests.support.fixtures import ARTIFACTS
 
 CLIENTS = Path(__file__).parent
 _installed: set[Path] = set()
@@ -72,3 +81,42 @@ def run_node(client: str, script: str, scenario: dict[str, Any], tmp_path: Path,
              timeout: float = 120) -> dict[str, Any]:
     """Run ``node <script> scenario.json`` in the client's folder; the JSON it prints."""
     return node_output(start_node(client, script, scenario, tmp_path), tmp_path, timeout)
+
+
+# --- a system on RabbitMQ, one per queue type -------------------------------------------------
+
+@pytest.fixture(scope="module", params=["quorum", "classic"])
+def rabbitmq_system(request: Any, database_url: str, redis_urls: dict[str, str]
+                    ) -> Iterator[tuple[str, str, EnvSystem]]:
+    """``(queue type, amqp URL, system)``: a worker and beat with HITL_RABBITMQ_QUEUE_TYPE set,
+    on a vhost and a database of their own (RabbitMQ cannot hold one queue name under two
+    types). Results and notifications stay on the session's Redis."""
+    queue_type = request.param
+    vhost = f"hitl_clients_{queue_type}_{os.getpid()}_{uuid.uuid4().hex[:6]}"
+    _rabbitmqctl("add_vhost", vhost)
+    _rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
+    url = f"{RABBITMQ_HOST}/{vhost}"
+    database = fresh_database(database_url, f"_clients_{queue_type}")
+    app = _rabbitmq_client_app(url, queue_type)
+    system = EnvSystem(app, ARTIFACTS / "logs" / f"rabbitmq-clients-{queue_type}",
+                       {"HITL_BROKER_URL": url, "HITL_DATABASE_URL": database,
+                        "HITL_RABBITMQ_QUEUE_TYPE": queue_type})
+    try:
+        system.start_worker("clients-worker", concurrency=4)
+        system.start_beat()
+        yield queue_type, url, system
+    finally:
+        system.stop_all()
+        app.close()
+        subprocess.run(["rabbitmqctl", "-q", "delete_vhost", vhost], capture_output=True,
+                       timeout=60)
+
+
+def _rabbitmq_client_app(url: str, queue_type: str) -> Celery:
+    """The project's configuration on ``url`` with ``queue_type`` queues (tests.scaleout's
+    ``app_for``, with the queue type of this system rather than this process's)."""
+    app = Celery("hitl_workers_client", set_as_current=False)
+    app.config_from_object("celeryconfig")
+    app.conf.update(broker_url=url, **celeryconfig.settings_for_broker(
+        url, Settings(rabbitmq_queue_type=queue_type)))
+    return app

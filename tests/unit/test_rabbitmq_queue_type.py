@@ -1,6 +1,6 @@
 """HITL_RABBITMQ_QUEUE_TYPE decides how every queue is declared on RabbitMQ (docs/contract.md §2).
 
-The real proof is tests/clients/test_amqp_raw.py (a raw AMQP flow engine under each setting);
+The real proof is tests/clients/test_on_rabbitmq.py (Node.js flow engines under each setting);
 these pin the declarations themselves, which a flow engine copies.
 """
 

@@ -1,7 +1,7 @@
 // A flow engine that speaks raw AMQP 0-9-1 with amqplib: no Celery library at all, only the
 // rules of docs/contract.md §1, §2 ("Reply queues") and §4. It declares its reply queue as the
 // contract says for the broker's queue type, publishes protocol-2 task messages, and consumes
-// the exits. tests/clients/test_amqp_raw.py writes the scenario, acts for the agents, and asserts
+// the exits. tests/clients/test_on_rabbitmq.py writes the scenario, acts for the agents, and asserts
 // on the JSON this prints.
 //
 //   node flow_engine.js scenario.json  →  one JSON object on stdout

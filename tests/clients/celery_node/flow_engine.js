@@ -1,8 +1,8 @@
-// A flow engine written in Node.js with the npm package celery-node, on Redis: it knows nothing
+// A flow engine written in Node.js with the npm package celery-node (Redis or RabbitMQ): it knows nothing
 // of hitl_workers but docs/contract.md. It manages agents (§5), starts steps (§1), acts as the
 // agents' UI where a case needs a click (§3), and reads every exit (§2) from its own queue with
-// a celery-node worker. tests/clients/test_celery_node.py writes the scenario and asserts on the
-// JSON this prints.
+// a celery-node worker. tests/clients/celery_node_run.py writes the scenario and checks the
+// JSON this prints; tests/clients/test_on_rabbitmq.py runs it on RabbitMQ too.
 //
 //   node flow_engine.js scenario.json  →  one JSON object on stdout
 //
@@ -72,6 +72,13 @@ async function main() {
   }
   process.stdout.write(JSON.stringify(output) + "\n");
 }
+
+// celery-node publishes without waiting: a broker's refusal (RabbitMQ's PRECONDITION_FAILED for
+// a queue declared with another type) surfaces as a rejection nobody awaits.
+process.on("unhandledRejection", (error) => {
+  process.stderr.write(`flow engine failed: ${error && error.stack || error}\n`);
+  process.exit(1);
+});
 
 main().then(() => process.exit(0), (error) => {
   process.stderr.write(`flow engine failed: ${error && error.stack || error}\n`);

@@ -1,71 +1,32 @@
-"""A flow engine that speaks raw AMQP (the npm package ``amqplib``, no Celery library) runs every
-exit of the contract on RabbitMQ, under each ``HITL_RABBITMQ_QUEUE_TYPE``.
+"""Flow engines in Node.js on RabbitMQ, under each ``HITL_RABBITMQ_QUEUE_TYPE``.
 
-It follows docs/contract.md alone: it declares its reply queue as §2 "Reply queues" says for the
-system's queue type, publishes protocol-2 messages with the documented headers and properties,
-and consumes its exits (tests/clients/amqp_raw/flow_engine.js). The agents' clicks come from this
-process, as an agent UI would send them. Each queue type gets a system of its own — a vhost, a
-database, a worker and beat — since RabbitMQ cannot hold one queue name under two types.
+- A flow engine that speaks raw AMQP (the npm package ``amqplib``, no Celery library) runs every
+  exit. It follows docs/contract.md alone: it declares its reply queue as §2 "Reply queues" says
+  for the system's queue type, publishes protocol-2 messages with the documented headers and
+  properties, and consumes its exits (tests/clients/amqp_raw/flow_engine.js). The agents' clicks
+  come from this process, as an agent UI would send them.
+- The ``celery-node`` flow engine of tests/clients/test_celery_node.py, which can only declare
+  classic queues: refused by RabbitMQ (PRECONDITION_FAILED) under ``quorum``, every exit under
+  ``classic`` — the reason the setting exists.
+
+Each queue type gets a system of its own (``rabbitmq_system`` in conftest.py).
 """
 
 from __future__ import annotations
 
 import os
-import subprocess
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
-from celery import Celery
-
-import celeryconfig
-from hitl_workers.settings import Settings
+from tests.clients.celery_node_run import check_run, scenario
 from tests.clients.conftest import node_output, start_node
-from tests.rabbitmq.conftest import RABBITMQ_HOST, _rabbitmqctl
-from tests.scaleout.systems import EnvSystem, fresh_database
-from tests.support.fixtures import ARTIFACTS
+from tests.scaleout.systems import EnvSystem
 from tests.support.schemas import assert_conforms
 
 EXIT_FIELDS = {"execution_id", "conversation_id", "flow_id", "step_id", "exit", "merge_field",
                "exited_at"}
-
-
-@pytest.fixture(scope="module", params=["quorum", "classic"])
-def amqp_system(request: Any, database_url: str, redis_urls: dict[str, str]
-                ) -> Iterator[tuple[str, str, EnvSystem]]:
-    """``(queue type, amqp URL, system)``: a worker and beat on a vhost of their own."""
-    queue_type = request.param
-    vhost = f"hitl_clients_{queue_type}_{os.getpid()}_{uuid.uuid4().hex[:6]}"
-    _rabbitmqctl("add_vhost", vhost)
-    _rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
-    url = f"{RABBITMQ_HOST}/{vhost}"
-    database = fresh_database(database_url, f"_amqp_{queue_type}")
-    app = _client_app(url, queue_type)
-    system = EnvSystem(app, ARTIFACTS / "logs" / f"amqp-raw-{queue_type}",
-                       {"HITL_BROKER_URL": url, "HITL_DATABASE_URL": database,
-                        "HITL_RABBITMQ_QUEUE_TYPE": queue_type})
-    try:
-        system.start_worker("amqp-raw-worker", concurrency=4)
-        system.start_beat()
-        yield queue_type, url, system
-    finally:
-        system.stop_all()
-        app.close()
-        subprocess.run(["rabbitmqctl", "-q", "delete_vhost", vhost], capture_output=True,
-                       timeout=60)
-
-
-def _client_app(url: str, queue_type: str) -> Celery:
-    """The project's configuration on ``url`` with ``queue_type`` queues (tests.scaleout's
-    ``app_for``, with the queue type of this system rather than this process's)."""
-    app = Celery("hitl_workers_client", set_as_current=False)
-    app.config_from_object("celeryconfig")
-    app.conf.update(broker_url=url, **celeryconfig.settings_for_broker(
-        url, Settings(rabbitmq_queue_type=queue_type)))
-    return app
 
 
 def _request(execution_id: str, tag: str, queue: str, **settings: Any) -> dict[str, Any]:
@@ -87,9 +48,9 @@ def _act_when_waiting(app: Any, task: str, execution_id: str, agent_id: str) -> 
         time.sleep(0.2)
 
 
-def test_a_raw_amqp_flow_engine_runs_every_exit(amqp_system: tuple[str, str, EnvSystem],
+def test_a_raw_amqp_flow_engine_runs_every_exit(rabbitmq_system: tuple[str, str, EnvSystem],
                                                 tmp_path: Path) -> None:
-    queue_type, url, system = amqp_system
+    queue_type, url, system = rabbitmq_system
     app = system.app
     run = uuid.uuid4().hex[:8]
     queue = f"flow-amqp-{run}"
@@ -165,3 +126,22 @@ def test_a_raw_amqp_flow_engine_runs_every_exit(amqp_system: tuple[str, str, Env
     assert kind == "error"
     assert merge_field["error"]["code"] == "invalid_request"
     assert merge_field["error"]["fields"] == ["settings.timeout"]
+
+
+def test_celery_node_needs_classic_queues_on_rabbitmq(
+        rabbitmq_system: tuple[str, str, EnvSystem], tmp_path: Path) -> None:
+    queue_type, url, _system = rabbitmq_system
+    # Given the celery-node flow engine of test_celery_node.py, with RabbitMQ as its broker
+    spec, ids = scenario(url, os.environ["HITL_RESULT_BACKEND_URL"])
+
+    # When it runs
+    proc = start_node("celery_node", "flow_engine.js", spec, tmp_path)
+
+    if queue_type == "quorum":
+        # Then under quorum queues RabbitMQ refuses its classic declaration of hitl.requests
+        _out, stderr = proc.communicate(timeout=60)
+        assert proc.returncode != 0
+        assert "PRECONDITION" in stderr and "x-queue-type" in stderr, stderr[-2000:]
+        return
+    # Then under classic queues every step exits once, as documented
+    check_run(spec, ids, node_output(proc, tmp_path), os.environ["HITL_REDIS_URL"])
