@@ -16,12 +16,20 @@ TEXT_SUFFIXES = {".py", ".md", ".js", ".html", ".css", ".yaml", ".yml", ".toml",
                  ""}
 
 
+SKIP_DIRS = {".git", ".venv", "node_modules", "test-artifacts", "run", "build"}
+
+
 def tracked_text_files() -> list[Path]:
-    listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"],
-                            cwd=ROOT, capture_output=True, text=True, check=True).stdout
-    paths = [ROOT / line for line in listed.splitlines()]
+    """The repository's text files (git's list; a walk of the tree outside a git checkout)."""
+    try:
+        listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+                                cwd=ROOT, capture_output=True, text=True, check=True).stdout
+        paths = [ROOT / line for line in listed.splitlines()]
+    except (OSError, subprocess.CalledProcessError):
+        paths = [p for p in ROOT.rglob("*")
+                 if not SKIP_DIRS.intersection(p.relative_to(ROOT).parts)]
     return [p for p in paths if p.is_file() and p.suffix in TEXT_SUFFIXES
-            and "node_modules" not in p.parts]
+            and "node_modules" not in p.parts and not p.name.endswith(".egg-info")]
 
 
 def contract_sections() -> set[str]:
