@@ -94,20 +94,23 @@ def rabbitmq_system(request: Any, database_url: str, redis_urls: dict[str, str]
     queue_type = request.param
     vhost = f"hitl_clients_{queue_type}_{os.getpid()}_{uuid.uuid4().hex[:6]}"
     _rabbitmqctl("add_vhost", vhost)
-    _rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
     url = f"{RABBITMQ_HOST}/{vhost}"
-    database = fresh_database(database_url, f"_clients_{queue_type}")
-    app = _rabbitmq_client_app(url, queue_type)
-    system = EnvSystem(app, ARTIFACTS / "logs" / f"rabbitmq-clients-{queue_type}",
-                       {"HITL_BROKER_URL": url, "HITL_DATABASE_URL": database,
-                        "HITL_RABBITMQ_QUEUE_TYPE": queue_type})
-    try:
+    app = system = None
+    try:  # from here on the vhost is deleted whatever fails
+        _rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
+        database = fresh_database(database_url, f"_clients_{queue_type}")
+        app = _rabbitmq_client_app(url, queue_type)
+        system = EnvSystem(app, ARTIFACTS / "logs" / f"rabbitmq-clients-{queue_type}",
+                           {"HITL_BROKER_URL": url, "HITL_DATABASE_URL": database,
+                            "HITL_RABBITMQ_QUEUE_TYPE": queue_type})
         system.start_worker("clients-worker", concurrency=4)
         system.start_beat()
         yield queue_type, url, system
     finally:
-        system.stop_all()
-        app.close()
+        if system is not None:
+            system.stop_all()
+        if app is not None:
+            app.close()
         subprocess.run(["rabbitmqctl", "-q", "delete_vhost", vhost], capture_output=True,
                        timeout=60)
 
