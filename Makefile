@@ -7,7 +7,7 @@ PYTEST_ARGS ?=
 # The test tiers, by directory (tests/unit/test_test_tiers.py checks each directory is in one).
 UNIT_TESTS := tests/unit
 INTEGRATION_TESTS := tests/integration
-ACCEPTANCE_TESTS := tests/acceptance tests/gateway tests/operators tests/browser tests/rabbitmq
+ACCEPTANCE_TESTS := tests/acceptance tests/gateway tests/operators tests/browser tests/rabbitmq tests/clients
 FAULT_TESTS := tests/faults tests/scaleout
 
 .PHONY: run test test-unit test-integration test-acceptance test-faults venv dev-venv services \

@@ -74,34 +74,52 @@ def is_rabbitmq(url: str) -> bool:
     return url.split("://", 1)[0].lower() in RABBITMQ_SCHEMES
 
 
+def rabbitmq_queue(name: str, queue_type: str) -> Queue:
+    """Queue ``name`` as the system declares it on RabbitMQ: durable, of ``queue_type``
+    (``HITL_RABBITMQ_QUEUE_TYPE``), bound to a durable *topic* exchange of its own name with its
+    name as the routing key. docs/contract.md §2 gives flow engines the same rule for their
+    reply queues."""
+    # A classic queue is declared without x-queue-type, as most AMQP clients declare one.
+    arguments = {"x-queue-type": "quorum"} if queue_type == "quorum" else None
+    return Queue(name, Exchange(name, type="topic"), routing_key=name, durable=True,
+                 queue_arguments=arguments)
+
+
 def settings_for_broker(url: str, settings: Settings) -> dict[str, Any]:
     """The settings that depend on the broker at ``url``, applied to this module below (and by
     the test suite to a second app on another broker)."""
     if is_rabbitmq(url):
-        return {
-            # Quorum queues: durable and replicated across a RabbitMQ cluster. Each queue is
-            # bound to a *topic* exchange of its own name with its name as the routing key:
-            # native delayed delivery routes a due message back through that exchange, which it
-            # cannot do through a direct one.
-            "task_queues": [
-                Queue(name, Exchange(name, type="topic"), routing_key=name,
-                      queue_arguments={"x-queue-type": "quorum"})
-                for name in QUEUE_NAMES
-            ],
-            # A reply queue a request names (``reply_to.queue``, the flow engine's) is declared
-            # by the same rule when an exit is published to it. A publisher or consumer that
-            # declares one of these queues otherwise is refused by RabbitMQ (PRECONDITION_FAILED).
-            "task_create_missing_queue_type": "quorum",
-            "task_create_missing_queue_exchange_type": "topic",
+        queue_type = settings.rabbitmq_queue_type
+        by_type: dict[str, Any] = {}
+        if queue_type == "quorum":
             # Native delayed delivery (Celery 5.5+, on because the queues are quorum queues): an
             # ETA wake-up waits in the broker's celery_delayed_* queues and reaches a worker
             # within a second of its deadline. With quorum queues Celery turns global QoS off,
             # so the prefetch count is static (concurrency x worker_prefetch_multiplier): a
             # worker holding wake-ups for minutes would have no slot left for anything else.
-            "broker_native_delayed_delivery_queue_type": "quorum",
+            by_type["broker_native_delayed_delivery_queue_type"] = "quorum"
+        # Classic queues (for flow engines whose AMQP client cannot declare a quorum queue):
+        # Celery enables native delayed delivery only when it sees a quorum queue, so an ETA
+        # wake-up goes to a worker at once and waits there, unacked, until it is due (global
+        # QoS raises the prefetch for each one held). That is why the timer horizon
+        # (HITL_TIMER_HORIZON_S, 10 min) must stay below RabbitMQ's consumer_timeout (30 min by
+        # default): a message held unacked longer makes RabbitMQ close the worker's channel.
+        return {
+            # Quorum queues are durable and replicated across a RabbitMQ cluster; classic ones
+            # live on one node. Each queue is bound to a *topic* exchange of its own name with
+            # its name as the routing key: native delayed delivery routes a due message back
+            # through that exchange, which it cannot do through a direct one (and one rule for
+            # both types keeps the reply-queue rule of docs/contract.md §2 short).
+            "task_queues": [rabbitmq_queue(name, queue_type) for name in QUEUE_NAMES],
+            # A reply queue a request names (``reply_to.queue``, the flow engine's) is declared
+            # by the same rule when an exit is published to it. A publisher or consumer that
+            # declares one of these queues otherwise is refused by RabbitMQ (PRECONDITION_FAILED).
+            "task_create_missing_queue_type": queue_type,
+            "task_create_missing_queue_exchange_type": "topic",
             # Publisher confirms: publishing returns once RabbitMQ has taken the message, so an
             # outbox row is marked sent only when its message is safe in the broker.
             "broker_transport_options": {"confirm_publish": True},
+            **by_type,
         }
     return {
         # Each queue gets its own direct exchange and routing key. (A bare ``Queue(name)`` is

@@ -123,6 +123,19 @@ def run(gateway_port: int, flower_port: int, no_simulate: bool, log_dir: str) ->
                simulate=not no_simulate, log_dir=Path(log_dir), echo=click.echo)
 
 
+@main.command()
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default="docs/schema",
+              show_default=True, help="Directory to write the *.json files into.")
+def schema(out_dir: str) -> None:
+    """Write a JSON Schema for every message of the contract (docs/contract.md §1–§6)."""
+    from pathlib import Path
+
+    from hitl_workers import schema as schemas
+
+    for path in schemas.write(Path(out_dir)):
+        click.echo(str(path))
+
+
 # The agent gateway's commands live with the gateway (hitl_workers/gateway/commands.py).
 from hitl_workers.gateway.commands import gateway as _gateway_cmd  # noqa: E402
 from hitl_workers.gateway.commands import token as _token_cmd  # noqa: E402

@@ -11,6 +11,7 @@ import tempfile
 import warnings
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -25,6 +26,11 @@ class Settings(BaseSettings):
         "redis://localhost:6379/2", description="Redis for agent notifications (Streams)."
     )
     database_url: str = "sqlite:///hitl_workers.db"
+
+    rabbitmq_queue_type: Literal["quorum", "classic"] = "quorum"
+    """On RabbitMQ, the type of every queue the system declares (the hitl.* queues and the
+    reply queues it publishes exits to). ``quorum`` (replicated, native delayed delivery) unless
+    a flow engine's AMQP client cannot declare quorum queues: docs/contract.md §2."""
 
     default_reply_task: str = "flow.step_exited"
     default_reply_queue: str = "flow"
@@ -93,6 +99,20 @@ class Settings(BaseSettings):
                 f"above HITL_TIMER_HORIZON_S ({self.timer_horizon_s:g}): a Redis broker "
                 f"redelivers armed wake-ups while they wait (harmless, double work). Leave it "
                 f"unset to get twice the horizon plus a minute.", stacklevel=2)
+        return self
+
+    @model_validator(mode="after")
+    def _classic_horizon_below_consumer_timeout(self) -> Settings:
+        rabbitmq = self.broker_url.split("://", 1)[0].lower() in ("amqp", "amqps", "pyamqp")
+        if rabbitmq and self.rabbitmq_queue_type == "classic" and self.timer_horizon_s >= 1800:
+            # Classic queues have no native delayed delivery: a timer worker holds each armed
+            # wake-up unacked until due, and RabbitMQ closes a channel that holds a delivery
+            # longer than its consumer_timeout (30 min by default).
+            warnings.warn(
+                f"HITL_TIMER_HORIZON_S ({self.timer_horizon_s:g}) is 30 minutes or more with "
+                f"classic RabbitMQ queues: wake-ups held that long exceed RabbitMQ's default "
+                f"consumer_timeout (30 min), which closes the worker's channel. Lower the "
+                f"horizon or raise consumer_timeout.", stacklevel=2)
         return self
 
     @property

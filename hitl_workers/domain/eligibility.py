@@ -1,4 +1,4 @@
-"""Who may see a conversation, and who is offered it at dispatch (CONTRACT.md §1, §3, §5)."""
+"""Who may see a conversation, and who is offered it at dispatch (docs/contract.md §1, §3, §5)."""
 
 from __future__ import annotations
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Literal, get_args
 
-# --- Queues and the tasks on them (CONTRACT.md §3–§5) --------------------------------------
+# --- Queues and the tasks on them (docs/contract.md §3–§5) --------------------------------------
 
 QueueName = Literal["hitl.requests", "hitl.events", "hitl.timers", "hitl.outbox"]
 QUEUE_NAMES: tuple[QueueName, ...] = get_args(QueueName)
@@ -64,7 +64,7 @@ TIMER_STATES: tuple[TimerState, ...] = get_args(TimerState)
 OutboxKind = Literal["exit", "notify"]
 OUTBOX_KINDS: tuple[OutboxKind, ...] = get_args(OutboxKind)
 
-# --- What an agent event answers (CONTRACT.md §5, the gateway's HTTP status in §8) ----------
+# --- What an agent event answers (docs/contract.md §3, the gateway's HTTP status in §8) ----------
 
 EventOutcome = Literal["claimed", "already_claimed", "rejected", "reject_recorded", "closed",
                        "already_resolved", "not_eligible", "not_found", "invalid"]

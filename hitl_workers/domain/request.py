@@ -1,4 +1,4 @@
-"""The request a flow engine sends (CONTRACT.md §1), as validated models.
+"""The request a flow engine sends (docs/contract.md §1), as validated models.
 
 Unknown fields are refused everywhere except inside ``contact`` (free-form JSON shown to agents
 as it is): a misspelt setting must fail loudly, never fall back to its default. Durations are
@@ -18,6 +18,7 @@ from pydantic import (
     ConfigDict,
     Field,
     StringConstraints,
+    WithJsonSchema,
     field_validator,
 )
 
@@ -59,8 +60,17 @@ def _duration(max_s: float) -> Any:
     return BeforeValidator(parse)
 
 
-TimeoutSeconds = Annotated[float, _duration(MAX_TIMEOUT_S)]
-PopupSeconds = Annotated[float, _duration(MAX_POPUP_S)]
+def _duration_schema(limit: str) -> Any:
+    # What a client sends (a time string or a number of seconds), not the float it becomes.
+    return WithJsonSchema({
+        "anyOf": [{"type": "string", "minLength": 1}, {"type": "number", "exclusiveMinimum": 0}],
+        "description": f"A time string ('30s', '1h 30m', 'PT1M30S') or seconds; positive, "
+                       f"at most {limit}.",
+    }, mode="validation")
+
+
+TimeoutSeconds = Annotated[float, _duration(MAX_TIMEOUT_S), _duration_schema("30 days")]
+PopupSeconds = Annotated[float, _duration(MAX_POPUP_S), _duration_schema("24 hours")]
 
 
 def _at_most(limit: int, what: str) -> Any:
@@ -83,7 +93,16 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
 
+def _label_optional(schema: dict[str, Any]) -> None:
+    # Buttons fills in a missing label (below), so a client may leave it out.
+    schema["required"] = [f for f in schema.get("required", []) if f != "label"]
+    if not schema["required"]:
+        del schema["required"]
+
+
 class ButtonSetting(_Strict):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True,
+                              json_schema_extra=_label_optional)
     enabled: bool = True
     label: Annotated[str, StringConstraints(min_length=1, max_length=40)]
 

@@ -67,7 +67,7 @@ def create_app(settings: Settings | None = None, *, keepalive_s: float = KEEPALI
     stream; ``result_timeout_s``: how long a claim waits for a worker's answer."""
     settings = settings or get_settings()
     if not 0 < keepalive_s <= 15:
-        raise ValueError("keepalive_s must be in (0, 15] seconds (CONTRACT.md §8)")
+        raise ValueError("keepalive_s must be in (0, 15] seconds (docs/contract.md §8)")
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -87,7 +87,7 @@ def create_app(settings: Settings | None = None, *, keepalive_s: float = KEEPALI
     app = FastAPI(
         title="hitl_workers agent gateway",
         version="1",
-        summary="HTTP and Server-Sent Events for agent UIs (CONTRACT.md §8).",
+        summary="HTTP and Server-Sent Events for agent UIs (docs/contract.md §8).",
         description="Authenticate with a signed agent token: `Authorization: Bearer <token>` "
                     "or `?token=<token>` (`hitl-workers token AGENT_ID` prints one). "
                     "`/healthz` and `/metrics` need none.",

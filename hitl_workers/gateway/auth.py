@@ -1,4 +1,4 @@
-"""Who is calling: the agent named by a valid token, and only that agent (CONTRACT.md §8)."""
+"""Who is calling: the agent named by a valid token, and only that agent (docs/contract.md §8)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Every error the gateway answers is JSON with a ``detail`` in words (CONTRACT.md §8)."""
+"""Every error the gateway answers is JSON with a ``detail`` in words (docs/contract.md §8)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The agent endpoints (CONTRACT.md §8): notifications, bell list, status, claim/reject/close."""
+"""Agent endpoints (docs/contract.md §8): notifications, bell list, status, claim/reject/close."""
 
 from __future__ import annotations
 
@@ -72,7 +72,7 @@ async def whoami(me: CurrentAgent) -> dict[str, Any]:
     summary="The agent's notifications as Server-Sent Events",
     responses={**AUTH_ERRORS, 200: {
         "description": "`text/event-stream`: per notification `id:` (the Redis Stream entry "
-                       "id), `event:` (its `type`) and `data:` (its JSON, CONTRACT.md §6); a "
+                       "id), `event:` (its `type`) and `data:` (its JSON, docs/contract.md §6); a "
                        "comment line at least every 15 s.",
         "content": {"text/event-stream": {"schema": {"type": "string"}}}}},
 )

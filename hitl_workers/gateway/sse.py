@@ -1,4 +1,4 @@
-"""Server-Sent Events from an agent's Redis Stream (CONTRACT.md §6, §8).
+"""Server-Sent Events from an agent's Redis Stream (docs/contract.md §6, §8).
 
 Every message carries ``id:`` = the stream entry id, so a client that reconnects with
 ``Last-Event-ID`` resumes right after the last entry it saw: ``XREAD`` returns only entries with

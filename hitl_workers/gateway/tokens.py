@@ -1,4 +1,4 @@
-"""Signed agent tokens (CONTRACT.md §8).
+"""Signed agent tokens (docs/contract.md §8).
 
 A token is ``itsdangerous.URLSafeTimedSerializer`` output over ``{"agent_id": …}``, signed with
 ``HITL_SECRET`` and valid for ``HITL_TOKEN_MAX_AGE_S``. It names exactly one agent: the gateway

@@ -1,4 +1,4 @@
-"""The notifications agents receive on their Redis Stream (CONTRACT.md §6)."""
+"""The notifications agents receive on their Redis Stream (docs/contract.md §6)."""
 
 from __future__ import annotations
 

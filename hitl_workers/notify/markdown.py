@@ -13,7 +13,7 @@ Images are not allowed (no tracking pixels in front of agents); neither are ``st
 or ``target``.
 
 Raw HTML in the text is passed to the sanitizer rather than escaped, so that hostile markup is
-*removed* (CONTRACT.md §6: "removed, not just escaped"): ``<script>`` and ``<style>`` go with
+*removed* (docs/contract.md §6: "removed, not just escaped"): ``<script>`` and ``<style>`` go with
 their content, other disallowed tags go and keep their text, event handlers and bad URLs go.
 """
 

@@ -5,8 +5,9 @@ what a flow engine in any language sees. Used by ``hitl-workers simulate``, the 
 benchmarks.
 
 On RabbitMQ every queue of the system, the flow engine's reply queue included, is a durable
-quorum queue bound to a topic exchange of the same name, with the queue's name as the routing
-key (celeryconfig.py declares it so when it publishes an exit). A consumer must declare its queue
+queue of the type HITL_RABBITMQ_QUEUE_TYPE names (quorum by default), bound to a topic exchange
+of the same name with the queue's name as the routing key (celeryconfig.py declares it so when it
+publishes an exit). A consumer must declare its queue
 the same way, or RabbitMQ refuses the declaration. On Redis the exchange is a direct one.
 """
 
@@ -24,8 +25,11 @@ def queue_for(broker_url: str, name: str) -> Queue:
     """Queue ``name`` (a reply queue, or one of hitl_workers' own) declared as hitl_workers
     declares it on the broker at ``broker_url``."""
     if broker_url.split("://", 1)[0].lower() in ("amqp", "amqps", "pyamqp"):
+        from hitl_workers.settings import get_settings
+
+        quorum = get_settings().rabbitmq_queue_type == "quorum"  # else classic: no argument
         return Queue(name, Exchange(name, type="topic"), routing_key=name,
-                     queue_arguments={"x-queue-type": "quorum"})
+                     queue_arguments={"x-queue-type": "quorum"} if quorum else None)
     return Queue(name, Exchange(name, type="direct"), routing_key=name)
 
 

@@ -1,4 +1,4 @@
-"""Claim, reject, close (CONTRACT.md §3) and cancel (§4): one locked transition each."""
+"""Claim, reject, close (docs/contract.md §3) and cancel (§4): one locked transition each."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The agent directory (CONTRACT.md §5)."""
+"""The agent directory (docs/contract.md §5)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The reconciler: bounds the damage of any lost message (DESIGN.md §2).
+"""The reconciler: bounds the damage of any lost message (docs/guarantees.md §5).
 
 Each tick: fire overdue deadlines, arm deadlines that entered the horizon, hand never-sent
 outbox rows to delivery, and write a heartbeat. Idempotent, and safe with two beats running:

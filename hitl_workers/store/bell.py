@@ -64,7 +64,7 @@ def _tag_prefilter(conn: Connection, groups: tuple[tuple[str, ...], ...]) -> Any
 
 def bell_list(conn: Connection, agent_id: str, limit: int = MAX_BELL_ENTRIES
               ) -> list[dict[str, Any]]:
-    """The waiting executions ``agent_id`` may claim now, oldest first (CONTRACT.md §8)."""
+    """The waiting executions ``agent_id`` may claim now, oldest first (docs/contract.md §8)."""
     agent = get_agent(conn, agent_id)
     if agent is None or not agent.rule_groups:
         return []  # unknown, or sees nothing (§5)

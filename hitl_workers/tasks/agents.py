@@ -1,4 +1,4 @@
-"""The agent directory tasks (queue ``hitl.requests``, CONTRACT.md §5)."""
+"""The agent directory tasks (queue ``hitl.requests``, docs/contract.md §5)."""
 
 from __future__ import annotations
 

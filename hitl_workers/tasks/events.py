@@ -1,4 +1,4 @@
-"""``hitl.claim``, ``hitl.reject``, ``hitl.close`` (queue ``hitl.events``, CONTRACT.md §3)."""
+"""``hitl.claim``, ``hitl.reject``, ``hitl.close`` (queue ``hitl.events``, docs/contract.md §3)."""
 
 from __future__ import annotations
 

@@ -20,7 +20,7 @@ def _defaults() -> dispatch.Defaults:
 
 @app.task(name="hitl.request_assistance", base=GuardedTask, bind=True, **RETRY)
 def request_assistance(self: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
-    """Start a step execution (CONTRACT.md §1). Bad input is recorded and answered, never
+    """Start a step execution (docs/contract.md §1). Bad input is recorded and answered, never
     raised: a worker must not crash, nor block the requests behind it, on a garbage payload."""
     defaults = _defaults()
     answer, effects = in_transaction(lambda conn: dispatch.submit(

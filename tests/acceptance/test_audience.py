@@ -1,4 +1,4 @@
-"""Who is offered the conversation, and who may claim it (CONTRACT.md §1, §3, §6)."""
+"""Who is offered the conversation, and who may claim it (docs/contract.md §1, §3, §6)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Garbage in: recorded, answered where it can be, and never a dead worker (CONTRACT.md §1).
+"""Garbage in: recorded, answered where it can be, and never a dead worker (docs/contract.md §1).
 
 Every test ends by proving the worker still serves: a valid request sent right after gets its
 normal answer.

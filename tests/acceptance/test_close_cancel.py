@@ -1,4 +1,4 @@
-"""Close dismisses a popup; cancel gives the step up (CONTRACT.md §3, §4)."""
+"""Close dismisses a popup; cancel gives the step up (docs/contract.md §3, §4)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""The conversation's status and the audit trail, as the database holds them (DESIGN.md §4)."""
+"""The conversation's status and the audit trail, as the database holds them (README "What it
+does"; docs/operations.md §2)."""
 
 from __future__ import annotations
 

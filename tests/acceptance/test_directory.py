@@ -1,4 +1,4 @@
-"""The agent directory: upsert, status, removal (CONTRACT.md §5)."""
+"""The agent directory: upsert, status, removal (docs/contract.md §5)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Every exit of the step, through real worker processes (CONTRACT.md §1-§4)."""
+"""Every exit of the step, through real worker processes (docs/contract.md §1-§4)."""
 
 from __future__ import annotations
 

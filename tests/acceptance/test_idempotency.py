@@ -1,4 +1,4 @@
-"""Idempotent repeats: of a request, of a claim, of a client event id (CONTRACT.md §1, §3)."""
+"""Idempotent repeats: of a request, of a claim, of a client event id (docs/contract.md §1, §3)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Races through real worker processes: the database decides, exactly one exit (DESIGN.md §2).
+"""Races through real worker processes: the database decides, exactly one exit (README "How it
+is built").
 
 The worker runs 6 pool processes, so the claims below really do run at the same moment in
 different processes, each with its own database connection.

@@ -1,4 +1,4 @@
-"""The agent console in real headless Chromium (CONTRACT.md §6, §8).
+"""The agent console in real headless Chromium (docs/contract.md §6, §8).
 
 How to run (tests/browser/README): install Debian's Chromium and the Playwright package —
 ``apt-get update && apt-get install -y chromium`` and ``pip install -e '.[browser]'`` (never

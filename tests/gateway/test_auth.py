@@ -1,5 +1,5 @@
 """Tokens: a token acts as its own agent and no other; a forged, expired or absent one does
-nothing (CONTRACT.md §8)."""
+nothing (docs/contract.md §8)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Races decided by PostgreSQL alone: the use cases called from many threads, each in its own
-committed transaction (STYLE.md: integration tier, exactly one winner)."""
+committed transaction (the integration tier: exactly one winner)."""
 
 from __future__ import annotations
 

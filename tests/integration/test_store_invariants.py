@@ -1,5 +1,5 @@
-"""The database itself refuses what no race may produce (DESIGN.md §2, STYLE.md "State and
-races"): plain SQL against the migrated schema, no repository code in between."""
+"""The database itself refuses what no race may produce (README "How it is built"): plain SQL
+against the migrated schema, no repository code in between."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Three worker hosts against one PostgreSQL and one Redis (DESIGN.md §6).
+"""Three worker hosts against one PostgreSQL and one Redis (docs/scaling.md §2, §10).
 
 Each host is a network namespace with its own address and host name (tests/scaleout/netns.py)
 when this machine allows it (root, iproute2); otherwise the three workers are plain processes

@@ -1,4 +1,5 @@
-"""Scale-out: three worker hosts share one PostgreSQL and one Redis, under load (DESIGN.md §6).
+"""Scale-out: three worker hosts share one PostgreSQL and one Redis, under load (docs/scaling.md
+§10).
 
 The three workers (``worker@host-a``, ``worker@host-b``, ``worker@host-c``, three pool processes
 each, all four queues) run as three hosts: each in a network namespace of its own, with its own

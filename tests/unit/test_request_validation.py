@@ -1,4 +1,4 @@
-"""``validate_request`` against CONTRACT.md §1: defaults, ranges, strictness, and messages that
+"""``validate_request`` against docs/contract.md §1: defaults, ranges, strictness, and messages that
 name each bad field and say what is accepted. Never an exception, whatever comes in."""
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ KIB = 1024
 
 
 def example() -> dict[str, Any]:
-    """The request of CONTRACT.md §1, as printed there."""
+    """A request that sets every field (the wire contract's §1 example; docs/contract.md §1)."""
     return {
         "execution_id": "flow-42:step-7:run-1",
         "conversation_id": "conv-9",

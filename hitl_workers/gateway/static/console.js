@@ -2,7 +2,7 @@
 //
 // Sign-in: /?token=… (kept in sessionStorage, removed from the address bar), a pasted token,
 // or, only when the gateway runs with HITL_DEV_LOGIN=true, a development sign-in by agent id.
-// Notifications arrive over Server-Sent Events (CONTRACT.md §6, §8). The browser reconnects by
+// Notifications arrive over Server-Sent Events (docs/contract.md §6, §8). The browser reconnects by
 // itself with Last-Event-ID; the gateway resumes right after it, and the console still drops
 // any notification id it has already handled (an outbox re-send repeats one).
 //
