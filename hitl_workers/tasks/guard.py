@@ -7,13 +7,15 @@ and json recurse once per level of nesting, so a payload nested a few hundred le
 process*, outside any task: Celery treats it as unrecoverable and the whole worker exits. With
 ``task_acks_late`` the message then goes back to the queue and kills the next worker too.
 
-:class:`GuardedTask` checks each message first, in the main process, before Celery builds the
-request: a body that cannot be decoded (bad JSON, too deep for the decoder, a content type we
-never accept such as pickle), is not Celery's ``[args, kwargs, embed]`` (Celery unpacks it in
-the main process too) or nests deeper than :data:`MAX_MESSAGE_DEPTH` is kept as a dead letter,
-with why, and dropped. Everything shallower reaches the task, whose validation
-refuses what the contract does not allow (``MAX_JSON_DEPTH`` levels for a request) with an
-answer that names the field.
+:func:`refusal` says whether a message may go on: an unreadable Redis envelope
+(:mod:`hitl_workers.tasks.envelope`), no string ``task``/``id`` header, no content type, a body
+that cannot be decoded (bad JSON, too deep for the decoder, a content type we never accept such
+as pickle), that is not Celery's ``[args, kwargs, embed]`` (Celery unpacks it in the main
+process too) or that nests deeper than :data:`MAX_MESSAGE_DEPTH` is refused, kept as a dead
+letter with why, and dropped. :class:`hitl_workers.tasks.consumer.GuardedConsumer` applies it to
+every message the worker receives, whatever its task name. Everything shallower reaches the
+task, whose validation refuses what the contract does not allow (``MAX_JSON_DEPTH`` levels for
+a request) with an answer that names the field.
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ MAX_MESSAGE_DEPTH = 200
 """Deeper messages are refused before anything recurses over them. Far above a valid request
 (the domain refuses more than 100 levels, with the field's path), far below where pickle fails
 in the main process (about 450 levels)."""
+TOO_DEEP = (f"the message nests lists and objects more than {MAX_MESSAGE_DEPTH} levels deep; "
+            f"it was refused before decoding it further could crash the worker")
 DEAD_LETTER_CHARS = 64 * 1024
 
 
@@ -58,8 +62,29 @@ def nesting_depth(value: Any, limit: int) -> int:
     return deepest
 
 
-def refusal(message: Any, body: Any) -> str | None:
-    """Why the worker must not process ``message``, or None when it may."""
+def refusal(message: Any, body: Any = None) -> str | None:
+    """Why the worker must not process ``message``, or None when it may. Never raises.
+
+    ``body`` is the already decoded body (Celery passes one for protocol-1 messages only)."""
+    try:
+        return _refusal(message, body)
+    except Exception as exc:  # a message odd enough to break the checks is refused too
+        return f"the message could not be checked: {exc!r}"[:2000]
+
+
+def _refusal(message: Any, body: Any) -> str | None:
+    problem = getattr(message, "envelope_problem", None)
+    if problem:
+        return str(problem)
+    headers = message.headers
+    if not isinstance(headers, dict) or not isinstance(headers.get("task"), str):
+        return ("the message has no task header (a string): only Celery message protocol 2 is "
+                "accepted, with the task name in headers.task")
+    if not isinstance(headers.get("id"), str):
+        return "the message has no id header (a string): the task id is required"
+    if not message.content_type:
+        return ("the message has no content-type; send content-type application/json and "
+                "content-encoding utf-8")
     try:
         # Decoding caches the result on the message: Celery's own handler reuses it.
         payload = body if body is not None else message.payload
@@ -69,9 +94,8 @@ def refusal(message: Any, body: Any) -> str | None:
         # Celery unpacks it in the main process as (args, kwargs, embed): anything else raises
         # there (ValueError, TypeError) and, again, stops the whole worker.
         return "the message body is not a Celery protocol-2 [args, kwargs, embed] list"
-    if nesting_depth((message.headers, payload), MAX_MESSAGE_DEPTH) > MAX_MESSAGE_DEPTH:
-        return (f"the message nests lists and objects more than {MAX_MESSAGE_DEPTH} levels "
-                f"deep; it was refused before decoding it further could crash the worker")
+    if nesting_depth((headers, payload), MAX_MESSAGE_DEPTH) > MAX_MESSAGE_DEPTH:
+        return TOO_DEEP
     return None
 
 
@@ -99,10 +123,16 @@ def keep_dead_letter(message: Any, reason: str) -> None:
 
 
 class GuardedTask(Task):  # type: ignore[misc]
-    """A task whose messages pass :func:`refusal` in the worker's main process first."""
+    """A task whose messages pass :func:`refusal` in the worker's main process first.
+
+    The worker's :class:`~hitl_workers.tasks.consumer.GuardedConsumer` (``worker_consumer`` in
+    celeryconfig) already checks every message, whatever its task; this strategy checks only
+    when the task runs under some other consumer, so a message is never checked twice."""
 
     def start_strategy(self, app: Any, consumer: Any, **kwargs: Any) -> Callable[..., Any]:
         handler = super().start_strategy(app, consumer, **kwargs)
+        if getattr(consumer, "guards_every_message", False):
+            return handler
 
         def guarded(message: Any, body: Any, ack: Any, reject: Any, callbacks: Any,
                     **rest: Any) -> Any:
