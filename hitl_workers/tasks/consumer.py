@@ -57,7 +57,19 @@ class GuardedConsumer(Consumer):  # type: ignore[misc]
                 # misspelt task name is found where operators look for lost messages.
                 keep_dead_letter(message, f"no task named {task!r} is registered in this "
                                           f"worker")
-            return handle(message)
+            try:
+                return handle(message)
+            except self.connection_errors + self.channel_errors:
+                raise  # the connection is gone: Celery reconnects, the broker redelivers
+            except Exception as exc:
+                # The last resort for a message the checks above let through and Celery still
+                # cannot take: raised here, it would stop the whole worker ("Unrecoverable
+                # error") and come back to stop the next one.
+                if message.acknowledged:
+                    log.exception("message %r failed after it was taken", _task_id(message))
+                    return None
+                return self.refuse(message, f"the worker could not take the message: {exc!r}"
+                                   [:2000])
 
         return on_task_received
 
@@ -71,3 +83,7 @@ class GuardedConsumer(Consumer):  # type: ignore[misc]
             answer_refused_request(message)
         message.ack_log_error(log, self.connection_errors)
         signals.task_rejected.send(sender=self, message=message, exc=None)
+
+
+def _task_id(message: Any) -> Any:
+    return message.headers.get("id") if isinstance(message.headers, dict) else None

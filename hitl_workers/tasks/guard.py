@@ -21,7 +21,10 @@ a request) with an answer that names the field.
 from __future__ import annotations
 
 import logging
+import math
+import reprlib
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
 from celery import Task
@@ -82,6 +85,9 @@ def _refusal(message: Any, body: Any) -> str | None:
                 "accepted, with the task name in headers.task")
     if not isinstance(headers.get("id"), str):
         return "the message has no id header (a string): the task id is required"
+    problem = header_problem(headers)
+    if problem is not None:
+        return problem
     if not message.content_type:
         return ("the message has no content-type; send content-type application/json and "
                 "content-encoding utf-8")
@@ -97,6 +103,56 @@ def _refusal(message: Any, body: Any) -> str | None:
     if nesting_depth((headers, payload), MAX_MESSAGE_DEPTH) > MAX_MESSAGE_DEPTH:
         return TOO_DEEP
     return None
+
+
+_TEXT_OR_NULL = ("root_id", "parent_id", "group", "shadow", "origin", "lang", "argsrepr",
+                 "kwargsrepr", "reply_to", "correlation_id")
+_WHOLE_NUMBER_OR_NULL = ("retries", "group_index", "replaced_task_nesting")
+
+
+def header_problem(headers: dict[str, Any]) -> str | None:
+    """What is wrong with a header Celery reads in the worker's main process (where a value of
+    the wrong type raises outside any task and stops the worker), or None."""
+    for name in ("eta", "expires"):
+        value = headers.get(name)
+        if value is not None and not _iso_datetime(value):
+            return (f"the message's {name} header {_shown(value)} is not an ISO 8601 date and "
+                    f"time (2026-01-31T12:00:00+00:00) or null")
+    for name in _TEXT_OR_NULL:
+        value = headers.get(name)
+        if value is not None and not isinstance(value, str):
+            return f"the message's {name} header {_shown(value)} is not a string or null"
+    for name in _WHOLE_NUMBER_OR_NULL:
+        value = headers.get(name)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
+            return f"the message's {name} header {_shown(value)} is not a whole number or null"
+    limits = headers.get("timelimit")
+    if limits is not None and not (
+            isinstance(limits, list | tuple) and len(limits) == 2
+            and all(v is None or (isinstance(v, int | float) and not isinstance(v, bool)
+                                  and math.isfinite(v) and v >= 0) for v in limits)):
+        return (f"the message's timelimit header {_shown(limits)} is not [soft, hard] (seconds "
+                f"or null)")
+    for name, kind, what in (("stamps", dict, "an object"), ("stamped_headers", list, "a list"),
+                             ("ignore_result", bool, "true or false")):
+        value = headers.get(name)
+        if value is not None and not isinstance(value, kind):
+            return f"the message's {name} header {_shown(value)} is not {what} or null"
+    return None
+
+
+def _iso_datetime(value: Any) -> bool:
+    if not isinstance(value, str):
+        return False
+    try:
+        datetime.fromisoformat(value)
+    except ValueError:
+        return False
+    return True
+
+
+def _shown(value: Any) -> str:
+    return reprlib.repr(value)
 
 
 def _protocol2_shape(payload: Any) -> bool:

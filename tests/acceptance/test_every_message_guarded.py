@@ -195,3 +195,35 @@ def test_the_documented_redis_envelope_works_verbatim(system, still_serves):
     assert exit_message["exit"] == "not_claimed"  # nobody carries the example's tag
     assert execution(execution_id).state == "exited"
     still_serves()
+
+
+# --- odd headers ------------------------------------------------------------------------------
+
+ODD_HEADERS = [
+    {"eta": "not a date"}, {"expires": "tomorrow-ish"}, {"eta": 12}, {"expires": []},
+    {"timelimit": "x"}, {"timelimit": [1]}, {"timelimit": ["a", "b"]}, {"retries": "many"},
+    {"id": 42}, {"task": ["hitl.fire_timer"]}, {"root_id": {"a": 1}}, {"group_index": "x"},
+    {"stamps": "x"}, {"stamped_headers": 5}, {"shadow": 7}, {"parent_id": [1]},
+]
+
+
+@pytest.mark.parametrize("headers", ODD_HEADERS, ids=lambda h: "-".join(h))
+def test_odd_headers_are_refused_and_kept_and_do_not_kill_the_worker(system, still_serves,
+                                                                      headers):
+    task_id = publish_raw(os.environ["HITL_BROKER_URL"], "hitl.timers",
+                          protocol2_body('{"execution_id": "e", "kind": "timeout"}'),
+                          task="hitl.fire_timer", extra_headers=headers)
+    (name,) = headers
+    if name == "id":
+        task_id = str(headers["id"])
+    (letter,) = eventually(lambda: dead_letters_for(task_id), timeout=10)
+    assert f"{name} header" in letter.reason
+    still_serves()
+
+
+def test_an_unknown_task_name_is_kept_as_a_dead_letter(system, still_serves):
+    task_id = publish_raw(os.environ["HITL_BROKER_URL"], "hitl.requests",
+                          protocol2_body('{"execution_id": "e"}'), task="hitl.request_asistance")
+    (letter,) = eventually(lambda: dead_letters_for(task_id), timeout=10)
+    assert "hitl.request_asistance" in letter.reason and "registered" in letter.reason
+    still_serves()
