@@ -26,6 +26,8 @@ from typing import Any
 
 from kombu.transport import virtual
 
+from hitl_workers.tasks.guard import keep_raw_dead_letter
+
 ENVELOPE_HELP = "see docs/contract.md, 'Writing a message without Celery: the Redis envelope'"
 
 
@@ -58,7 +60,35 @@ def guard_channel(channel: Any) -> None:
     # kombu builds each message with channel.Message(entry, channel=...) and also uses it in
     # isinstance(): it must stay a class, so the guard is a subclass of the transport's own.
     channel.Message = _guarded(channel.Message)
+    read = channel.handlers.get("BRPOP") if isinstance(channel.handlers, dict) else None
+    if read is not None:
+        channel.handlers["BRPOP"] = _reading_any_entry(read)
     channel._hitl_guarded = True
+
+
+NOT_JSON = (f"the Redis entry is not JSON: a message is a JSON object with body, content-type, "
+            f"headers and properties ({ENVELOPE_HELP})")
+
+
+def _reading_any_entry(read: Any) -> Any:
+    """``read`` (the Redis channel's BRPOP reader), keeping entries that are not JSON.
+
+    The reader pops the entry and parses it as JSON before kombu sees a message: text that is
+    not JSON raised there, in the event loop, and stopped the worker ("Unrecoverable error").
+    The entry is already off the list; the exception still holds its text, so it is kept."""
+    def read_any(**options: Any) -> Any:
+        try:
+            return read(**options)
+        except json.JSONDecodeError as exc:
+            keep_raw_dead_letter(exc.doc, NOT_JSON)
+        except UnicodeDecodeError as exc:
+            keep_raw_dead_letter(exc.object, f"the Redis entry is not UTF-8 text; {NOT_JSON}")
+        except RecursionError:
+            keep_raw_dead_letter("(not kept: too deep to read)",
+                                 f"the Redis entry nests too deeply to be read; {NOT_JSON}")
+        return True  # an entry was read (and refused): the poller issues the next BRPOP
+
+    return read_any
 
 
 @functools.cache

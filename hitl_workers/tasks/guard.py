@@ -165,16 +165,26 @@ def keep_dead_letter(message: Any, reason: str) -> None:
     """Record the refused message for an operator. Never raises: the consumer must go on."""
     headers = message.headers if isinstance(message.headers, dict) else {}
     try:
-        raw = message.body
+        body = message.body
+    except Exception:  # pragma: no cover - kombu keeps the body as it arrived
+        body = "(unreadable)"
+    keep_raw_dead_letter(body, reason, task_name=headers.get("task"),
+                         task_id=headers.get("id"))
+
+
+def keep_raw_dead_letter(raw: Any, reason: str, *, task_name: Any = None, task_id: Any = None
+                         ) -> None:
+    """Record ``raw`` (bytes or text as it arrived) with why. Never raises."""
+    try:
         text = raw.decode("utf-8", "replace") if isinstance(raw, bytes | bytearray) \
             else str(raw).encode("utf-8", "backslashreplace").decode("utf-8")
         text = text.replace("\x00", "\\x00")  # PostgreSQL text cannot hold NUL
         with transaction() as conn:
-            repo.add_dead_letter(conn, task_name=str(headers.get("task"))[:200],
-                                 task_id=str(headers.get("id"))[:200],
+            repo.add_dead_letter(conn, task_name=str(task_name)[:200],
+                                 task_id=str(task_id)[:200],
                                  payload=text[:DEAD_LETTER_CHARS], reason=reason, now=utcnow())
     except Exception as exc:  # the database is down: the log line below is all we can keep
-        log.error("refused message %r not recorded as a dead letter: %r", headers.get("id"),
+        log.error("refused message %r not recorded as a dead letter (%s): %r", task_id, reason,
                   exc)
 
 

@@ -227,3 +227,14 @@ def test_an_unknown_task_name_is_kept_as_a_dead_letter(system, still_serves):
     (letter,) = eventually(lambda: dead_letters_for(task_id), timeout=10)
     assert "hitl.request_asistance" in letter.reason and "registered" in letter.reason
     still_serves()
+
+
+@pytest.mark.parametrize("raw", [f"this is not {{json {uuid.uuid4()}", b"\xff\xfe not utf-8"])
+def test_a_redis_entry_that_is_not_json_is_kept_and_does_not_kill_the_worker(system,
+                                                                             still_serves, raw):
+    # It used to stop the worker: kombu parses the entry in the event loop, outside any task
+    _broker().lpush("hitl.requests", raw)
+    shown = raw if isinstance(raw, str) else "not utf-8"
+    letter = eventually(lambda: _dead_letter_with_payload(shown), timeout=10)
+    assert letter is not None and "not JSON" in letter.reason
+    still_serves()
