@@ -43,6 +43,9 @@ def envelope_problem(entry: Any) -> str | None:
     if not isinstance(properties.get("delivery_tag"), str) or not properties["delivery_tag"]:
         return (f"the Redis envelope has no properties.delivery_tag; a producer must give each "
                 f"message a unique one, a UUID say ({ENVELOPE_HELP})")
+    if entry.get("headers") is not None and not isinstance(entry["headers"], dict):
+        return (f"the Redis envelope's headers is not an object; it carries task and id "
+                f"({ENVELOPE_HELP})")
     info = properties.get("delivery_info")
     if not (isinstance(info, dict) and isinstance(info.get("exchange"), str)
             and isinstance(info.get("routing_key"), str)):
@@ -60,9 +63,10 @@ def guard_channel(channel: Any) -> None:
     # kombu builds each message with channel.Message(entry, channel=...) and also uses it in
     # isinstance(): it must stay a class, so the guard is a subclass of the transport's own.
     channel.Message = _guarded(channel.Message)
-    read = channel.handlers.get("BRPOP") if isinstance(channel.handlers, dict) else None
+    handlers = getattr(channel, "handlers", None)  # the Redis channel's readers, by command
+    read = handlers.get("BRPOP") if isinstance(handlers, dict) else None
     if read is not None:
-        channel.handlers["BRPOP"] = _reading_any_entry(read)
+        handlers["BRPOP"] = _reading_any_entry(read)
     channel._hitl_guarded = True
 
 
@@ -105,7 +109,10 @@ def _guarded(base: type) -> type:
                     return
                 except Exception as exc:  # a body that is not valid base64, say
                     problem = f"the Redis envelope cannot be read: {exc!r}"[:2000]
-            super().__init__(_stand_in(entry), channel=channel, **kwargs)
+            try:
+                super().__init__(_stand_in(entry), channel=channel, **kwargs)
+            except Exception:  # never expected; a worker must not stop on it all the same
+                super().__init__(_stand_in(None), channel=channel, **kwargs)
             self.envelope_problem = problem
 
     GuardedMessage.__qualname__ = GuardedMessage.__name__ = f"Guarded{base.__name__}"

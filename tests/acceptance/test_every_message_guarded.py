@@ -140,6 +140,7 @@ def _raw_envelope(task: str, kwargs: dict, task_id: str) -> dict:
     ("delivery_tag", "delivery_tag"),
     ("properties", "properties"),
     ("content-type", "content-type"),
+    ("headers", "headers"),
 ])
 def test_a_raw_envelope_missing_a_required_field_is_refused_with_that_reason(
         system, flow, team, still_serves, missing, reason):
@@ -147,13 +148,18 @@ def test_a_raw_envelope_missing_a_required_field_is_refused_with_that_reason(
     envelope = _raw_envelope("hitl.request_assistance", request(team, flow.reply_to), task_id)
     if missing == "delivery_tag":
         del envelope["properties"]["delivery_tag"]
+    elif missing == "headers":  # not missing: not an object (kombu's Message raised on it)
+        envelope["headers"] = f"task={envelope['headers']['task']}"
     else:
         envelope.pop(missing)
     _broker().lpush("hitl.requests", json.dumps(envelope))
-    (letter,) = eventually(lambda: dead_letters_for(task_id), timeout=10)
+    if missing == "headers":  # no task id to file it under: the entry is kept as it was
+        letter = eventually(lambda: _dead_letter_with_payload(task_id), timeout=10)
+    else:
+        (letter,) = eventually(lambda: dead_letters_for(task_id), timeout=10)
+        assert letter.task_name == "hitl.request_assistance"
     assert reason in letter.reason
     assert "protocol-2" not in letter.reason
-    assert letter.task_name == "hitl.request_assistance"
     still_serves()
 
 
