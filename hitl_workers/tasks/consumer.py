@@ -26,6 +26,8 @@ from collections.abc import Callable
 from typing import Any
 
 from celery import signals
+from celery.exceptions import InvalidTaskError
+from celery.utils.objects import Bunch
 from celery.worker.consumer import Consumer
 from vine import promise
 
@@ -81,8 +83,29 @@ class GuardedConsumer(Consumer):  # type: ignore[misc]
         keep_dead_letter(message, reason)
         if reason == TOO_DEEP:
             answer_refused_request(message)
+        self.store_refusal(message, reason)
         message.ack_log_error(log, self.connection_errors)
         signals.task_rejected.send(sender=self, message=message, exc=None)
+
+    def store_refusal(self, message: Any, reason: str) -> None:
+        """Store the refusal as the task's result (``InvalidTaskError`` with the reason), as
+        Celery does for an unknown task: a caller waiting on the result learns why at once
+        instead of waiting for ever. Never raises."""
+        headers = message.headers if isinstance(message.headers, dict) else {}
+        task_id = headers.get("id")
+        if not isinstance(task_id, str):
+            return  # nothing a caller could be waiting on
+        root_id = headers.get("root_id")
+        properties = message.properties if isinstance(message.properties, dict) else {}
+        request = Bunch(name=str(headers.get("task")), chord=None, errbacks=None,
+                        root_id=root_id if isinstance(root_id, str) else None,
+                        correlation_id=properties.get("correlation_id"),
+                        reply_to=properties.get("reply_to"))
+        try:
+            self.app.backend.mark_as_failure(task_id, InvalidTaskError(reason),
+                                             request=request)
+        except Exception as exc:  # the result backend is down: the dead letter is kept
+            log.warning("refusal of %r not stored as its result: %r", task_id, exc)
 
 
 def _task_id(message: Any) -> Any:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import redis
+from celery.exceptions import InvalidTaskError
 
 from tests.acceptance.steps import (
     dead_letters_for,
@@ -85,6 +86,9 @@ def test_a_deeply_nested_message_to_an_unknown_task_is_refused_and_kept(system, 
     (letter,) = eventually(lambda: dead_letters_for(task_id), timeout=10)
     assert letter.task_name == "hitl.nobody_registered_this"
     assert "levels" in letter.reason
+    # a caller waiting on the result learns why at once
+    with pytest.raises(InvalidTaskError, match="levels"):
+        system.app.AsyncResult(task_id).get(timeout=10)
     still_serves()
 
 
