@@ -32,7 +32,7 @@ from celery.worker.consumer import Consumer
 from vine import promise
 
 from hitl_workers.tasks.envelope import guard_channel
-from hitl_workers.tasks.guard import TOO_DEEP, keep_dead_letter, refusal
+from hitl_workers.tasks.guard import TOO_DEEP, UNDECODABLE, keep_dead_letter, refusal
 from hitl_workers.tasks.refused_request import answer_refused_request
 
 log = logging.getLogger(__name__)
@@ -81,8 +81,8 @@ class GuardedConsumer(Consumer):  # type: ignore[misc]
         log.error("refused message %r for task %r: %s", headers.get("id"), headers.get("task"),
                   reason)
         keep_dead_letter(message, reason)
-        if reason == TOO_DEEP:
-            answer_refused_request(message)
+        if reason == TOO_DEEP or reason.startswith(UNDECODABLE):
+            answer_refused_request(message)  # a request whose ids are readable gets its exit
         self.store_refusal(message, reason)
         message.ack_log_error(log, self.connection_errors)
         signals.task_rejected.send(sender=self, message=message, exc=None)

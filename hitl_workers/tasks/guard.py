@@ -42,6 +42,7 @@ MAX_MESSAGE_DEPTH = 200
 in the main process (about 450 levels)."""
 TOO_DEEP = (f"the message nests lists and objects more than {MAX_MESSAGE_DEPTH} levels deep; "
             f"it was refused before decoding it further could crash the worker")
+UNDECODABLE = "the message body cannot be decoded"
 DEAD_LETTER_CHARS = 64 * 1024
 
 
@@ -95,7 +96,7 @@ def _refusal(message: Any, body: Any) -> str | None:
         # Decoding caches the result on the message: Celery's own handler reuses it.
         payload = body if body is not None else message.payload
     except Exception as exc:  # DecodeError, ContentDisallowed, RecursionError wrapped by kombu
-        return f"the message body cannot be decoded: {exc!r}"[:2000]
+        return f"{UNDECODABLE}: {exc!r}"[:2000]
     if body is None and not _protocol2_shape(payload):
         # Celery unpacks it in the main process as (args, kwargs, embed): anything else raises
         # there (ValueError, TypeError) and, again, stops the whole worker.

@@ -10,7 +10,9 @@ that holds the deep part (docs/contract.md, "Invalid requests").
 
 from __future__ import annotations
 
+import json
 import logging
+import re
 from typing import Any
 
 from hitl_workers.clock import utcnow
@@ -35,7 +37,8 @@ the free-form contact (the contract names fields, not places inside them)."""
 
 def answer_refused_request(message: Any) -> None:
     """Record a failed execution and its ``error`` exit for ``message``, a request refused for
-    nesting too deep, when its top level allows. Never raises: the consumer must go on."""
+    nesting too deep (to hand to the pool, or even to decode), when its top level allows.
+    Never raises: the consumer must go on."""
     try:
         kwargs = _kwargs(message)
         if kwargs is None:
@@ -74,9 +77,50 @@ def _kwargs(message: Any) -> dict[str, Any] | None:
     headers = message.headers
     if not isinstance(headers, dict) or headers.get("task") != TASK:
         return None
-    payload = message.payload  # decoded (and cached) by the guard already
+    try:
+        payload = message.payload  # decoded (and cached) by the guard already
+    except Exception:  # too deep for the JSON decoder itself: read it with the depth cut
+        if message.content_type != "application/json":
+            return None  # never anything but JSON (pickle stays unread)
+        try:
+            payload = shallow_loads(message.body, KEEP_DEPTH)
+        except ValueError:
+            return None  # not JSON at all: nothing to read
     kwargs = payload[1] if isinstance(payload, list | tuple) and len(payload) == 3 else None
     return kwargs if isinstance(kwargs, dict) else None
+
+
+KEEP_DEPTH = MAX_MESSAGE_DEPTH + 10
+"""A body too deep to decode is read with what nests deeper than this cut off: still deeper
+than the guard's limit, so :func:`deep_field` finds the field, and shallow enough for the JSON
+decoder."""
+
+_TOKENS = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}]')
+"""A JSON string (skipped whole, so brackets inside it do not count), or a bracket."""
+
+
+def shallow_loads(body: bytes | str, keep_depth: int) -> Any:
+    """``body`` (JSON) decoded with every list or object nested deeper than ``keep_depth``
+    replaced by ``null``. One pass of a regular expression, no recursion, so any depth is safe.
+    Raises ``ValueError`` when ``body`` is not JSON."""
+    text = body.decode("utf-8") if isinstance(body, bytes | bytearray) else body
+    kept: list[str] = []
+    last, depth, cut_at = 0, 0, -1
+    for token in _TOKENS.finditer(text):
+        bracket = token.group()
+        if bracket[0] == '"':
+            continue
+        if bracket in "[{":
+            depth += 1
+            if depth == keep_depth + 1:
+                cut_at = token.start()
+        else:
+            if depth == keep_depth + 1 and cut_at >= 0:
+                kept += [text[last:cut_at], "null"]
+                last, cut_at = token.end(), -1
+            depth -= 1
+    kept.append(text[last:])
+    return json.loads("".join(kept))
 
 
 def deep_field(kwargs: dict[str, Any]) -> str | None:

@@ -29,7 +29,7 @@ from hitl_workers.domain.validation import (
 from hitl_workers.services import agent_events, agents
 from hitl_workers.tasks.envelope import envelope_problem, guard_channel
 from hitl_workers.tasks.guard import refusal
-from hitl_workers.tasks.refused_request import deep_field
+from hitl_workers.tasks.refused_request import deep_field, shallow_loads
 
 settings.register_profile("short", max_examples=60, deadline=None,
                           suppress_health_check=[HealthCheck.too_slow])
@@ -188,3 +188,29 @@ def test_the_guard_says_why_or_lets_through_and_never_raises(body, message_heade
     if reason is None:  # what passes is what Celery can unpack in the main process
         args, kwargs, _embed = message.payload
         assert isinstance(args, list) and isinstance(kwargs, dict)
+
+
+def cut(value: Any, keep_depth: int, depth: int = 0) -> Any:
+    """The reference: ``value`` with lists and objects deeper than ``keep_depth`` as None."""
+    if isinstance(value, list | dict):
+        if depth + 1 > keep_depth:
+            return None
+        if isinstance(value, list):
+            return [cut(v, keep_depth, depth + 1) for v in value]
+        return {k: cut(v, keep_depth, depth + 1) for k, v in value.items()}
+    return value
+
+
+plain_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | any_text,
+    lambda children: st.lists(children, max_size=3)
+    | st.dictionaries(any_text, children, max_size=3),
+    max_leaves=20)
+
+
+@given(plain_json, st.integers(min_value=0, max_value=6), st.booleans())
+def test_reading_a_too_deep_body_with_the_depth_cut_matches_the_reference(value, keep, ascii_):
+    text = json.dumps(value, ensure_ascii=ascii_)
+    assert shallow_loads(text, keep) == cut(value, keep)
+    if ascii_:  # as bytes off the wire too
+        assert shallow_loads(text.encode(), keep) == cut(value, keep)
