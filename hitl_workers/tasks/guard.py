@@ -24,11 +24,11 @@ import logging
 import math
 import reprlib
 from collections.abc import Callable
-from datetime import datetime
 from typing import Any
 
 from celery import Task
 from celery.exceptions import InvalidTaskError
+from celery.utils.time import maybe_iso8601
 
 from hitl_workers.clock import utcnow
 from hitl_workers.store import repo
@@ -143,11 +143,12 @@ def header_problem(headers: dict[str, Any]) -> str | None:
 
 
 def _iso_datetime(value: Any) -> bool:
+    """Text Celery's own parser reads as a date and time (or as none: the empty string)."""
     if not isinstance(value, str):
-        return False
+        return False  # [] or 0 would pass the parser as "no date", then fail in the Request
     try:
-        datetime.fromisoformat(value)
-    except ValueError:
+        maybe_iso8601(value)
+    except (ValueError, OverflowError):
         return False
     return True
 
