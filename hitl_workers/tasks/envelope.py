@@ -60,14 +60,14 @@ def guard_channel(channel: Any) -> None:
     Idempotent; a no-op for channels whose broker writes the envelope itself (RabbitMQ)."""
     if not isinstance(channel, virtual.Channel) or getattr(channel, "_hitl_guarded", False):
         return
+    target: Any = channel
     # kombu builds each message with channel.Message(entry, channel=...) and also uses it in
     # isinstance(): it must stay a class, so the guard is a subclass of the transport's own.
-    channel.Message = _guarded(channel.Message)
-    handlers = getattr(channel, "handlers", None)  # the Redis channel's readers, by command
-    read = handlers.get("BRPOP") if isinstance(handlers, dict) else None
-    if read is not None:
-        handlers["BRPOP"] = _reading_any_entry(read)
-    channel._hitl_guarded = True
+    target.Message = _guarded(target.Message)
+    handlers = getattr(target, "handlers", None)  # the Redis channel's readers, by command
+    if isinstance(handlers, dict) and handlers.get("BRPOP") is not None:
+        handlers["BRPOP"] = _reading_any_entry(handlers["BRPOP"])
+    target._hitl_guarded = True
 
 
 NOT_JSON = (f"the Redis entry is not JSON: a message is a JSON object with body, content-type, "
@@ -97,7 +97,7 @@ def _reading_any_entry(read: Any) -> Any:
 
 @functools.cache
 def _guarded(base: type) -> type:
-    class GuardedMessage(base):  # type: ignore[misc,valid-type]
+    class GuardedMessage(base):  # type: ignore[misc]
         envelope_problem: str | None = None
         """Why the entry could not be read; the consumer's guard refuses the message for it."""
 
@@ -121,11 +121,9 @@ def _guarded(base: type) -> type:
 
 def _stand_in(entry: Any) -> dict[str, Any]:
     """An envelope kombu can track and ack, carrying ``entry`` as pushed as its body."""
-    original = entry if isinstance(entry, dict) else {}
-    properties = original.get("properties") if isinstance(original.get("properties"), dict) \
-        else {}
-    info = properties.get("delivery_info") if isinstance(properties.get("delivery_info"), dict) \
-        else {}
+    original: dict[str, Any] = entry if isinstance(entry, dict) else {}
+    properties = _object(original.get("properties"))
+    info = _object(properties.get("delivery_info"))
     headers = original.get("headers")
     return {
         "body": _as_text(entry),  # as pushed, for the dead letter
@@ -141,6 +139,10 @@ def _stand_in(entry: Any) -> dict[str, Any]:
                               "routing_key": str(info.get("routing_key") or "")},
         },
     }
+
+
+def _object(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
 
 
 def _as_text(entry: Any) -> str:

@@ -198,7 +198,7 @@ class GuardedTask(Task):  # type: ignore[misc]
     when the task runs under some other consumer, so a message is never checked twice."""
 
     def start_strategy(self, app: Any, consumer: Any, **kwargs: Any) -> Callable[..., Any]:
-        handler = super().start_strategy(app, consumer, **kwargs)
+        handler: Callable[..., Any] = super().start_strategy(app, consumer, **kwargs)
         if getattr(consumer, "guards_every_message", False):
             return handler
 
