@@ -40,6 +40,11 @@ worker_prefetch_multiplier = 1
 worker_soft_shutdown_timeout = 10.0
 worker_enable_soft_shutdown_on_idle = True
 
+# Every message passes the guard in the worker's main process before Celery looks at its task
+# name: too deep, undecodable or malformed messages are kept as dead letters and dropped
+# instead of crashing the worker (hitl_workers/tasks/consumer.py says why a consumer).
+worker_consumer = "hitl_workers.tasks.consumer:GuardedConsumer"
+
 # Flower: task events on. No "task-sent" events: they would double the messages of every
 # publish (each timer wake-up and exit message too); Flower shows a task from its receipt on,
 # and queue lengths come from the broker.

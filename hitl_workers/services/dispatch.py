@@ -237,3 +237,15 @@ def _dispatch(conn: Connection, request: AssistanceRequest, now: datetime,
             "display_until": display_until.isoformat() if display_until else None}),
         notified])
     return result(execution_id, "waiting", None, False), effects
+
+
+def record_refused(conn: Connection, top_level: dict[str, Any], fields: list[str], message: str,
+                   *, task_id: str | None, now: datetime, defaults: Defaults
+                   ) -> tuple[dict[str, Any], Effects]:
+    """Record a request the worker refused before its task ran (too deep to process), from the
+    readable top level of its kwargs: a failed execution with one ``error`` exit
+    (``invalid_request``, ``message``, ``fields``) when ``top_level`` holds a usable
+    ``execution_id``, else a dead letter. A redelivered copy finds the execution and answers
+    ``duplicate``: never a second exit."""
+    return _record_invalid(conn, top_level, message, fields, now, defaults, Invalid(()),
+                           task_id=task_id)
