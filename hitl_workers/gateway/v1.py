@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from functools import partial
 from typing import Annotated, Any, get_args
 
 from fastapi import APIRouter, Body, FastAPI, Path, Request
@@ -148,7 +149,8 @@ async def start(
         return _start_result(answer)
     # The execution_id existed. Two senders racing with one id both land here or at 201:
     # the worker's primary key let exactly one create it, and the stored digest says which.
-    stored = await _read(execution_status.get_status, answer["execution_id"], False)
+    stored = await _read(partial(execution_status.get_status, with_offers=False),
+                         answer["execution_id"])
     status = _judge_repeat(checked, answer, stored)
     if status == 422:
         assert isinstance(checked, Invalid)
