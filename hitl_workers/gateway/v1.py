@@ -16,6 +16,7 @@ from typing import Annotated, Any, get_args
 
 from fastapi import APIRouter, Body, FastAPI, Path, Request
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import OperationalError
 
 from hitl_workers.domain.digest import request_digest
 from hitl_workers.domain.request import ID_PATTERN, AssistanceRequest
@@ -48,26 +49,34 @@ def _error(description: str, model: Any = ErrorBody) -> dict[str, Any]:
     return {"model": model, "description": description}
 
 
-COMMON: dict[int | str, dict[str, Any]] = {
+AUTH_ERRORS: dict[int | str, dict[str, Any]] = {
     401: _error("No valid service token (`Authorization: Bearer <service token>`)."),
     403: _error("An agent token: these routes need a service token."),
-    422: _error("Malformed body: unknown fields, wrong types, invalid JSON, or an id that is "
-                "not an id.", ValidationErrorBody),
+    422: _error("Malformed request: unknown fields, wrong types, invalid JSON, or an id that "
+                "is not an id.", ValidationErrorBody),
+}
+TASK_ERRORS: dict[int | str, dict[str, Any]] = {
     502: _error("The worker failed to answer (see the worker's log)."),
     503: _error("The broker is unavailable: nothing was sent."),
     504: _error("No worker answered in time; the task may still run. Repeating the same "
                 "request is safe."),
 }
+READ_ERRORS: dict[int | str, dict[str, Any]] = {
+    503: _error("The database is unavailable."),
+}
 
-router = APIRouter(prefix="/v1", responses=COMMON)
+router = APIRouter(prefix="/v1", responses=AUTH_ERRORS)
 
 
 async def _read(work: Callable[..., Any], *args: Any) -> Any:
-    """A short read-only transaction, off the event loop."""
+    """A short read-only transaction, off the event loop; 503 when the database is down."""
     def run() -> Any:
         with read_only() as conn:
             return work(conn, *args)
-    return await asyncio.to_thread(run)
+    try:
+        return await asyncio.to_thread(run)
+    except OperationalError as exc:
+        raise Refused(503, "the database is unavailable; try again") from exc
 
 
 # --- executions -------------------------------------------------------------------------------
@@ -132,7 +141,7 @@ def _judge_repeat(checked: AssistanceRequest | Invalid, answer: dict[str, Any],
                 "with a different body; 422: the request failed validation and is recorded "
                 "`failed`. The exit comes to `reply_to` (or poll `GET /v1/executions/{id}`).",
     responses={201: {"description": "A new execution: the §1 task result."},
-               **START_RESPONSES},
+               **START_RESPONSES, **TASK_ERRORS},
 )
 async def start(
     request: Request,
@@ -162,7 +171,7 @@ async def start(
 
 @router.get("/executions/{execution_id}", response_model=ExecutionView,
             tags=["flow engines"], summary="An execution as it stands: state, exit, offers",
-            responses={404: _error("No such execution.")})
+            responses={404: _error("No such execution."), **READ_ERRORS})
 async def status(execution_id: ExecutionId, _service: CurrentService) -> Any:
     found = await _read(execution_status.get_status, execution_id)
     if found is None:
@@ -182,7 +191,7 @@ CANCEL_STATUS = {"cancelled": 200, "already_resolved": 409, "not_found": 404, "i
     summary="Cancel: the flow engine gives up (hitl.cancel, §4); no exit is sent",
     responses={409: _error("`already_resolved`: the step had already ended; `state` and "
                            "`exit` say how.", CancelRefused),
-               404: _error("`not_found`: no such execution.", CancelRefused)},
+               404: _error("`not_found`: no such execution.", CancelRefused), **TASK_ERRORS},
 )
 async def cancel(
     request: Request, execution_id: ExecutionId, _service: CurrentService,
@@ -221,7 +230,8 @@ def _directory_answer(agent_id: str, answer: dict[str, Any]) -> dict[str, Any]:
 
 
 @router.put("/agents/{agent_id}", response_model=AgentAnswer, tags=["agent directory"],
-            summary="Create or update an agent (hitl.upsert_agent, §5)")
+            summary="Create or update an agent (hitl.upsert_agent, §5)",
+            responses=TASK_ERRORS)
 async def upsert_agent(request: Request, agent_id: AgentId, _service: CurrentService,
                        agent: AgentIn) -> Any:
     if agent.agent_id is not None and agent.agent_id != agent_id:
@@ -235,7 +245,7 @@ async def upsert_agent(request: Request, agent_id: AgentId, _service: CurrentSer
 
 @router.put("/agents/{agent_id}/status", response_model=AgentAnswer, tags=["agent directory"],
             summary="Set an agent's status (hitl.set_agent_status, §5)",
-            responses={404: _error("No such agent in the directory.")})
+            responses={404: _error("No such agent in the directory."), **TASK_ERRORS})
 async def set_agent_status(request: Request, agent_id: AgentId, _service: CurrentService,
                            change: StatusIn) -> Any:
     answer = await request.app.state.bridge.call(
@@ -244,7 +254,8 @@ async def set_agent_status(request: Request, agent_id: AgentId, _service: Curren
 
 
 @router.delete("/agents/{agent_id}", response_model=AgentAnswer, tags=["agent directory"],
-               summary="Remove an agent (hitl.remove_agent, §5); an unknown one too")
+               summary="Remove an agent (hitl.remove_agent, §5); an unknown one too",
+               responses=TASK_ERRORS)
 async def remove_agent(request: Request, agent_id: AgentId, _service: CurrentService) -> Any:
     answer = await request.app.state.bridge.call("hitl.remove_agent", agent_id=agent_id)
     return _directory_answer(agent_id, answer)

@@ -7,14 +7,27 @@ validated by the worker so that a bad one is recorded as failed rather than refu
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    StringConstraints,
+    WithJsonSchema,
+)
 
 from hitl_workers.domain.names import AgentStatus, ExitName, OfferStatus
 from hitl_workers.domain.names import ExecutionState as State
 from hitl_workers.domain.request import Identifier, Tag
-from hitl_workers.gateway.models import UtcIso
+
+DateTimeUtc = Annotated[
+    datetime, PlainSerializer(lambda v: v.isoformat(), return_type=str),
+    WithJsonSchema({"type": "string", "format": "date-time"})]
+"""An aware UTC datetime, sent as ISO-8601 (``2026-11-24T10:15:02.123456+00:00``, as §2) and
+documented as ``format: date-time`` so generated clients parse it."""
 
 
 class _Input(BaseModel):
@@ -60,9 +73,9 @@ class ExecutionView(BaseModel):
     state: State
     exit: ExitName | None
     merge_field: dict[str, Any] | None = Field(description="The exit's merge field (§2).")
-    dispatched_at: UtcIso | None = Field(description="null for a request that failed "
+    dispatched_at: DateTimeUtc | None = Field(description="null for a request that failed "
                                                      "validation.")
-    ended_at: UtcIso | None = Field(description="When it exited, failed or was cancelled.")
+    ended_at: DateTimeUtc | None = Field(description="When it exited, failed or was cancelled.")
     offers: list[OfferView] = Field(description="The agents offered the step, by agent id.")
 
 
