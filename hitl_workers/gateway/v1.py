@@ -32,6 +32,7 @@ from hitl_workers.gateway.v1_models import (
     CancelResult,
     DirectoryStatus,
     ExecutionView,
+    OfferView,
     StartRefused,
     StartResult,
 )
@@ -180,7 +181,7 @@ async def status(execution_id: ExecutionId, _service: CurrentService) -> Any:
         execution_id=found.execution_id, conversation_id=found.conversation_id,
         state=found.state, exit=found.exit, merge_field=found.merge_field,
         dispatched_at=found.dispatched_at, ended_at=found.ended_at,
-        offers=[{"agent_id": o.agent_id, "status": o.status} for o in found.offers])
+        offers=[OfferView(agent_id=o.agent_id, status=o.status) for o in found.offers])
 
 
 CANCEL_STATUS = {"cancelled": 200, "already_resolved": 409, "not_found": 404, "invalid": 422}
