@@ -229,3 +229,36 @@ def test_cancel_of_an_unknown_execution_is_404_and_a_bad_body_422(service_api):
     assert missing.json()["outcome"] == "not_found" and missing.json()["execution_id"] == eid
     bad = service_api.post(f"/v1/executions/{eid}/cancel", json={"reasn": "typo"})
     assert bad.status_code == 422 and "reasn" in bad.json()["detail"]
+
+
+def test_concurrent_starts_of_one_execution_id_make_one_execution(service_api, agents, team,
+                                                                  flow, streams):
+    # Given eight senders of the same request and two of another one under the same id, all
+    # at once (a flow engine retrying in a hurry, and a buggy one reusing the id)
+    from concurrent.futures import ThreadPoolExecutor
+    from threading import Barrier
+
+    alice = agents()
+    step = request(team, flow.reply_to)
+    other = {**step, "settings": {"timeout": "9m"}}
+    bodies = [step] * 8 + [other] * 2
+    barrier = Barrier(len(bodies))
+
+    def send(body):
+        barrier.wait()
+        return service_api.post("/v1/executions", json=body)
+
+    with ThreadPoolExecutor(len(bodies)) as pool:
+        answers = list(pool.map(send, bodies))
+    # Then exactly one created it; every copy of the winner's body is a retry; the other body
+    # is a clash, whichever won
+    codes = [a.status_code for a in answers]
+    assert codes.count(201) == 1, codes
+    winner = bodies[codes.index(201)]
+    for body, code in zip(bodies, codes, strict=True):
+        if code != 201:
+            assert code == (200 if body is winner else 409), codes
+    # And the step was offered once
+    time.sleep(0.5)
+    assert len([e for e in streams.events(alice) if e["type"] == "assistance.requested"
+                and e["execution_id"] == step["execution_id"]]) == 1
