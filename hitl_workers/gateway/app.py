@@ -22,7 +22,7 @@ from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from hitl_workers.domain.request import ID_PATTERN
-from hitl_workers.gateway import errors, health, routes
+from hitl_workers.gateway import errors, health, routes, v1
 from hitl_workers.gateway.bridge import TaskBridge
 from hitl_workers.gateway.models import (
     ConsoleConfig,
@@ -101,6 +101,7 @@ def create_app(settings: Settings | None = None, *, keepalive_s: float = KEEPALI
         422: {"model": ValidationErrorBody,
               "description": "Malformed request: unknown fields, wrong types, invalid JSON, "
                              "or an id that is not an id."}})
+    v1.install(app)  # the flow engines' routes (CONTRACT.md §10)
     _console(app, settings)
     _operations(app)
     return app

@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import Depends, HTTPException, Path, Request
 from fastapi.security import APIKeyQuery, HTTPAuthorizationCredentials, HTTPBearer
 
+from hitl_workers.gateway.service_auth import is_service_token
 from hitl_workers.gateway.tokens import InvalidToken, agent_of
 
 # auto_error=False: a missing credential is our 401 with our words, not FastAPI's 403.
@@ -32,6 +33,9 @@ async def current_agent(
     try:
         return agent_of(token, request.app.state.settings)
     except InvalidToken as exc:
+        if is_service_token(token, request.app.state.settings):  # valid, but the wrong kind
+            raise HTTPException(403, "this is a service token; agent routes need an agent "
+                                     "token (hitl-workers token AGENT_ID)") from exc
         raise _unauthorized(str(exc)) from exc
 
 

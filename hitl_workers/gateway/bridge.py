@@ -30,7 +30,7 @@ class TaskBridge:
         self._pool = ThreadPoolExecutor(max_workers=max_waiting,
                                         thread_name_prefix="hitl-gw-result")
 
-    async def call(self, task: str, **kwargs: Any) -> dict[str, Any]:
+    async def call(self, task: str, /, **kwargs: Any) -> dict[str, Any]:
         """``task``'s result; 503 when the broker is unreachable, 504 when no worker answered
         in time (the task may still run: retry with the same ``event_id`` to be safe)."""
         loop = asyncio.get_running_loop()

@@ -54,15 +54,30 @@ def gateway(host: str, port: int, keepalive_s: float, graceful_timeout_s: int,
 
 
 @click.command("token")
-@click.argument("agent_id")
-def token(agent_id: str) -> None:
+@click.argument("agent_id", required=False)
+@click.option("--service", metavar="NAME",
+              help="Print a service token for a flow engine (the /v1 routes) instead.")
+def token(agent_id: str | None, service: str | None) -> None:
     """Print a signed token that lets its holder act as AGENT_ID (secret: HITL_SECRET).
 
     Open the console with it: http://127.0.0.1:8000/?token=TOKEN
+
+    With --service NAME instead: a service token for a flow engine, for the /v1 routes
+    (Authorization: Bearer TOKEN). The two kinds never stand in for each other.
     """
-    if len(agent_id) > 128 or not re.match(ID_PATTERN, agent_id):
-        raise click.BadParameter("an agent id is 1-128 characters from A-Z a-z 0-9 . _ : @ -",
-                                 param_hint="AGENT_ID")
+    if (agent_id is None) == (service is None):
+        raise click.UsageError("give either AGENT_ID or --service NAME")
+    name = agent_id if agent_id is not None else service
+    assert name is not None
+    if len(name) > 128 or not re.match(ID_PATTERN, name):
+        what = "an agent id" if agent_id is not None else "a service name"
+        raise click.BadParameter(f"{what} is 1-128 characters from A-Z a-z 0-9 . _ : @ -",
+                                 param_hint="AGENT_ID" if agent_id is not None else "--service")
+    if service is not None:
+        from hitl_workers.gateway.service_auth import make_service_token
+
+        click.echo(make_service_token(service))
+        return
     from hitl_workers.gateway.tokens import make_token
 
-    click.echo(make_token(agent_id))
+    click.echo(make_token(name))

@@ -10,6 +10,7 @@ from typing import Any
 
 from sqlalchemy.engine import Connection
 
+from hitl_workers.domain.digest import request_digest
 from hitl_workers.domain.eligibility import Audience, select_agents
 from hitl_workers.domain.request import AssistanceRequest, ReplyTo
 from hitl_workers.domain.validation import (
@@ -173,6 +174,7 @@ def _dispatch(conn: Connection, request: AssistanceRequest, now: datetime,
         "reply_queue": reply.queue if reply else defaults.reply_queue,
         "conversation_prev_status": conversation.status,
         "requested_at": now, "dispatched_at": now,
+        "request_digest": request_digest(request),
     }
     skipped = dict(list(selection.skipped.items())[:MAX_SKIPPED_IN_AUDIT])
     notified = ("notified", None, {"notified": list(selection.notified), "skipped": skipped,

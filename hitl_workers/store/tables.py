@@ -114,6 +114,10 @@ executions = sa.Table(
     sa.Column("timeout_at", UTCDateTime, nullable=True),
     sa.Column("ended_at", UTCDateTime, nullable=True),
     sa.Column("errors", JSONType, nullable=True),
+    # sha256 of the validated request (domain/digest.py): over HTTP, a repeated execution_id
+    # with the same digest is a retry (200), with another one a clash (409). NULL for failed
+    # requests and for executions recorded before revision 0003.
+    sa.Column("request_digest", sa.String(64), nullable=True),
     sa.CheckConstraint(one_of("state", EXECUTION_STATES), name="state"),
     sa.CheckConstraint(f"exit IS NULL OR {one_of('exit', EXITS)}", name="exit"),
     # An exit exists exactly when the execution left by one (``failed`` leaves by ``error``).
