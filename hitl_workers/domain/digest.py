@@ -1,6 +1,6 @@
 """The fingerprint of a ``hitl.request_assistance`` request, for telling a retry from a clash.
 
-``execution_id`` is the idempotency key (CONTRACT.md §1); over HTTP (§10) the gateway must also
+``execution_id`` is the idempotency key (docs/contract.md §1); over HTTP (§10) the gateway must also
 say whether a repeated ``execution_id`` came with the *same* request (a retry: 200) or another
 one (409). The worker stores this digest with the execution; the gateway computes it again for
 the body it received and compares. Both sides call this one function on the validated request,

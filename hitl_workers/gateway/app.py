@@ -101,7 +101,7 @@ def create_app(settings: Settings | None = None, *, keepalive_s: float = KEEPALI
         422: {"model": ValidationErrorBody,
               "description": "Malformed request: unknown fields, wrong types, invalid JSON, "
                              "or an id that is not an id."}})
-    v1.install(app)  # the flow engines' routes (CONTRACT.md §10)
+    v1.install(app)  # the flow engines' routes (docs/contract.md §10)
     _console(app, settings)
     _operations(app)
     return app

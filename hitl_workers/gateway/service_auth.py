@@ -1,4 +1,4 @@
-"""Service tokens: what a flow engine shows the ``/v1`` routes (CONTRACT.md §10).
+"""Service tokens: what a flow engine shows the ``/v1`` routes (docs/contract.md §10).
 
 A service token is ``itsdangerous`` output over ``{"service": NAME}``, signed with
 ``HITL_SECRET`` like an agent token but under another salt: a signature made for one kind never

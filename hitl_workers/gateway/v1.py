@@ -1,4 +1,4 @@
-"""The flow engines' HTTP interface (CONTRACT.md §10): start, poll and cancel steps, and keep
+"""The flow engines' HTTP interface (docs/contract.md §10): start, poll and cancel steps, and keep
 the agent directory, for flow engines that do not speak Celery.
 
 Like the agent routes, these send the contract's own tasks through the

@@ -1,4 +1,4 @@
-"""Bodies of the flow engines' HTTP interface (``/v1``, CONTRACT.md §10): what
+"""Bodies of the flow engines' HTTP interface (``/v1``, docs/contract.md §10): what
 ``/openapi.json`` documents for them.
 
 The start request itself is the §1 model (:class:`hitl_workers.domain.request.AssistanceRequest`),

@@ -1,4 +1,4 @@
-"""Read-only SQL for the flow engines' HTTP interface (CONTRACT.md §10): one execution as it
+"""Read-only SQL for the flow engines' HTTP interface (docs/contract.md §10): one execution as it
 stands, with its offers, and the request digest that tells a retry from a clash."""
 
 from __future__ import annotations

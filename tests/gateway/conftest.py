@@ -40,7 +40,7 @@ def waiting(client: Any, flow: Any, team: str) -> Any:
 
 @pytest.fixture
 def service_api(gateway: Gateway) -> Iterator[httpx.Client]:
-    """A client of the /v1 routes, with a service token (CONTRACT.md §10)."""
+    """A client of the /v1 routes, with a service token (docs/contract.md §10)."""
     from tests.gateway.flow_http import service_bearer
 
     with httpx.Client(base_url=gateway.url, timeout=30, headers=service_bearer()) as client:

@@ -1,4 +1,4 @@
-"""A flow engine that speaks only HTTP (CONTRACT.md §10): service-token helpers for the
+"""A flow engine that speaks only HTTP (docs/contract.md §10): service-token helpers for the
 ``/v1`` tests."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Service tokens and agent tokens never stand in for each other (CONTRACT.md §10): the /v1
+"""Service tokens and agent tokens never stand in for each other (docs/contract.md §10): the /v1
 routes want a service token (401 without a valid one, 403 for an agent's), the agent routes of
 §8 refuse a service token with 403."""
 

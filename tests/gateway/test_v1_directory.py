@@ -1,4 +1,4 @@
-"""The agent directory over HTTP (CONTRACT.md §10 → §5): the same bodies and results as
+"""The agent directory over HTTP (docs/contract.md §10 → §5): the same bodies and results as
 ``hitl.upsert_agent`` / ``hitl.set_agent_status`` / ``hitl.remove_agent``, committed when
 answered."""
 

@@ -1,4 +1,4 @@
-"""Starting, reading and cancelling step executions over HTTP (CONTRACT.md §10): the §1/§4
+"""Starting, reading and cancelling step executions over HTTP (docs/contract.md §10): the §1/§4
 results with 201 / 200 / 409 / 422 / 404, and nothing done twice."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""A flow engine that speaks only HTTP (CONTRACT.md §10): it keeps the directory and starts
+"""A flow engine that speaks only HTTP (docs/contract.md §10): it keeps the directory and starts
 steps over /v1 with a service token, agents act over the §8 routes with their own tokens, and
 the flow engine learns each exit by polling ``GET /v1/executions/{id}`` — no Celery, no reply
 queue read."""

@@ -1,4 +1,4 @@
-"""``/openapi.json`` documents the flow engines' routes (CONTRACT.md §10) as they behave: the
+"""``/openapi.json`` documents the flow engines' routes (docs/contract.md §10) as they behave: the
 §1 request model as the start body, every status code with its body, the service token."""
 
 from __future__ import annotations

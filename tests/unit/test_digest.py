@@ -1,4 +1,4 @@
-"""The request digest tells a retry from a clash (CONTRACT.md §10): equal for the same request
+"""The request digest tells a retry from a clash (docs/contract.md §10): equal for the same request
 however it is written, different for any other request."""
 
 from __future__ import annotations
