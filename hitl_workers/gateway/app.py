@@ -32,7 +32,7 @@ from hitl_workers.gateway.models import (
     ValidationErrorBody,
 )
 from hitl_workers.gateway.telemetry import AccessMiddleware
-from hitl_workers.gateway.tokens import make_token
+from hitl_workers.gateway.tokens import make_token, require_strong_secret
 from hitl_workers.settings import Settings, get_settings
 from hitl_workers.store.db import get_engine
 
@@ -66,6 +66,8 @@ def create_app(settings: Settings | None = None, *, keepalive_s: float = KEEPALI
     """The gateway app. ``keepalive_s`` (at most 15 s, §8): the longest silence on an event
     stream; ``result_timeout_s``: how long a claim waits for a worker's answer."""
     settings = settings or get_settings()
+    # Before anything listens: a guessable secret lets anyone sign tokens for any agent.
+    require_strong_secret(settings)
     if not 0 < keepalive_s <= 15:
         raise ValueError("keepalive_s must be in (0, 15] seconds (CONTRACT.md §8)")
 
