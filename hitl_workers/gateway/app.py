@@ -23,6 +23,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from hitl_workers.domain.request import ID_PATTERN
 from hitl_workers.gateway import errors, health, routes
+from hitl_workers.gateway.body_limit import BodyLimitMiddleware
 from hitl_workers.gateway.bridge import TaskBridge
 from hitl_workers.gateway.models import (
     ConsoleConfig,
@@ -98,6 +99,9 @@ def create_app(settings: Settings | None = None, *, keepalive_s: float = KEEPALI
     app.state.settings = settings
     app.state.keepalive_s = keepalive_s
     errors.install(app)
+    # Outside the routes, token checks and body parsers (inside the access log, which counts
+    # the 413s): a body over the limit is refused before anything reads it.
+    app.add_middleware(BodyLimitMiddleware)
     app.add_middleware(AccessMiddleware)
     app.include_router(routes.router, responses={
         422: {"model": ValidationErrorBody,
