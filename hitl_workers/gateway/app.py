@@ -25,6 +25,7 @@ from hitl_workers.domain.request import ID_PATTERN
 from hitl_workers.gateway import errors, health, routes
 from hitl_workers.gateway.body_limit import BodyLimitMiddleware
 from hitl_workers.gateway.bridge import TaskBridge
+from hitl_workers.gateway.directory import AgentDirectory
 from hitl_workers.gateway.models import (
     ConsoleConfig,
     DevToken,
@@ -80,6 +81,7 @@ def create_app(settings: Settings | None = None, *, keepalive_s: float = KEEPALI
             socket_timeout=keepalive_s + 10, health_check_interval=30)
         app.state.stopping = asyncio.Event()
         app.state.bridge = TaskBridge(result_timeout_s)
+        app.state.directory = AgentDirectory(settings.gateway_agent_cache_s)
         try:
             yield
         finally:

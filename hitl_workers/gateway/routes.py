@@ -93,7 +93,8 @@ async def events(
     else:
         telemetry.SSE_RESUMES.inc()
     body = sse.stream_events(state.redis, agent_id, position, keepalive_s=state.keepalive_s,
-                             stopping=state.stopping)
+                             stopping=state.stopping,
+                             expires_at=request.state.token_expires_at)
     return StreamingResponse(body, media_type="text/event-stream", headers={
         "Cache-Control": "no-cache, no-store", "X-Accel-Buffering": "no"})
 

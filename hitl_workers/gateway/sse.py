@@ -18,6 +18,7 @@ import asyncio
 import json
 import logging
 import re
+import time
 from collections.abc import AsyncIterator
 from typing import Any, cast
 
@@ -70,15 +71,23 @@ def entry_frame(entry_id: str, fields: dict[str, str]) -> bytes:
 
 
 async def stream_events(client: aioredis.Redis, agent_id: str, after: str, *,
-                        keepalive_s: float, stopping: asyncio.Event) -> AsyncIterator[bytes]:
+                        keepalive_s: float, stopping: asyncio.Event,
+                        expires_at: float = float("inf")) -> AsyncIterator[bytes]:
     """The SSE body: notifications after ``after``, and a comment at least every
-    ``keepalive_s`` so proxies and browsers keep the connection open."""
+    ``keepalive_s`` so proxies and browsers keep the connection open, until the token
+    expires (Unix ``expires_at``)."""
     key = stream_key(agent_id)
-    block_ms = max(100, int(keepalive_s * 1000))
     telemetry.SSE_CONNECTIONS.inc()
     try:
         yield frame(comment="connected", retry=RETRY_MS, id=after)
         while not stopping.is_set():
+            left_s = expires_at - time.time()
+            if left_s <= 0:
+                # The client must come back with a fresh token; a reconnect with this one
+                # gets 401, which is what tells the console to sign in again.
+                yield frame(comment="token expired")
+                return
+            block_ms = max(100, int(min(keepalive_s, left_s) * 1000))
             try:
                 reply = await _read_unless_stopping(client, key, after, block_ms, stopping)
             except aioredis.RedisError as exc:
