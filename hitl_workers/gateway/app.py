@@ -26,6 +26,7 @@ from hitl_workers.gateway import errors, health, routes
 from hitl_workers.gateway.body_limit import BodyLimitMiddleware
 from hitl_workers.gateway.bridge import TaskBridge
 from hitl_workers.gateway.directory import AgentDirectory
+from hitl_workers.gateway.hub import BLOCK_MS, StreamHub
 from hitl_workers.gateway.models import (
     ConsoleConfig,
     DevToken,
@@ -33,6 +34,7 @@ from hitl_workers.gateway.models import (
     Health,
     ValidationErrorBody,
 )
+from hitl_workers.gateway.rate_limit import RateLimiter
 from hitl_workers.gateway.telemetry import AccessMiddleware
 from hitl_workers.gateway.tokens import make_token, require_strong_secret
 from hitl_workers.settings import Settings, get_settings
@@ -58,9 +60,9 @@ CONSOLE_HEADERS = {
 
 def request_stop(app: FastAPI) -> None:
     """Tell open event streams to end now (called when the server starts shutting down)."""
-    stopping = getattr(app.state, "stopping", None)
-    if stopping is not None:
-        stopping.set()
+    hub = getattr(app.state, "hub", None)
+    if hub is not None:
+        hub.end_all("the gateway is shutting down; reconnect")
 
 
 def create_app(settings: Settings | None = None, *, keepalive_s: float = KEEPALIVE_S,
@@ -76,16 +78,26 @@ def create_app(settings: Settings | None = None, *, keepalive_s: float = KEEPALI
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         get_engine()  # created once here, not raced for by the first reads' threads
-        app.state.redis = aioredis.Redis.from_url(
-            settings.redis_url, decode_responses=True, socket_connect_timeout=3,
-            socket_timeout=keepalive_s + 10, health_check_interval=30)
-        app.state.stopping = asyncio.Event()
+        # Every event stream shares these: a bounded pool for short commands (catch-up reads,
+        # health) and the hub's readers, one blocking XREAD each (gateway/hub.py).
+        app.state.redis = aioredis.Redis(connection_pool=aioredis.BlockingConnectionPool.from_url(
+            settings.redis_url, max_connections=settings.gateway_redis_connections, timeout=10,
+            decode_responses=True, socket_connect_timeout=3, socket_timeout=10,
+            health_check_interval=30))
+        app.state.hub = StreamHub(
+            lambda: aioredis.Redis.from_url(
+                settings.redis_url, decode_responses=True, single_connection_client=True,
+                socket_connect_timeout=3, socket_timeout=BLOCK_MS / 1000 + 10),
+            app.state.redis, readers=settings.gateway_stream_readers,
+            max_per_agent=settings.gateway_max_streams_per_agent)
+        app.state.hub.start()
         app.state.bridge = TaskBridge(result_timeout_s)
         app.state.directory = AgentDirectory(settings.gateway_agent_cache_s)
+        app.state.rate_limiter = RateLimiter(settings.gateway_event_rate_per_s)
         try:
             yield
         finally:
-            app.state.stopping.set()
+            await app.state.hub.stop()
             app.state.bridge.close()
             await app.state.redis.aclose()
 

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Header, Path, Query, Request
+from fastapi import APIRouter, Body, Header, HTTPException, Path, Query, Request
 from fastapi.responses import StreamingResponse
 
 from hitl_workers.domain.request import ID_PATTERN
 from hitl_workers.gateway import queries, sse, telemetry
 from hitl_workers.gateway.auth import CurrentAgent, PathAgent
 from hitl_workers.gateway.errors import Refused
+from hitl_workers.gateway.hub import StreamHub, TooManyStreams
 from hitl_workers.gateway.models import (
     BellEntry,
     ErrorBody,
@@ -22,6 +24,7 @@ from hitl_workers.gateway.models import (
     StatusIn,
     StatusOut,
 )
+from hitl_workers.gateway.rate_limit import RateLimitedAgent
 from hitl_workers.store.db import read_only
 
 router = APIRouter()
@@ -31,6 +34,8 @@ AgentId = Annotated[str, Path(pattern=ID_PATTERN, max_length=128,
 ExecutionId = Annotated[str, Path(pattern=ID_PATTERN, max_length=128,
                                   description="The execution's id (percent-decoded: "
                                               "`exec%3A1` is `exec:1`).")]
+STREAMS_RETRY_S = 5
+"""Retry-After for a stream refused over the cap: about when a closed one has let go."""
 AUTH_ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorBody, "description": "No valid agent token."},
     403: {"model": ErrorBody, "description": "The token is another agent's."},
@@ -86,17 +91,44 @@ async def events(
         description="Sent by a reconnecting EventSource; wins over ?last_event_id=.")] = None,
 ) -> StreamingResponse:
     state = request.app.state
-    position = last_event_id_header or last_event_id
-    if position is None:
-        # "Now", pinned before the response starts: whatever is added after it is sent.
-        position = await sse.current_position(state.redis, agent_id)
-    else:
-        telemetry.SSE_RESUMES.inc()
-    body = sse.stream_events(state.redis, agent_id, position, keepalive_s=state.keepalive_s,
-                             stopping=state.stopping,
+    hub: StreamHub = state.hub
+    try:
+        sub = hub.open(agent_id)
+    except TooManyStreams as exc:
+        raise HTTPException(429, str(exc), headers={"Retry-After": str(STREAMS_RETRY_S)}
+                            ) from exc
+    try:
+        # Attached before "now" is pinned and before the catch-up: see gateway/hub.py.
+        await hub.attach(sub)
+        position = last_event_id_header or last_event_id
+        if position is None:
+            # "Now", pinned before the response starts: whatever is added after it is sent.
+            position = await sse.current_position(state.redis, agent_id)
+        else:
+            telemetry.SSE_RESUMES.inc()
+    except BaseException:
+        hub.close(sub)
+        raise
+    body = sse.stream_events(hub, sub, state.redis, position, keepalive_s=state.keepalive_s,
                              expires_at=request.state.token_expires_at)
-    return StreamingResponse(body, media_type="text/event-stream", headers={
-        "Cache-Control": "no-cache, no-store", "X-Accel-Buffering": "no"})
+    return EventStreamResponse(body, on_close=lambda: hub.close(sub))
+
+
+class EventStreamResponse(StreamingResponse):
+    """A ``text/event-stream`` response that gives its stream's slot back however it ends,
+    even when the client left before the body started (the body's own ``finally`` never
+    runs then)."""
+
+    def __init__(self, body: Any, on_close: Callable[[], None]) -> None:
+        super().__init__(body, media_type="text/event-stream", headers={
+            "Cache-Control": "no-cache, no-store", "X-Accel-Buffering": "no"})
+        self._on_close = on_close
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._on_close()
 
 
 @router.get("/agents/{agent_id}/requests", response_model=list[BellEntry],
@@ -112,7 +144,7 @@ async def bell_list(agent_id: AgentId, _me: PathAgent) -> list[dict[str, Any]]:
             responses={**AUTH_ERRORS, 404: {"model": ErrorBody,
                                              "description": "No such agent in the directory."}})
 async def set_status(request: Request, agent_id: AgentId, _me: PathAgent,
-                     change: StatusIn) -> dict[str, Any]:
+                     _within_rate: RateLimitedAgent, change: StatusIn) -> dict[str, Any]:
     answer = await request.app.state.bridge.call("hitl.set_agent_status", agent_id=agent_id,
                                                  status=change.status)
     if answer.get("status") == "not_found":
@@ -162,7 +194,7 @@ OptionalEvent = Annotated[EventIn | None, Body(
 @router.post("/executions/{execution_id}/claim", response_model=EventResult,
              responses=EVENT_RESPONSES, tags=["executions"],
              summary="Claim (hitl.claim); 200 claimed / already_claimed")
-async def claim(request: Request, execution_id: ExecutionId, me: CurrentAgent,
+async def claim(request: Request, execution_id: ExecutionId, me: RateLimitedAgent,
                 body: OptionalEvent = None) -> dict[str, Any]:
     return await _agent_event(request, "claim", execution_id, me, body)
 
@@ -170,7 +202,7 @@ async def claim(request: Request, execution_id: ExecutionId, me: CurrentAgent,
 @router.post("/executions/{execution_id}/reject", response_model=EventResult,
              responses=EVENT_RESPONSES, tags=["executions"],
              summary="Reject (hitl.reject); 200 rejected / reject_recorded")
-async def reject(request: Request, execution_id: ExecutionId, me: CurrentAgent,
+async def reject(request: Request, execution_id: ExecutionId, me: RateLimitedAgent,
                  body: OptionalEvent = None) -> dict[str, Any]:
     return await _agent_event(request, "reject", execution_id, me, body)
 
@@ -178,6 +210,6 @@ async def reject(request: Request, execution_id: ExecutionId, me: CurrentAgent,
 @router.post("/executions/{execution_id}/close", response_model=EventResult,
              responses=EVENT_RESPONSES, tags=["executions"],
              summary="Close the popup (hitl.close); 200 closed")
-async def close(request: Request, execution_id: ExecutionId, me: CurrentAgent,
+async def close(request: Request, execution_id: ExecutionId, me: RateLimitedAgent,
                 body: OptionalEvent = None) -> dict[str, Any]:
     return await _agent_event(request, "close", execution_id, me, body)
