@@ -64,9 +64,10 @@ class Settings(BaseSettings):
     gateway_redis_connections: int = Field(8, ge=2)
     """Redis connections a gateway process uses for commands (event-stream catch-up, health)
     besides its stream readers; every event stream shares them."""
-    gateway_stream_readers: int = Field(1, ge=1, le=64)
+    gateway_stream_readers: int = Field(8, ge=1, le=64)
     """Redis connections, each blocking in one XREAD over its share of the connected agents'
-    streams. One serves thousands of streams (docs/gateway.md)."""
+    streams. Each new entry costs its reader one XREAD over its share, so more readers make
+    many streams cheaper (docs/gateway.md, "Scale")."""
 
     log_json: bool = False
     """Worker and beat log lines as JSON objects, one a line (task lines carry the ids)."""

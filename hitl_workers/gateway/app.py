@@ -9,6 +9,7 @@ its ``Last-Event-ID``.
 from __future__ import annotations
 
 import asyncio
+import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -94,6 +95,11 @@ def create_app(settings: Settings | None = None, *, keepalive_s: float = KEEPALI
         app.state.bridge = TaskBridge(result_timeout_s)
         app.state.directory = AgentDirectory(settings.gateway_agent_cache_s)
         app.state.rate_limiter = RateLimiter(settings.gateway_event_rate_per_s)
+        # Everything built so far (modules, the app, pools) lives as long as the process: keep
+        # it out of the cyclic collector's full passes, whose pauses grow with the heap and
+        # delay every event stream at once (docs/gateway.md, "Scale").
+        gc.collect()
+        gc.freeze()
         try:
             yield
         finally:
