@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 import redis.asyncio as aioredis
 
 from hitl_workers.gateway import telemetry
+from hitl_workers.gateway.wire_html import sanitize_notification
 from hitl_workers.notify.streams import stream_key
 
 if TYPE_CHECKING:
@@ -64,7 +65,7 @@ async def current_position(client: aioredis.Redis, agent_id: str) -> str:
 def entry_frame(entry_id: str, fields: dict[str, str]) -> bytes:
     raw = fields.get("event", "")
     try:
-        event = json.loads(raw)
+        event = sanitize_notification(json.loads(raw))
         kind = str(event.get("type") or "message")
         data = json.dumps(event, separators=(",", ":"))  # one line, whatever was stored
     except (ValueError, AttributeError):

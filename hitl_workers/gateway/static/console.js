@@ -6,9 +6,10 @@
 // itself with Last-Event-ID; the gateway resumes right after it, and the console still drops
 // any notification id it has already handled (an outbox re-send repeats one).
 //
-// Safety: the popup's `html` is inserted as HTML because the server rendered and sanitized it
-// (and the page's Content-Security-Policy forbids inline script besides). Everything else —
-// `text`, labels, contact fields, ids — is inserted as text, never as HTML.
+// Safety: the popup's `html` is inserted as HTML because the gateway sanitized it just before
+// sending it (whatever was written to the stream; gateway/wire_html.py), after the worker that
+// rendered it did, and the page's Content-Security-Policy forbids inline script besides.
+// Everything else — `text`, labels, contact fields, ids — is inserted as text, never as HTML.
 (function () {
   "use strict";
 
@@ -382,7 +383,7 @@
     dialog.append(contactList(event.contact, event.conversation_id));
 
     const text = el("div", { id: bodyId, className: "popup-text" });
-    // Server-rendered, server-sanitized HTML (nh3): the one place HTML is inserted.
+    // Sanitized by the worker and again by the gateway (nh3): the one place HTML is inserted.
     text.innerHTML = popup.html || "";
     dialog.append(text);
 
