@@ -77,6 +77,9 @@ class BellEntry(BaseModel):
     dispatched_at: UtcIso
     countdown_until_ms: int | None
     timeout_at: UtcIso | None
+    notification: dict[str, Any] | None = Field(
+        None, description="Only with ?with_popups=true: the `assistance.requested` "
+                          "notification (CONTRACT.md §6) that announced this entry, or null.")
 
 
 class Health(BaseModel):

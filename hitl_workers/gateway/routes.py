@@ -10,7 +10,7 @@ from fastapi import APIRouter, Body, Header, HTTPException, Path, Query, Request
 from fastapi.responses import StreamingResponse
 
 from hitl_workers.domain.request import ID_PATTERN
-from hitl_workers.gateway import queries, sse, telemetry
+from hitl_workers.gateway import pending_popups, queries, sse, telemetry
 from hitl_workers.gateway.auth import CurrentAgent, PathAgent
 from hitl_workers.gateway.errors import Refused
 from hitl_workers.gateway.hub import StreamHub, TooManyStreams
@@ -132,10 +132,21 @@ class EventStreamResponse(StreamingResponse):
 
 
 @router.get("/agents/{agent_id}/requests", response_model=list[BellEntry],
-            responses=AUTH_ERRORS, tags=["agents"],
+            response_model_exclude_unset=True, responses=AUTH_ERRORS, tags=["agents"],
             summary="The bell list: waiting executions this agent may claim now, oldest first")
-async def bell_list(agent_id: AgentId, _me: PathAgent) -> list[dict[str, Any]]:
+async def bell_list(
+    request: Request, agent_id: AgentId, _me: PathAgent,
+    with_popups: Annotated[bool, Query(
+        description="Also give each entry the `assistance.requested` notification (§6) that "
+                    "announced it, as `notification` (null when it is no longer in the "
+                    "stream): a console opened after the request shows its popup.")] = False,
+) -> list[dict[str, Any]]:
     entries: list[dict[str, Any]] = await _read(queries.bell_list, agent_id)
+    if with_popups and entries:
+        found = await pending_popups.latest_requests(
+            request.app.state.redis, agent_id, {e["execution_id"] for e in entries})
+        for entry in entries:
+            entry["notification"] = found.get(entry["execution_id"])
     return entries
 
 

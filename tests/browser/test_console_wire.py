@@ -1,9 +1,10 @@
-"""The console trusts nothing on the wire (issue 9.7). Real Chromium, real gateway, workers
-and Redis."""
+"""The console trusts nothing on the wire (issue 9.7), and shows the popup of a request made
+before its page opened (issue 11.7). Real Chromium, real gateway, workers and Redis."""
 
 from __future__ import annotations
 
 import json
+import re
 import time
 from typing import Any
 
@@ -11,7 +12,7 @@ import pytest
 import redis
 
 from hitl_workers.notify.streams import stream_key
-from tests.browser.test_console import ACTIVE_CONTENT
+from tests.browser.test_console import ACTIVE_CONTENT, popup_settings
 
 try:
     from playwright.sync_api import expect
@@ -77,3 +78,36 @@ def test_html_written_straight_to_the_stream_is_sanitized_before_the_console_see
     hrefs = [a.get_attribute("href") for a in text.locator("a").all()]
     assert all(h is None or h.startswith(("http:", "https:", "mailto:", "tel:"))
                for h in hrefs), hrefs
+
+
+def countdown_s(locator: Any) -> int:
+    minutes, seconds = re.fullmatch(r"(\d+):(\d\d)", locator.inner_text().strip()).groups()
+    return int(minutes) * 60 + int(seconds)
+
+
+def test_a_request_made_before_the_page_opened_shows_its_popup_once(console, agents, put_up):
+    # Given a step waiting for 5 s already, with a 90 s countdown, before Alice opens the page
+    alice = agents()
+    step = put_up(popup=popup_settings(timer={"auto_action_timeout": "90s"}))
+    expired = put_up(popup=popup_settings(display_for="1s"))
+    time.sleep(5)
+    # When she opens the console
+    at_alice = console(alice)
+    eid = step["execution_id"]
+    # Then its popup shows, as if it had just arrived, with the countdown that is left
+    dialog = at_alice.popup(eid)
+    expect(dialog).to_be_visible()
+    expect(dialog.locator(".popup-text strong")).to_have_text("VIP")
+    expect(dialog.get_by_role("button", name="Take it")).to_be_visible()
+    left = countdown_s(dialog.locator(".countdown"))
+    assert 70 <= left <= 86, left
+    # A popup whose display time is over does not come back; its bell entry does show
+    expect(at_alice.bell_entry(expired["execution_id"])).to_be_visible()
+    expect(at_alice.popup(expired["execution_id"])).to_have_count(0)
+    expect(at_alice.page.locator('[role="dialog"]')).to_have_count(1)
+    # And once dismissed, it stays away when the bell list is reloaded (every 15 s)
+    dialog.get_by_role("button", name="Later").click()
+    expect(dialog).to_have_count(0)
+    at_alice.page.wait_for_timeout(16_500)
+    expect(at_alice.bell_entry(eid)).to_be_visible()
+    expect(at_alice.popup(eid)).to_have_count(0)
