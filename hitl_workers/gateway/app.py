@@ -23,7 +23,7 @@ from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from hitl_workers.domain.request import ID_PATTERN
-from hitl_workers.gateway import errors, health, routes
+from hitl_workers.gateway import errors, health, openapi, routes
 from hitl_workers.gateway.body_limit import BodyLimitMiddleware
 from hitl_workers.gateway.bridge import TaskBridge
 from hitl_workers.gateway.directory import AgentDirectory
@@ -129,6 +129,7 @@ def create_app(settings: Settings | None = None, *, keepalive_s: float = KEEPALI
                              "or an id that is not an id."}})
     _console(app, settings)
     _operations(app)
+    openapi.install(app)
     return app
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PlainSerializer
+from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, WithJsonSchema
 
 from hitl_workers.domain.request import Identifier
 
@@ -17,7 +17,8 @@ AgentStatus = Literal["available", "busy", "offline"]
 Outcome = Literal["claimed", "already_claimed", "rejected", "reject_recorded", "closed",
                   "already_resolved", "not_eligible", "not_found", "invalid"]
 State = Literal["waiting", "exited", "cancelled", "failed"]
-UtcIso = Annotated[datetime, PlainSerializer(lambda v: v.isoformat(), return_type=str)]
+UtcIso = Annotated[datetime, PlainSerializer(lambda v: v.isoformat(), return_type=str),
+                   WithJsonSchema({"type": "string", "format": "date-time"})]
 """An aware UTC datetime, sent as ISO-8601 (``2026-11-24T10:15:02.123456+00:00``, as §2)."""
 
 

@@ -37,8 +37,21 @@ ExecutionId = Annotated[str, Path(pattern=ID_PATTERN, max_length=128,
 STREAMS_RETRY_S = 5
 """Retry-After for a stream refused over the cap: about when a closed one has let go."""
 AUTH_ERRORS: dict[int | str, dict[str, Any]] = {
-    401: {"model": ErrorBody, "description": "No valid agent token."},
+    401: {"model": ErrorBody, "description": "No valid agent token (or its agent was removed)."},
     403: {"model": ErrorBody, "description": "The token is another agent's."},
+}
+RETRY_AFTER = {"Retry-After": {"description": "Seconds to wait before trying again.",
+                               "schema": {"type": "integer"}}}
+LIMITED: dict[int | str, dict[str, Any]] = {
+    429: {"model": ErrorBody, "headers": RETRY_AFTER,
+          "description": "Over the agent's rate of events (HITL_GATEWAY_EVENT_RATE_PER_S)."}}
+BODY_LIMIT: dict[int | str, dict[str, Any]] = {
+    413: {"model": ErrorBody, "description": "The request body is over 64 KiB."}}
+TASK_ERRORS: dict[int | str, dict[str, Any]] = {
+    502: {"model": ErrorBody, "description": "The task failed in the worker."},
+    503: {"model": ErrorBody, "description": "The broker is unavailable: the task was not sent."},
+    504: {"model": ErrorBody, "description": "No worker answered within 20 s; the task may still "
+                                             "run (repeat it with the same event_id)."},
 }
 
 # Outcome → HTTP status (§8). 200 for everything that went through.
@@ -73,7 +86,10 @@ async def whoami(me: CurrentAgent) -> dict[str, Any]:
 @router.get(
     "/agents/{agent_id}/events", tags=["agents"], response_class=StreamingResponse,
     summary="The agent's notifications as Server-Sent Events",
-    responses={**AUTH_ERRORS, 200: {
+    responses={**AUTH_ERRORS, 429: {
+        "model": ErrorBody, "headers": RETRY_AFTER,
+        "description": "The agent already has HITL_GATEWAY_MAX_STREAMS_PER_AGENT (5) open "
+                       "event streams on this gateway."}, 200: {
         "description": "`text/event-stream`: per notification `id:` (the Redis Stream entry "
                        "id), `event:` (its `type`) and `data:` (its JSON, CONTRACT.md §6); a "
                        "comment line at least every 15 s.",
@@ -152,8 +168,9 @@ async def bell_list(
 
 @router.put("/agents/{agent_id}/status", response_model=StatusOut, tags=["agents"],
             summary="Set the agent's status (hitl.set_agent_status)",
-            responses={**AUTH_ERRORS, 404: {"model": ErrorBody,
-                                             "description": "No such agent in the directory."}})
+            responses={**AUTH_ERRORS, **BODY_LIMIT, **LIMITED, **TASK_ERRORS,
+                       404: {"model": ErrorBody,
+                             "description": "The agent left the directory meanwhile."}})
 async def set_status(request: Request, agent_id: AgentId, _me: PathAgent,
                      _within_rate: RateLimitedAgent, change: StatusIn) -> dict[str, Any]:
     answer = await request.app.state.bridge.call("hitl.set_agent_status", agent_id=agent_id,
@@ -166,7 +183,8 @@ async def set_status(request: Request, agent_id: AgentId, _me: PathAgent,
 
 
 EVENT_RESPONSES: dict[int | str, dict[str, Any]] = {
-    401: {"model": ErrorBody, "description": "No valid agent token."},
+    **BODY_LIMIT, **LIMITED, **TASK_ERRORS,
+    401: {"model": ErrorBody, "description": "No valid agent token (or its agent was removed)."},
     403: {"model": EventError, "description": "`not_eligible`: this agent may not act here."},
     404: {"model": EventError, "description": "`not_found`: no such waiting execution."},
     409: {"model": EventError,
