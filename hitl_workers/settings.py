@@ -61,6 +61,8 @@ class Settings(BaseSettings):
     """Open event streams one agent may hold on one gateway process; beyond it, 429."""
     gateway_agent_cache_s: float = Field(2.0, ge=0)
     """How long the gateway trusts that a token's agent is still in the directory."""
+    gateway_stream_recheck_s: float = Field(30.0, gt=0)
+    """How often a gateway ends the open event streams of agents removed from the directory."""
     gateway_redis_connections: int = Field(8, ge=2)
     """Redis connections a gateway process uses for commands (event-stream catch-up, health)
     besides its stream readers; every event stream shares them."""

@@ -26,7 +26,7 @@ from hitl_workers.domain.request import ID_PATTERN
 from hitl_workers.gateway import errors, health, openapi, routes
 from hitl_workers.gateway.body_limit import BodyLimitMiddleware
 from hitl_workers.gateway.bridge import TaskBridge
-from hitl_workers.gateway.directory import AgentDirectory
+from hitl_workers.gateway.directory import AgentDirectory, end_removed_agents_streams
 from hitl_workers.gateway.hub import BLOCK_MS, StreamHub
 from hitl_workers.gateway.models import (
     ConsoleConfig,
@@ -92,6 +92,8 @@ def create_app(settings: Settings | None = None, *, keepalive_s: float = KEEPALI
             app.state.redis, readers=settings.gateway_stream_readers,
             max_per_agent=settings.gateway_max_streams_per_agent)
         app.state.hub.start()
+        sweeper = asyncio.get_running_loop().create_task(end_removed_agents_streams(
+            app.state.hub, settings.gateway_stream_recheck_s), name="hitl-gw-removed-agents")
         app.state.bridge = TaskBridge(result_timeout_s)
         app.state.directory = AgentDirectory(settings.gateway_agent_cache_s)
         app.state.rate_limiter = RateLimiter(settings.gateway_event_rate_per_s)
@@ -103,6 +105,7 @@ def create_app(settings: Settings | None = None, *, keepalive_s: float = KEEPALI
         try:
             yield
         finally:
+            sweeper.cancel()
             await app.state.hub.stop()
             app.state.bridge.close()
             await app.state.redis.aclose()

@@ -263,6 +263,14 @@ class StreamHub:
             if not mine:
                 del self._open[sub.agent_id]
 
+    def agents(self) -> list[str]:
+        """The agents with an open stream on this process."""
+        return list(self._open)
+
+    def end_agent(self, agent_id: str, why: str) -> None:
+        for sub in self._open.get(agent_id, ()):
+            sub.end(why)
+
     @property
     def streams(self) -> int:
         return sum(len(subs) for subs in self._open.values())

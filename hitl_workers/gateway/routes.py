@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import Callable
 from typing import Annotated, Any
 
+import redis.asyncio as aioredis
 from fastapi import APIRouter, Body, Header, HTTPException, Path, Query, Request
 from fastapi.responses import StreamingResponse
 
@@ -86,7 +87,8 @@ async def whoami(me: CurrentAgent) -> dict[str, Any]:
 @router.get(
     "/agents/{agent_id}/events", tags=["agents"], response_class=StreamingResponse,
     summary="The agent's notifications as Server-Sent Events",
-    responses={**AUTH_ERRORS, 429: {
+    responses={**AUTH_ERRORS, 503: {
+        "model": ErrorBody, "description": "The notification Redis is unavailable."}, 429: {
         "model": ErrorBody, "headers": RETRY_AFTER,
         "description": "The agent already has HITL_GATEWAY_MAX_STREAMS_PER_AGENT (5) open "
                        "event streams on this gateway."}, 200: {
@@ -122,6 +124,10 @@ async def events(
             position = await sse.current_position(state.redis, agent_id)
         else:
             telemetry.SSE_RESUMES.inc()
+    except aioredis.RedisError as exc:
+        hub.close(sub)
+        raise HTTPException(503, f"notifications are unavailable ({type(exc).__name__}); "
+                                 "retry shortly") from exc
     except BaseException:
         hub.close(sub)
         raise

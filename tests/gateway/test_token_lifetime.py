@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.gateway.harness import Gateway, bearer, make_token, sse
+from tests.gateway.harness import KEEPALIVE_S, Gateway, bearer, make_token, sse
 
 
 def wait_for_status(api, path: str, headers: dict[str, str], status: int,
@@ -69,3 +69,34 @@ def test_an_open_stream_ends_when_its_token_expires(short_token_gateway, agents)
     # and the same token cannot open it again
     with sse(short_token_gateway, alice, token=token) as again:
         assert again.status == 401
+
+
+@pytest.fixture
+def quick_recheck_gateway(system) -> Iterator[Gateway]:
+    gateway = Gateway("gateway-quick-recheck",
+                      env={"HITL_GATEWAY_STREAM_RECHECK_S": "1"}).start()
+    try:
+        yield gateway
+    finally:
+        gateway.stop()
+
+
+def test_a_removed_agents_open_stream_ends(quick_recheck_gateway, agents, client):
+    alice, bob = agents(), agents()
+    with sse(quick_recheck_gateway, alice) as alices, sse(quick_recheck_gateway, bob) as bobs:
+        assert alices.status == bobs.status == 200
+        alices.next()
+        bobs.next()
+        # When Alice is removed
+        assert client.call("hitl.remove_agent", agent_id=alice)["status"] == "removed"
+        removed_at = time.monotonic()
+        comments: list[str] = []
+        with pytest.raises(AssertionError, match="the event stream ended"):
+            while True:
+                comments += alices.next(timeout=10).comments
+        # Then her stream ends within the recheck time, saying why
+        assert time.monotonic() - removed_at < 5
+        assert "the agent was removed from the directory" in comments
+        # And Bob's goes on
+        message = bobs.next(timeout=KEEPALIVE_S + 5)
+        assert message.comments == ["keep-alive"]
