@@ -22,7 +22,7 @@ import logging
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import redis.asyncio as aioredis
 
@@ -159,7 +159,9 @@ class Reader:
                 streams = dict(self.positions)
                 self._blocking = True
                 try:
-                    reply = await self._conn.xread(streams, count=BATCH, block=self.block_ms)
+                    # RESP2: [[key, [(entry id, fields), …]], …], or None on timeout.
+                    reply = cast(list[Any], await self._conn.xread(
+                        streams, count=BATCH, block=self.block_ms))  # type: ignore[arg-type]
                 finally:
                     self._blocking = False
                 backoff_s = 0.1

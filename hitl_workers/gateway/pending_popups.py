@@ -33,7 +33,7 @@ async def latest_requests(client: aioredis.Redis, agent_id: str,
             break
         for _entry_id, fields in page:
             try:
-                event = json.loads(fields.get("event", ""))
+                event = json.loads((fields or {}).get("event", ""))
             except ValueError:
                 continue
             if (isinstance(event, dict) and event.get("type") == "assistance.requested"
@@ -41,5 +41,5 @@ async def latest_requests(client: aioredis.Redis, agent_id: str,
                     and event["execution_id"] not in found):
                 found[event["execution_id"]] = sanitize_notification(event)
         scanned += len(page)
-        upper = f"({page[-1][0]}"
+        upper = "(" + str(page[-1][0])  # exclusive: the entries before the oldest seen
     return found

@@ -20,7 +20,7 @@ import logging
 import re
 import time
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, cast
 
 import redis.asyncio as aioredis
 
@@ -97,7 +97,8 @@ async def stream_events(hub: StreamHub, sub: Subscription, commands: aioredis.Re
         last = parse_id(after)
         try:
             while True:  # catching up, on the shared command connections
-                reply = await commands.xread({sub.key: after}, count=BATCH)
+                # RESP2: [[key, [(entry id, fields), …]]], or empty when caught up.
+                reply = cast(list[Any], await commands.xread({sub.key: after}, count=BATCH))
                 if not reply:
                     break
                 for entry_id, fields in reply[0][1]:
