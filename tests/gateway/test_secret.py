@@ -4,6 +4,7 @@ seconds of clock skew."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import time
 
@@ -65,3 +66,20 @@ def test_a_few_seconds_of_clock_skew_are_allowed_and_no_more():
         check_token(token, settings, now=now + 67)
     assert check_token(token, settings, now=now).expires_at == pytest.approx(
         int(now) + 65, abs=1)
+
+
+def test_the_dev_runner_makes_a_secret_per_run_when_none_is_usable(monkeypatch):
+    from hitl_workers.devrun import with_run_secret
+    from hitl_workers.gateway.tokens import secret_problem
+
+    monkeypatch.delenv("HITL_SECRET", raising=False)
+    said: list[str] = []
+    first = with_run_secret(Settings(), said.append)
+    assert secret_problem(first) is None
+    assert os.environ["HITL_SECRET"] == first.secret  # the processes it starts share it
+    assert "random one for this run" in said[0]
+    monkeypatch.delenv("HITL_SECRET")
+    assert with_run_secret(Settings(), said.append).secret != first.secret  # per run
+    # a strong secret that is set is kept
+    strong = Settings(secret="tests-only-Zq7mW2xK9pL4vN8rT3yB6cF1hJ5dG0sA")
+    assert with_run_secret(strong, said.append) is strong
