@@ -64,7 +64,25 @@ class Settings(BaseSettings):
 
     secret: str = "dev-insecure-secret-change-me"
     token_max_age_s: int = Field(12 * 3600, gt=0)
+    token_clock_leeway_s: float = Field(5.0, ge=0, le=300)
+    """How far apart the clocks of the machines that make and check agent tokens may be."""
     dev_login: bool = False
+    gateway_event_rate_per_s: float = Field(20.0, gt=0)
+    """Claims, rejects, closes and status changes one agent may send a second, per gateway
+    process (bursts up to the same number); beyond it the gateway answers 429."""
+    gateway_max_streams_per_agent: int = Field(5, ge=1)
+    """Open event streams one agent may hold on one gateway process; beyond it, 429."""
+    gateway_agent_cache_s: float = Field(2.0, ge=0)
+    """How long the gateway trusts that a token's agent is still in the directory."""
+    gateway_stream_recheck_s: float = Field(30.0, gt=0)
+    """How often a gateway ends the open event streams of agents removed from the directory."""
+    gateway_redis_connections: int = Field(8, ge=2)
+    """Redis connections a gateway process uses for commands (event-stream catch-up, health)
+    besides its stream readers; every event stream shares them."""
+    gateway_stream_readers: int = Field(8, ge=1, le=64)
+    """Redis connections, each blocking in one XREAD over its share of the connected agents'
+    streams. Each new entry costs its reader one XREAD over its share, so more readers make
+    many streams cheaper (docs/gateway.md, "Scale")."""
 
     log_json: bool = False
     """Worker and beat log lines as JSON objects, one a line (task lines carry the ids)."""

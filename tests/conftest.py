@@ -19,7 +19,8 @@ os.environ.update(
     HITL_BROKER_URL=os.environ.get("HITL_TEST_BROKER_URL", f"{REDIS}/{BASE}"),
     HITL_RESULT_BACKEND_URL=f"{REDIS}/{BASE + 1}",
     HITL_REDIS_URL=f"{REDIS}/{BASE + 2}",
-    HITL_SECRET="test-secret",
+    # Long and random-looking: the gateway refuses a short or placeholder secret (§8).
+    HITL_SECRET="tests-only-Zq7mW2xK9pL4vN8rT3yB6cF1hJ5dG0sA",
     HITL_RECONCILE_INTERVAL_S="0.5",
     HITL_OUTBOX_RETRY_AFTER_S="2",
 )

@@ -9,6 +9,7 @@ its ``Last-Event-ID``.
 from __future__ import annotations
 
 import asyncio
+import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -22,8 +23,11 @@ from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from hitl_workers.domain.request import ID_PATTERN
-from hitl_workers.gateway import errors, health, routes, v1
+from hitl_workers.gateway import errors, health, openapi, routes, v1
+from hitl_workers.gateway.body_limit import BodyLimitMiddleware
 from hitl_workers.gateway.bridge import TaskBridge
+from hitl_workers.gateway.directory import AgentDirectory, end_removed_agents_streams
+from hitl_workers.gateway.hub import BLOCK_MS, StreamHub
 from hitl_workers.gateway.models import (
     ConsoleConfig,
     DevToken,
@@ -31,8 +35,9 @@ from hitl_workers.gateway.models import (
     Health,
     ValidationErrorBody,
 )
+from hitl_workers.gateway.rate_limit import RateLimiter
 from hitl_workers.gateway.telemetry import AccessMiddleware
-from hitl_workers.gateway.tokens import make_token
+from hitl_workers.gateway.tokens import make_token, require_strong_secret
 from hitl_workers.settings import Settings, get_settings
 from hitl_workers.store.db import get_engine
 
@@ -56,9 +61,9 @@ CONSOLE_HEADERS = {
 
 def request_stop(app: FastAPI) -> None:
     """Tell open event streams to end now (called when the server starts shutting down)."""
-    stopping = getattr(app.state, "stopping", None)
-    if stopping is not None:
-        stopping.set()
+    hub = getattr(app.state, "hub", None)
+    if hub is not None:
+        hub.end_all("the gateway is shutting down; reconnect")
 
 
 def create_app(settings: Settings | None = None, *, keepalive_s: float = KEEPALIVE_S,
@@ -66,21 +71,42 @@ def create_app(settings: Settings | None = None, *, keepalive_s: float = KEEPALI
     """The gateway app. ``keepalive_s`` (at most 15 s, §8): the longest silence on an event
     stream; ``result_timeout_s``: how long a claim waits for a worker's answer."""
     settings = settings or get_settings()
+    # Before anything listens: a guessable secret lets anyone sign tokens for any agent.
+    require_strong_secret(settings)
     if not 0 < keepalive_s <= 15:
         raise ValueError("keepalive_s must be in (0, 15] seconds (docs/contract.md §8)")
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         get_engine()  # created once here, not raced for by the first reads' threads
-        app.state.redis = aioredis.Redis.from_url(
-            settings.redis_url, decode_responses=True, socket_connect_timeout=3,
-            socket_timeout=keepalive_s + 10, health_check_interval=30)
-        app.state.stopping = asyncio.Event()
+        # Every event stream shares these: a bounded pool for short commands (catch-up reads,
+        # health) and the hub's readers, one blocking XREAD each (gateway/hub.py).
+        app.state.redis = aioredis.Redis(connection_pool=aioredis.BlockingConnectionPool.from_url(
+            settings.redis_url, max_connections=settings.gateway_redis_connections, timeout=10,
+            decode_responses=True, socket_connect_timeout=3, socket_timeout=10,
+            health_check_interval=30))
+        app.state.hub = StreamHub(
+            lambda: aioredis.Redis.from_url(
+                settings.redis_url, decode_responses=True, single_connection_client=True,
+                socket_connect_timeout=3, socket_timeout=BLOCK_MS / 1000 + 10),
+            app.state.redis, readers=settings.gateway_stream_readers,
+            max_per_agent=settings.gateway_max_streams_per_agent)
+        app.state.hub.start()
+        sweeper = asyncio.get_running_loop().create_task(end_removed_agents_streams(
+            app.state.hub, settings.gateway_stream_recheck_s), name="hitl-gw-removed-agents")
         app.state.bridge = TaskBridge(result_timeout_s)
+        app.state.directory = AgentDirectory(settings.gateway_agent_cache_s)
+        app.state.rate_limiter = RateLimiter(settings.gateway_event_rate_per_s)
+        # Everything built so far (modules, the app, pools) lives as long as the process: keep
+        # it out of the cyclic collector's full passes, whose pauses grow with the heap and
+        # delay every event stream at once (docs/gateway.md, "Scale").
+        gc.collect()
+        gc.freeze()
         try:
             yield
         finally:
-            app.state.stopping.set()
+            sweeper.cancel()
+            await app.state.hub.stop()
             app.state.bridge.close()
             await app.state.redis.aclose()
 
@@ -96,6 +122,9 @@ def create_app(settings: Settings | None = None, *, keepalive_s: float = KEEPALI
     app.state.settings = settings
     app.state.keepalive_s = keepalive_s
     errors.install(app)
+    # Outside the routes, token checks and body parsers (inside the access log, which counts
+    # the 413s): a body over the limit is refused before anything reads it.
+    app.add_middleware(BodyLimitMiddleware)
     app.add_middleware(AccessMiddleware)
     app.include_router(routes.router, responses={
         422: {"model": ValidationErrorBody,
@@ -104,6 +133,7 @@ def create_app(settings: Settings | None = None, *, keepalive_s: float = KEEPALI
     v1.install(app)  # the flow engines' routes (docs/contract.md §10)
     _console(app, settings)
     _operations(app)
+    openapi.install(app)
     return app
 
 

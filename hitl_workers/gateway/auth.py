@@ -1,4 +1,8 @@
-"""Who is calling: the agent named by a valid token, and only that agent (docs/contract.md §8)."""
+"""Who is calling: the agent named by a valid token, and only that agent (docs/contract.md §8).
+
+A valid token is signed with ``HITL_SECRET``, unexpired, and names an agent that is still in
+the directory (a removed agent's tokens get 401 within ``HITL_GATEWAY_AGENT_CACHE_S``).
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,7 @@ from fastapi import Depends, HTTPException, Path, Request
 from fastapi.security import APIKeyQuery, HTTPAuthorizationCredentials, HTTPBearer
 
 from hitl_workers.gateway.service_auth import is_service_token
-from hitl_workers.gateway.tokens import InvalidToken, agent_of
+from hitl_workers.gateway.tokens import InvalidToken, check_token
 
 # auto_error=False: a missing credential is our 401 with our words, not FastAPI's 403.
 _bearer = HTTPBearer(auto_error=False, description="Authorization: Bearer <agent token>")
@@ -31,12 +35,18 @@ async def current_agent(
     if not token:
         raise _unauthorized("no agent token: send Authorization: Bearer <token> or ?token=")
     try:
-        return agent_of(token, request.app.state.settings)
+        claims = check_token(token, request.app.state.settings)
     except InvalidToken as exc:
         if is_service_token(token, request.app.state.settings):  # valid, but the wrong kind
             raise HTTPException(403, "this is a service token; agent routes need an agent "
                                      "token (hitl-workers token AGENT_ID)") from exc
         raise _unauthorized(str(exc)) from exc
+    if not await request.app.state.directory.exists(claims.agent_id):
+        raise _unauthorized(f"agent {claims.agent_id!r} is not in the directory (removed?); "
+                            "this token no longer works")
+    # An event stream ends when its token expires.
+    request.state.token_expires_at = claims.expires_at
+    return claims.agent_id
 
 
 async def path_agent(

@@ -26,10 +26,14 @@ def gateway(host: str, port: int, keepalive_s: float, graceful_timeout_s: int,
     import uvicorn
 
     from hitl_workers.gateway.app import create_app, request_stop
+    from hitl_workers.gateway.tokens import WeakSecret
     from hitl_workers.settings import get_settings
 
     settings = get_settings()
-    app = create_app(settings, keepalive_s=keepalive_s)
+    try:
+        app = create_app(settings, keepalive_s=keepalive_s)
+    except WeakSecret as exc:
+        raise click.ClickException(str(exc)) from exc
 
     class Server(uvicorn.Server):
         def handle_exit(self, sig: int, frame: Any) -> None:
@@ -73,11 +77,17 @@ def token(agent_id: str | None, service: str | None) -> None:
         what = "an agent id" if agent_id is not None else "a service name"
         raise click.BadParameter(f"{what} is 1-128 characters from A-Z a-z 0-9 . _ : @ -",
                                  param_hint="AGENT_ID" if agent_id is not None else "--service")
+    from hitl_workers.gateway.tokens import WeakSecret, make_token, require_strong_secret
+    from hitl_workers.settings import get_settings
+
+    settings = get_settings()
+    try:
+        require_strong_secret(settings)  # a token signed with a guessable secret is worthless
+    except WeakSecret as exc:
+        raise click.ClickException(str(exc)) from exc
     if service is not None:
         from hitl_workers.gateway.service_auth import make_service_token
 
         click.echo(make_service_token(service))
         return
-    from hitl_workers.gateway.tokens import make_token
-
-    click.echo(make_token(name))
+    click.echo(make_token(name, settings))

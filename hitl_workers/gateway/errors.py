@@ -58,6 +58,12 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
         detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+        if exc.status_code == 400:
+            # FastAPI's answer to a body it could not even decode (invalid UTF-8, say): a
+            # malformed body like any other, so 422 with the same shape (docs/contract.md §8).
+            return JSONResponse({"detail": f"body: invalid JSON ({detail.lower()})",
+                                 "errors": [{"loc": ["body"], "msg": "invalid JSON",
+                                             "type": "json_invalid"}]}, status_code=422)
         return JSONResponse({"detail": detail}, status_code=exc.status_code,
                             headers=getattr(exc, "headers", None))
 

@@ -9,14 +9,15 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PlainSerializer
+from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, WithJsonSchema
 
 from hitl_workers.domain.names import AgentStatus
 from hitl_workers.domain.names import EventOutcome as Outcome
 from hitl_workers.domain.names import ExecutionState as State
 from hitl_workers.domain.request import Identifier
 
-UtcIso = Annotated[datetime, PlainSerializer(lambda v: v.isoformat(), return_type=str)]
+UtcIso = Annotated[datetime, PlainSerializer(lambda v: v.isoformat(), return_type=str),
+                   WithJsonSchema({"type": "string", "format": "date-time"})]
 """An aware UTC datetime, sent as ISO-8601 (``2026-11-24T10:15:02.123456+00:00``, as §2)."""
 
 
@@ -76,6 +77,9 @@ class BellEntry(BaseModel):
     dispatched_at: UtcIso
     countdown_until_ms: int | None
     timeout_at: UtcIso | None
+    notification: dict[str, Any] | None = Field(
+        None, description="Only with ?with_popups=true: the `assistance.requested` "
+                          "notification (docs/contract.md §6) that announced this entry, or null.")
 
 
 class Health(BaseModel):

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Header, Path, Query, Request
+import redis.asyncio as aioredis
+from fastapi import APIRouter, Body, Header, HTTPException, Path, Query, Request
 from fastapi.responses import StreamingResponse
 
 from hitl_workers.domain.names import AGENT_STATUSES
 from hitl_workers.domain.request import ID_PATTERN
-from hitl_workers.gateway import sse, telemetry
+from hitl_workers.gateway import pending_popups, sse, telemetry
 from hitl_workers.gateway.auth import CurrentAgent, PathAgent
 from hitl_workers.gateway.errors import Refused
+from hitl_workers.gateway.hub import StreamHub, TooManyStreams
 from hitl_workers.gateway.models import (
     BellEntry,
     ErrorBody,
@@ -23,6 +26,7 @@ from hitl_workers.gateway.models import (
     StatusIn,
     StatusOut,
 )
+from hitl_workers.gateway.rate_limit import RateLimitedAgent
 from hitl_workers.store import bell
 from hitl_workers.store.db import read_only
 
@@ -33,9 +37,24 @@ AgentId = Annotated[str, Path(pattern=ID_PATTERN, max_length=128,
 ExecutionId = Annotated[str, Path(pattern=ID_PATTERN, max_length=128,
                                   description="The execution's id (percent-decoded: "
                                               "`exec%3A1` is `exec:1`).")]
+STREAMS_RETRY_S = 5
+"""Retry-After for a stream refused over the cap: about when a closed one has let go."""
 AUTH_ERRORS: dict[int | str, dict[str, Any]] = {
-    401: {"model": ErrorBody, "description": "No valid agent token."},
+    401: {"model": ErrorBody, "description": "No valid agent token (or its agent was removed)."},
     403: {"model": ErrorBody, "description": "The token is another agent's."},
+}
+RETRY_AFTER = {"Retry-After": {"description": "Seconds to wait before trying again.",
+                               "schema": {"type": "integer"}}}
+LIMITED: dict[int | str, dict[str, Any]] = {
+    429: {"model": ErrorBody, "headers": RETRY_AFTER,
+          "description": "Over the agent's rate of events (HITL_GATEWAY_EVENT_RATE_PER_S)."}}
+BODY_LIMIT: dict[int | str, dict[str, Any]] = {
+    413: {"model": ErrorBody, "description": "The request body is over 64 KiB."}}
+TASK_ERRORS: dict[int | str, dict[str, Any]] = {
+    502: {"model": ErrorBody, "description": "The task failed in the worker."},
+    503: {"model": ErrorBody, "description": "The broker is unavailable: the task was not sent."},
+    504: {"model": ErrorBody, "description": "No worker answered within 20 s; the task may still "
+                                             "run (repeat it with the same event_id)."},
 }
 
 # Outcome → HTTP status (§8). 200 for everything that went through.
@@ -70,7 +89,11 @@ async def whoami(me: CurrentAgent) -> dict[str, Any]:
 @router.get(
     "/agents/{agent_id}/events", tags=["agents"], response_class=StreamingResponse,
     summary="The agent's notifications as Server-Sent Events",
-    responses={**AUTH_ERRORS, 200: {
+    responses={**AUTH_ERRORS, 503: {
+        "model": ErrorBody, "description": "The notification Redis is unavailable."}, 429: {
+        "model": ErrorBody, "headers": RETRY_AFTER,
+        "description": "The agent already has HITL_GATEWAY_MAX_STREAMS_PER_AGENT (5) open "
+                       "event streams on this gateway."}, 200: {
         "description": "`text/event-stream`: per notification `id:` (the Redis Stream entry "
                        "id), `event:` (its `type`) and `data:` (its JSON, docs/contract.md §6); a "
                        "comment line at least every 15 s.",
@@ -88,32 +111,76 @@ async def events(
         description="Sent by a reconnecting EventSource; wins over ?last_event_id=.")] = None,
 ) -> StreamingResponse:
     state = request.app.state
-    position = last_event_id_header or last_event_id
-    if position is None:
-        # "Now", pinned before the response starts: whatever is added after it is sent.
-        position = await sse.current_position(state.redis, agent_id)
-    else:
-        telemetry.SSE_RESUMES.inc()
-    body = sse.stream_events(state.redis, agent_id, position, keepalive_s=state.keepalive_s,
-                             stopping=state.stopping)
-    return StreamingResponse(body, media_type="text/event-stream", headers={
-        "Cache-Control": "no-cache, no-store", "X-Accel-Buffering": "no"})
+    hub: StreamHub = state.hub
+    try:
+        sub = hub.open(agent_id)
+    except TooManyStreams as exc:
+        raise HTTPException(429, str(exc), headers={"Retry-After": str(STREAMS_RETRY_S)}
+                            ) from exc
+    try:
+        # Attached before "now" is pinned and before the catch-up: see gateway/hub.py.
+        await hub.attach(sub)
+        position = last_event_id_header or last_event_id
+        if position is None:
+            # "Now", pinned before the response starts: whatever is added after it is sent.
+            position = await sse.current_position(state.redis, agent_id)
+        else:
+            telemetry.SSE_RESUMES.inc()
+    except aioredis.RedisError as exc:
+        hub.close(sub)
+        raise HTTPException(503, f"notifications are unavailable ({type(exc).__name__}); "
+                                 "retry shortly") from exc
+    except BaseException:
+        hub.close(sub)
+        raise
+    body = sse.stream_events(hub, sub, state.redis, position, keepalive_s=state.keepalive_s,
+                             expires_at=request.state.token_expires_at)
+    return EventStreamResponse(body, on_close=lambda: hub.close(sub))
+
+
+class EventStreamResponse(StreamingResponse):
+    """A ``text/event-stream`` response that gives its stream's slot back however it ends,
+    even when the client left before the body started (the body's own ``finally`` never
+    runs then)."""
+
+    def __init__(self, body: Any, on_close: Callable[[], None]) -> None:
+        super().__init__(body, media_type="text/event-stream", headers={
+            "Cache-Control": "no-cache, no-store", "X-Accel-Buffering": "no"})
+        self._on_close = on_close
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._on_close()
 
 
 @router.get("/agents/{agent_id}/requests", response_model=list[BellEntry],
-            responses=AUTH_ERRORS, tags=["agents"],
+            response_model_exclude_unset=True, responses=AUTH_ERRORS, tags=["agents"],
             summary="The bell list: waiting executions this agent may claim now, oldest first")
-async def bell_list(agent_id: AgentId, _me: PathAgent) -> list[dict[str, Any]]:
+async def bell_list(
+    request: Request, agent_id: AgentId, _me: PathAgent,
+    with_popups: Annotated[bool, Query(
+        description="Also give each entry the `assistance.requested` notification (§6) that "
+                    "announced it, as `notification` (null when it is no longer in the "
+                    "stream): a console opened after the request shows its popup.")] = False,
+) -> list[dict[str, Any]]:
     entries: list[dict[str, Any]] = await _read(bell.bell_list, agent_id)
+    if with_popups and entries:
+        found = await pending_popups.latest_requests(
+            request.app.state.redis, agent_id, {e["execution_id"] for e in entries})
+        for entry in entries:
+            entry["notification"] = found.get(entry["execution_id"])
     return entries
 
 
 @router.put("/agents/{agent_id}/status", response_model=StatusOut, tags=["agents"],
             summary="Set the agent's status (hitl.set_agent_status)",
-            responses={**AUTH_ERRORS, 404: {"model": ErrorBody,
-                                             "description": "No such agent in the directory."}})
+            responses={**AUTH_ERRORS, **BODY_LIMIT, **LIMITED, **TASK_ERRORS,
+                       404: {"model": ErrorBody,
+                             "description": "The agent left the directory meanwhile."}})
 async def set_status(request: Request, agent_id: AgentId, _me: PathAgent,
-                     change: StatusIn) -> dict[str, Any]:
+                     _within_rate: RateLimitedAgent, change: StatusIn) -> dict[str, Any]:
     answer = await request.app.state.bridge.call("hitl.set_agent_status", agent_id=agent_id,
                                                  status=change.status)
     if answer.get("status") == "not_found":
@@ -124,7 +191,8 @@ async def set_status(request: Request, agent_id: AgentId, _me: PathAgent,
 
 
 EVENT_RESPONSES: dict[int | str, dict[str, Any]] = {
-    401: {"model": ErrorBody, "description": "No valid agent token."},
+    **BODY_LIMIT, **LIMITED, **TASK_ERRORS,
+    401: {"model": ErrorBody, "description": "No valid agent token (or its agent was removed)."},
     403: {"model": EventError, "description": "`not_eligible`: this agent may not act here."},
     404: {"model": EventError, "description": "`not_found`: no such waiting execution."},
     409: {"model": EventError,
@@ -163,7 +231,7 @@ OptionalEvent = Annotated[EventIn | None, Body(
 @router.post("/executions/{execution_id}/claim", response_model=EventResult,
              responses=EVENT_RESPONSES, tags=["executions"],
              summary="Claim (hitl.claim); 200 claimed / already_claimed")
-async def claim(request: Request, execution_id: ExecutionId, me: CurrentAgent,
+async def claim(request: Request, execution_id: ExecutionId, me: RateLimitedAgent,
                 body: OptionalEvent = None) -> dict[str, Any]:
     return await _agent_event(request, "claim", execution_id, me, body)
 
@@ -171,7 +239,7 @@ async def claim(request: Request, execution_id: ExecutionId, me: CurrentAgent,
 @router.post("/executions/{execution_id}/reject", response_model=EventResult,
              responses=EVENT_RESPONSES, tags=["executions"],
              summary="Reject (hitl.reject); 200 rejected / reject_recorded")
-async def reject(request: Request, execution_id: ExecutionId, me: CurrentAgent,
+async def reject(request: Request, execution_id: ExecutionId, me: RateLimitedAgent,
                  body: OptionalEvent = None) -> dict[str, Any]:
     return await _agent_event(request, "reject", execution_id, me, body)
 
@@ -179,6 +247,6 @@ async def reject(request: Request, execution_id: ExecutionId, me: CurrentAgent,
 @router.post("/executions/{execution_id}/close", response_model=EventResult,
              responses=EVENT_RESPONSES, tags=["executions"],
              summary="Close the popup (hitl.close); 200 closed")
-async def close(request: Request, execution_id: ExecutionId, me: CurrentAgent,
+async def close(request: Request, execution_id: ExecutionId, me: RateLimitedAgent,
                 body: OptionalEvent = None) -> dict[str, Any]:
     return await _agent_event(request, "close", execution_id, me, body)

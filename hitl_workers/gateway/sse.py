@@ -18,13 +18,18 @@ import asyncio
 import json
 import logging
 import re
+import time
 from collections.abc import AsyncIterator
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import redis.asyncio as aioredis
 
 from hitl_workers.gateway import telemetry
+from hitl_workers.gateway.wire_html import sanitize_notification
 from hitl_workers.notify.streams import stream_key
+
+if TYPE_CHECKING:
+    from hitl_workers.gateway.hub import StreamHub, Subscription
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +65,7 @@ async def current_position(client: aioredis.Redis, agent_id: str) -> str:
 def entry_frame(entry_id: str, fields: dict[str, str]) -> bytes:
     raw = fields.get("event", "")
     try:
-        event = json.loads(raw)
+        event = sanitize_notification(json.loads(raw))
         kind = str(event.get("type") or "message")
         data = json.dumps(event, separators=(",", ":"))  # one line, whatever was stored
     except (ValueError, AttributeError):
@@ -69,51 +74,67 @@ def entry_frame(entry_id: str, fields: dict[str, str]) -> bytes:
     return frame(id=entry_id, event=kind, data=data)
 
 
-async def stream_events(client: aioredis.Redis, agent_id: str, after: str, *,
-                        keepalive_s: float, stopping: asyncio.Event) -> AsyncIterator[bytes]:
+def parse_id(entry_id: str) -> tuple[int, int]:
+    """A stream id as a comparable pair (``5`` is ``5-0``, as Redis reads it)."""
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+async def stream_events(hub: StreamHub, sub: Subscription, commands: aioredis.Redis,
+                        after: str, *, keepalive_s: float,
+                        expires_at: float = float("inf")) -> AsyncIterator[bytes]:
     """The SSE body: notifications after ``after``, and a comment at least every
-    ``keepalive_s`` so proxies and browsers keep the connection open."""
-    key = stream_key(agent_id)
-    block_ms = max(100, int(keepalive_s * 1000))
+    ``keepalive_s`` so proxies and browsers keep the connection open, until the token
+    expires (Unix ``expires_at``) or the hub ends the stream.
+
+    ``sub`` is already attached to the hub (:mod:`hitl_workers.gateway.hub`): first the
+    entries from ``after`` to the stream's end are read here, then the hub's, skipping any
+    that were already sent.
+    """
     telemetry.SSE_CONNECTIONS.inc()
     try:
         yield frame(comment="connected", retry=RETRY_MS, id=after)
-        while not stopping.is_set():
-            try:
-                reply = await _read_unless_stopping(client, key, after, block_ms, stopping)
-            except aioredis.RedisError as exc:
-                # End the stream: the browser reconnects with its Last-Event-ID and loses
-                # nothing, which is better than a silent stream that never delivers again.
-                log.warning("reading %s failed: %r; closing the stream", key, exc)
-                yield frame(comment="notifications unavailable; reconnect")
+        last = parse_id(after)
+        try:
+            while True:  # catching up, on the shared command connections
+                # RESP2: [[key, [(entry id, fields), …]]], or empty when caught up.
+                reply = cast(list[Any], await commands.xread({sub.key: after}, count=BATCH))
+                if not reply:
+                    break
+                for entry_id, fields in reply[0][1]:
+                    yield entry_frame(entry_id, fields)
+                    telemetry.SSE_EVENTS.inc()
+                    after, last = entry_id, parse_id(entry_id)
+        except aioredis.RedisError as exc:
+            # End the stream: the browser reconnects with its Last-Event-ID and loses
+            # nothing, which is better than a silent stream that never delivers again.
+            log.warning("reading %s failed: %r; closing the stream", sub.key, exc)
+            yield frame(comment="notifications unavailable; reconnect")
+            return
+        while True:
+            if sub.ended is not None and sub.queue.empty():
+                yield frame(comment=sub.ended)
                 return
-            if reply is None:
-                return  # the gateway is shutting down: end the stream, the client reconnects
-            if not reply:
-                yield frame(comment="keep-alive")
+            left_s = expires_at - time.time()
+            if left_s <= 0:
+                # The client must come back with a fresh token; a reconnect with this one
+                # gets 401, which is what tells the console to sign in again.
+                yield frame(comment="token expired")
+                return
+            try:
+                entry = await asyncio.wait_for(sub.queue.get(), min(keepalive_s, left_s))
+            except TimeoutError:
+                if expires_at > time.time():
+                    yield frame(comment="keep-alive")
                 continue
-            for entry_id, fields in reply[0][1]:
-                yield entry_frame(entry_id, fields)
-                telemetry.SSE_EVENTS.inc()
-                after = entry_id
+            if entry is None:
+                continue  # ended: said at the top of the loop, once the queue is drained
+            entry_id, data = entry
+            if entry_id <= last:
+                continue  # already sent while catching up
+            yield data
+            telemetry.SSE_EVENTS.inc()
+            last = entry_id
     finally:
+        hub.close(sub)
         telemetry.SSE_CONNECTIONS.dec()
-
-
-async def _read_unless_stopping(client: aioredis.Redis, key: str, after: str, block_ms: int,
-                                stopping: asyncio.Event) -> list[Any] | None:
-    """``XREAD BLOCK``, given up (None) as soon as the gateway starts to shut down, so open
-    streams end at once and their browsers reconnect elsewhere, while claims in flight still
-    get the whole graceful-shutdown period to finish."""
-    read = asyncio.ensure_future(client.xread({key: after}, count=BATCH, block=block_ms))
-    stop = asyncio.ensure_future(stopping.wait())
-    try:
-        await asyncio.wait({read, stop}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        stop.cancel()
-        if not read.done():
-            read.cancel()  # redis-py drops that connection rather than reuse it mid-reply
-    if not read.done() or read.cancelled():
-        return None
-    # RESP2 (the client's default): [[key, [(entry id, fields), …]]], or None on timeout.
-    return cast(list[Any], read.result() or [])

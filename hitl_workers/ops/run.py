@@ -7,6 +7,8 @@ waiting for a human, and keeps everything up until Ctrl-C.
 
 from __future__ import annotations
 
+import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -56,6 +58,21 @@ def ensure_redis(url: str, echo: Any) -> None:
     raise click.ClickException(f"started redis-server, but {url} still does not answer")
 
 
+def with_run_secret(settings: Settings, echo: Any) -> Settings:
+    """``settings`` with a usable ``HITL_SECRET``: the one set, when it is strong, or a fresh
+    random one for this run only (the gateway refuses a weak one). Put in the environment, so
+    the processes started below sign and check tokens with the same one."""
+    from hitl_workers.gateway.tokens import secret_problem
+
+    if secret_problem(settings) is None:
+        return settings
+    secret = secrets.token_urlsafe(32)
+    os.environ["HITL_SECRET"] = secret
+    echo("HITL_SECRET is not set (or weak): using a random one for this run; tokens from "
+         "this run stop working when it ends")
+    return settings.model_copy(update={"secret": secret})
+
+
 def _interrupt(*_: Any) -> None:
     raise KeyboardInterrupt
 
@@ -65,6 +82,7 @@ def run_system(settings: Settings, *, gateway_port: int, flower_port: int, simul
     from hitl_workers.app import app
     from hitl_workers.store.migrate import upgrade
 
+    settings = with_run_secret(settings, echo)
     ensure_redis(settings.broker_url, echo)
     ensure_redis(settings.redis_url, echo)
     upgrade(settings.database_url)
@@ -94,8 +112,9 @@ def run_system(settings: Settings, *, gateway_port: int, flower_port: int, simul
             simulator.run(leave_waiting=True)
         from hitl_workers.gateway.tokens import make_token
 
-        echo(f"\nAgent console:  http://127.0.0.1:{gateway_port}/?token={make_token('alice')}")
-        echo("                (signed in as alice; `hitl-workers token bob` signs in bob)")
+        console = f"http://127.0.0.1:{gateway_port}/?token="
+        echo(f"\nAgent console:  {console}{make_token('alice', settings)}")
+        echo(f"                (signed in as alice; bob: {console}{make_token('bob', settings)})")
         auth = ("basic auth from HITL_FLOWER_BASIC_AUTH" if settings.flower_basic_auth
                 else "no auth: set HITL_FLOWER_BASIC_AUTH=user:password to require one")
         echo(f"Flower:         http://127.0.0.1:{flower_port}/  ({auth})")

@@ -46,6 +46,22 @@ def get_agent(conn: Connection, agent_id: str) -> AgentRow | None:
     return AgentRow(row.agent_id, row.name, row.status, groups)
 
 
+def agent_exists(conn: Connection, agent_id: str) -> bool:
+    """Whether the directory has ``agent_id`` (a removed agent's row is deleted)."""
+    found = conn.execute(sa.select(agents.c.agent_id).where(agents.c.agent_id == agent_id))
+    return found.first() is not None
+
+
+def existing_agents(conn: Connection, agent_ids: list[str]) -> set[str]:
+    """Those of ``agent_ids`` that are in the directory (one query per 1,000 ids)."""
+    found: set[str] = set()
+    for start in range(0, len(agent_ids), 1000):
+        chunk = agent_ids[start:start + 1000]
+        found.update(conn.execute(sa.select(agents.c.agent_id)
+                                  .where(agents.c.agent_id.in_(chunk))).scalars())
+    return found
+
+
 def _audience(settings: dict[str, Any] | None) -> Audience:
     settings = settings or {}
     return Audience(specific_agent_id=settings.get("specific_agent_id"),

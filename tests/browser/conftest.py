@@ -89,3 +89,20 @@ def console(browser: Any, gateway: Gateway) -> Iterator[Callable[..., Console]]:
     yield open_console
     for context in contexts:
         context.close()
+
+
+@pytest.fixture
+def put_up(client: Any, flow: Any, team: str) -> Callable[..., dict[str, Any]]:
+    """``put_up(**settings) -> request``: a step for this test's team, waiting."""
+    from tests.acceptance.steps import request
+
+    def start(contact: dict[str, Any] | None = None, **settings: Any) -> dict[str, Any]:
+        settings.setdefault("timeout", "5m")
+        step = request(team, flow.reply_to, **settings)
+        if contact is not None:
+            step["conversation"]["contact"] = contact
+        result = client.call("hitl.request_assistance", **step)
+        assert result["state"] == "waiting", result
+        return step
+
+    return start

@@ -20,7 +20,6 @@ import pytest
 
 from tests.gateway.harness import Gateway, bearer
 from tests.support.fixtures import ARTIFACTS
-from tests.support.steps import request
 
 try:
     from playwright.sync_api import expect
@@ -44,21 +43,6 @@ HOSTILE = """**Look** at this:
 <iframe src="javascript:window.__pwned='iframe'"></iframe>
 <p onclick="window.__pwned='click'">click the paragraph</p>
 """
-
-
-@pytest.fixture
-def put_up(client, flow, team):
-    """``put_up(**settings) -> request``: a step for this test's team, waiting."""
-    def start(contact: dict[str, Any] | None = None, **settings: Any) -> dict[str, Any]:
-        settings.setdefault("timeout", "5m")
-        step = request(team, flow.reply_to, **settings)
-        if contact is not None:
-            step["conversation"]["contact"] = contact
-        result = client.call("hitl.request_assistance", **step)
-        assert result["state"] == "waiting", result
-        return step
-
-    return start
 
 
 def popup_settings(**popup: Any) -> dict[str, Any]:

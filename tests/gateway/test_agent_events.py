@@ -212,9 +212,12 @@ def test_malformed_status_bodies_are_422(api, agents, kwargs):
     assert api.get("/me", headers=bearer(alice)).json()["status"] == "available"
 
 
-def test_status_of_an_agent_not_in_the_directory_is_404(api):
+def test_a_token_of_an_agent_not_in_the_directory_is_401(api):
+    # A removed agent's row is gone, so a never-created agent looks the same: its token,
+    # however well signed, acts as nobody (§8 "a token stops working when its agent is
+    # removed").
     ghost = f"agent-ghost-{uuid.uuid4().hex[:6]}"
     response = api.put(f"/agents/{ghost}/status", headers=bearer(ghost),
                        json={"status": "busy"})
-    assert response.status_code == 404
+    assert response.status_code == 401
     assert ghost in response.json()["detail"]

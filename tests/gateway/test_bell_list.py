@@ -71,5 +71,7 @@ def test_an_empty_rule_group_sees_every_conversation(api, agents, waiting):
     assert step["execution_id"] in [e["execution_id"] for e in bell(api, everyone)]
 
 
-def test_an_agent_not_in_the_directory_has_an_empty_bell_list(api):
-    assert bell(api, "agent-nobody-here") == []
+def test_an_agent_not_in_the_directory_has_no_bell_list(api):
+    response = api.get("/agents/agent-nobody-here/requests",
+                       headers=bearer("agent-nobody-here"))
+    assert response.status_code == 401

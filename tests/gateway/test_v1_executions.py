@@ -117,6 +117,22 @@ def test_an_invalid_request_is_422_recorded_failed_and_its_exit_sent(service_api
     assert flow.count_for(step["execution_id"]) == 1
 
 
+def test_a_request_over_64_kib_is_still_recorded_failed_and_a_huge_one_is_413(
+        service_api, team, flow):
+    # Given a request of about 100 KB: over the agent routes' 64 KiB, under §1's 256 KiB
+    step = request(team, flow.reply_to, popup={"text": "x" * 100_000})
+    # When it is sent over HTTP
+    response = service_api.post("/v1/executions", json=step)
+    # Then the worker judged it (the popup text is over 20,000 characters): 422, recorded failed
+    assert response.status_code == 422, response.text
+    assert response.json()["fields"] == ["settings.popup.text"]
+    assert execution(step["execution_id"]).state == "failed"
+    # And a body of 600 KB is refused before it is read
+    huge = request(team, flow.reply_to, popup={"text": "x" * 600_000})
+    assert service_api.post("/v1/executions", json=huge).status_code == 413
+    assert execution(huge["execution_id"]) is None
+
+
 def test_a_request_without_an_execution_id_is_422_with_no_execution(service_api, team, flow):
     step = request(team, flow.reply_to)
     del step["execution_id"]

@@ -6,9 +6,10 @@
 // itself with Last-Event-ID; the gateway resumes right after it, and the console still drops
 // any notification id it has already handled (an outbox re-send repeats one).
 //
-// Safety: the popup's `html` is inserted as HTML because the server rendered and sanitized it
-// (and the page's Content-Security-Policy forbids inline script besides). Everything else —
-// `text`, labels, contact fields, ids — is inserted as text, never as HTML.
+// Safety: the popup's `html` is inserted as HTML because the gateway sanitized it just before
+// sending it (whatever was written to the stream; gateway/wire_html.py), after the worker that
+// rendered it did, and the page's Content-Security-Policy forbids inline script besides.
+// Everything else — `text`, labels, contact fields, ids — is inserted as text, never as HTML.
 (function () {
   "use strict";
 
@@ -41,6 +42,7 @@
     localAdds: new Map(),     // execution id -> when a notification added it
     popups: new Map(),        // execution id -> {node, event}
     popupSeq: 0,
+    openedPopups: false,      // the popups of requests made before the page opened: shown
   };
 
   // --- helpers ---------------------------------------------------------------------------
@@ -145,6 +147,7 @@
     }
     sessionStorage.setItem(TOKEN_KEY, token);
     state.agentId = me.body.agent_id;
+    state.openedPopups = false;
     $("agent-name").textContent = me.body.name && me.body.name !== me.body.agent_id
       ? `${me.body.name} (${me.body.agent_id})` : me.body.agent_id;
     const select = $("status-select");
@@ -308,8 +311,27 @@
     if (!state.agentId) return;
     const agentId = state.agentId;
     const asked = Date.now();
-    const answer = await api("GET", `/agents/${encodeURIComponent(agentId)}/requests`);
+    // The first list after the page opens also brings each entry's notification, so a
+    // request made before the page opened shows its popup as if it had just arrived. Once:
+    // later lists (reconnects, every 15 s) only update the bell.
+    const withPopups = !state.openedPopups;
+    const query = withPopups ? "?with_popups=true" : "";
+    const answer = await api("GET", `/agents/${encodeURIComponent(agentId)}/requests${query}`);
     if (answer.status !== 200 || state.agentId !== agentId) return;
+    if (withPopups) {
+      state.openedPopups = true;
+      for (const entry of answer.body) {
+        const event = entry.notification;
+        delete entry.notification;
+        if (!event || !event.id || state.seen.has(event.id)) continue;
+        if (state.ended.has(entry.execution_id)) continue;
+        state.seen.add(event.id);  // its copy on the stream, if any, is not shown twice
+        const popup = event.popup;
+        if (popup && !(popup.display_until_ms && popup.display_until_ms <= Date.now())) {
+          showPopup(event);
+        }
+      }
+    }
     const fresh = new Map();
     for (const entry of answer.body) {
       if (state.ended.has(entry.execution_id)) continue;
@@ -382,7 +404,7 @@
     dialog.append(contactList(event.contact, event.conversation_id));
 
     const text = el("div", { id: bodyId, className: "popup-text" });
-    // Server-rendered, server-sanitized HTML (nh3): the one place HTML is inserted.
+    // Sanitized by the worker and again by the gateway (nh3): the one place HTML is inserted.
     text.innerHTML = popup.html || "";
     dialog.append(text);
 
