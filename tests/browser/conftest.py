@@ -94,7 +94,7 @@ def console(browser: Any, gateway: Gateway) -> Iterator[Callable[..., Console]]:
 @pytest.fixture
 def put_up(client: Any, flow: Any, team: str) -> Callable[..., dict[str, Any]]:
     """``put_up(**settings) -> request``: a step for this test's team, waiting."""
-    from tests.acceptance.steps import request
+    from tests.support.steps import request
 
     def start(contact: dict[str, Any] | None = None, **settings: Any) -> dict[str, Any]:
         settings.setdefault("timeout", "5m")

@@ -69,9 +69,8 @@ def test_a_few_seconds_of_clock_skew_are_allowed_and_no_more():
 
 
 def test_the_dev_runner_makes_a_secret_per_run_when_none_is_usable(monkeypatch):
-    from hitl_workers.devrun import with_run_secret
-
     from hitl_workers.gateway.tokens import secret_problem
+    from hitl_workers.ops.run import with_run_secret
 
     monkeypatch.delenv("HITL_SECRET", raising=False)
     said: list[str] = []

@@ -10,7 +10,7 @@ import uuid
 import pytest
 
 from tests.gateway.harness import bearer
-from tests.support.steps import request
+from tests.support.steps import eventually, request
 
 
 @pytest.fixture
@@ -22,6 +22,12 @@ def agent_id(service_api):
 
 def me(api, agent):
     return api.get("/me", headers=bearer(agent)).json()
+
+
+def not_in_directory(api, agent):
+    """The gateway refuses the agent's own token: it is not in the directory (§8 Limits)."""
+    response = api.get("/me", headers=bearer(agent))
+    return response.status_code == 401 and "not in the directory" in response.json()["detail"]
 
 
 def test_upsert_then_status_then_remove_round_trip(api, service_api, agent_id, team, flow,
@@ -51,7 +57,8 @@ def test_upsert_then_status_then_remove_round_trip(api, service_api, agent_id, t
     removed = service_api.delete(f"/v1/agents/{agent_id}")
     assert removed.status_code == 200
     assert removed.json() == {"agent_id": agent_id, "status": "removed"}
-    assert me(api, agent_id)["status"] is None
+    # (the gateway caches "is in the directory" for HITL_GATEWAY_AGENT_CACHE_S, 2 s)
+    assert eventually(lambda: not_in_directory(api, agent_id), timeout=5)
     time.sleep(0.5)
     assert any(e["type"] == "assistance.withdrawn" and e["execution_id"] == step["execution_id"]
                for e in streams.events(agent_id))
@@ -86,7 +93,7 @@ def test_a_bad_directory_body_is_422_and_changes_nothing(api, service_api, agent
     response = service_api.put(path.format(agent=agent_id), json=body)
     assert response.status_code == 422, response.text
     assert named in response.json()["detail"]
-    assert me(api, agent_id)["status"] is None  # not created
+    assert not_in_directory(api, agent_id)  # not created
 
 
 def test_a_bad_agent_id_in_the_path_is_422(service_api):
