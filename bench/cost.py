@@ -63,12 +63,23 @@ class StatementCounter:
         sa.event.listen(engine, "rollback", self._rollback)
         self._engines.append(engine)
 
-    def reset(self) -> Counts:
+    def reset(self) -> Counts:  # noqa: F811
+        from hitl_workers.store import wire
+
         counts, self.counts = self.counts, Counts()
+        folded = wire.stats
+        counts.round_trips += folded.round_trips - self._folded[0]
+        counts.statements += folded.statements - self._folded[1]
+        counts.commits += folded.commits - self._folded[2]
+        self._folded = (folded.round_trips, folded.statements, folded.commits)
         return counts
+
+    _folded = (0, 0, 0)
 
     def _execute(self, conn: Any, cursor: Any, statement: str, parameters: Any,
                  context: Any, executemany: bool) -> None:
+        if _autocommit(conn):
+            return  # a folded transaction: hitl_workers.store.wire counts what it sends
         parts = [p for p in _STATEMENT_SPLIT.split(statement.strip()) if p.strip()]
         many = len(parameters) if executemany and isinstance(parameters, list | tuple) else 1
         self.counts.statements += len(parts) * many
@@ -100,8 +111,9 @@ class StatementCounter:
 def _autocommit(conn: Any) -> bool:
     # An engine that manages BEGIN/COMMIT itself runs the driver in autocommit: its own
     # statements are counted as they are executed.
-    return bool(conn.get_isolation_level() == "AUTOCOMMIT") if conn.dialect.name == \
-        "postgresql" else False
+    if conn.dialect.name != "postgresql" or conn.invalidated:
+        return False
+    return bool(getattr(conn.connection.dbapi_connection, "autocommit", False))
 
 
 def run_steps(steps: int, *, counter: StatementCounter | None = None) -> tuple[Counts, float]:
