@@ -18,6 +18,7 @@ from sqlalchemy.engine import Connection, Row
 
 from hitl_workers.domain.eligibility import AgentView, Audience
 from hitl_workers.domain.machine import ExecutionView, TimerView
+from hitl_workers.store import wire
 from hitl_workers.store.tables import (
     UTCDateTime,
     agent_events,
@@ -450,7 +451,35 @@ def relax_durability(conn: Connection) -> None:
     lost mark means the row is sent again, and delivery is at least once anyway).
     """
     if conn.dialect.name == "postgresql":
-        conn.exec_driver_sql("SET LOCAL synchronous_commit = off")
+        # Deferred: it travels with the transaction's next statement (see store.wire).
+        conn.exec_driver_sql("SET LOCAL synchronous_commit = off",
+                             execution_options={wire.DEFER: True})
+
+
+MARK_SENT_SQL = """\
+WITH marks AS (
+    SELECT * FROM jsonb_to_recordset(%(marks)s::jsonb)
+        AS m(id bigint, at timestamptz, execution_id text, task text, queue text)
+), sent AS (
+    UPDATE outbox SET sent_at = marks.at, attempted_at = marks.at,
+                      attempts = outbox.attempts + 1, last_error = NULL
+    FROM marks WHERE outbox.id = marks.id AND outbox.sent_at IS NULL
+    RETURNING outbox.id
+)
+INSERT INTO audit_events (execution_id, at, kind, agent_id, detail)
+SELECT execution_id, at, 'exit_delivered', NULL,
+       jsonb_build_object('task', task, 'queue', queue)
+FROM marks WHERE task IS NOT NULL AND id IN (SELECT id FROM sent)"""
+
+
+def mark_sent_statement(marks: Sequence[Mapping[str, Any]]) -> tuple[str, dict[str, Any]]:
+    """One PostgreSQL statement marking many outbox rows sent and auditing the delivery of
+    the exits among them: each mark has ``id``, ``at`` (ISO time), ``execution_id`` and, for
+    an exit, ``task`` and ``queue``. A row already marked is left alone (and not audited
+    twice)."""
+    import json
+
+    return MARK_SENT_SQL, {"marks": json.dumps(list(marks))}
 
 
 def unsent_outbox(conn: Connection, ids: Sequence[int]) -> list[Row[Any]]:

@@ -25,10 +25,10 @@ whole transaction back, as it would have anyway. (psycopg 3's pipeline mode woul
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy.engine import Connection, Engine
 
@@ -56,8 +56,14 @@ class _Pending:
     begun: bool = False
 
 
-Rider = Callable[[], tuple[str, dict[str, Any]] | None]
-"""Returns a statement (with pyformat parameters) to run in the next transaction, or None."""
+class Rider(Protocol):
+    """Something with statements to run in this process's next transaction."""
+
+    def take(self) -> tuple[str, dict[str, Any]] | None:
+        """A statement (pyformat parameters) to send with the next ``BEGIN``, or None."""
+
+    def confirm(self, committed: bool) -> None:
+        """How the transaction that took the statement ended."""
 
 _riders: list[Rider] = []
 _riders_lock = threading.Lock()
@@ -74,27 +80,24 @@ def folds(engine: Engine) -> bool:
 
 
 @contextmanager
-def folded_transaction(conn: Connection,
-                       on_end: Callable[[bool], None] | None = None) -> Iterator[Connection]:
+def folded_transaction(conn: Connection) -> Iterator[Connection]:
     """One transaction on ``conn`` with ``BEGIN`` and deferred writes folded (see above).
 
     The driver runs in autocommit mode meanwhile, so it sends no ``BEGIN`` or ``COMMIT`` of
-    its own; this sends them. ``on_end(committed)`` is told how it ended (riders use it to
-    put back what a rolled-back transaction took).
+    its own; this sends them. Riders are told how it ended (a rolled-back transaction gives
+    back what it took).
     """
     conn.execution_options(isolation_level="AUTOCOMMIT")
     pending = _Pending([b"BEGIN"])
     raw = conn.connection.dbapi_connection
     assert raw is not None
-    taken: list[Callable[[bool], None]] = []
+    taken: list[Rider] = []
     with raw.cursor() as cursor:
         for rider in list(_riders):
-            statement = rider()
+            statement = rider.take()
             if statement is not None:
                 pending.chunks.append(cursor.mogrify(*statement))
-                confirm = getattr(rider, "confirm", None)
-                if confirm is not None:
-                    taken.append(confirm)
+                taken.append(rider)
     conn.info[_PENDING] = pending
     committed = False
     try:
@@ -114,8 +117,8 @@ def folded_transaction(conn: Connection,
     finally:
         if not conn.invalidated:
             conn.info.pop(_PENDING, None)
-        for confirm in taken:
-            confirm(committed)
+        for rider in taken:
+            rider.confirm(committed)
 
 
 def _pending(context: Any) -> _Pending | None:

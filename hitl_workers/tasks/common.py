@@ -9,6 +9,7 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 import redis
+from celery.signals import worker_process_shutdown
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
@@ -111,6 +112,13 @@ def after_commit(effects: Effects) -> None:
             app.control.revoke([timer_task_id(e, k) for e, k in effects.revoke])
         except Exception as exc:  # an optimisation only
             log.info("revoke of %s failed: %r", effects.revoke, exc)
+
+
+@worker_process_shutdown.connect
+def _mark_what_was_sent(**_: Any) -> None:
+    # A pool process stopping (warm shutdown, max-tasks-per-child) writes its pending "sent"
+    # marks, so what it published is not re-sent by the reconciler.
+    delivery.sent_marks.flush()
 
 
 def arm_timer(execution_id: str, kind: str, due_at: datetime) -> None:
