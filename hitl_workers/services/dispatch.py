@@ -10,7 +10,6 @@ from typing import Any
 
 from sqlalchemy.engine import Connection
 
-from hitl_workers import metrics
 from hitl_workers.domain.eligibility import Audience, select_agents
 from hitl_workers.domain.request import AssistanceRequest, ReplyTo
 from hitl_workers.domain.validation import (
@@ -21,7 +20,7 @@ from hitl_workers.domain.validation import (
 )
 from hitl_workers.notify import events as notifications
 from hitl_workers.services import outbox
-from hitl_workers.services.effects import Effects
+from hitl_workers.services.effects import Effects, StepEnded
 from hitl_workers.services.transitions import queue_exit_message
 from hitl_workers.store import repo
 
@@ -103,8 +102,7 @@ def _fail(conn: Connection, execution_id: str, kwargs: dict[str, Any], error: di
     if not repo.insert_execution(conn, values):
         return _duplicate(conn, execution_id), Effects()
     effects = Effects()
-    metrics.step_ended(conn, state="failed", exit="error", merge_field={"error": error},
-                       dispatched_at=None, now=now)
+    effects.observations.append(StepEnded("failed", "error", {"error": error}, None, now))
     queue_exit_message(conn, effects, SimpleNamespace(**values), "error", {"error": error}, now)
     repo.audit_many(conn, execution_id, now, [
         ("request_invalid", None, {"error": error}),
@@ -185,8 +183,7 @@ def _dispatch(conn: Connection, request: AssistanceRequest, now: datetime,
         values.update(state="exited", exit="not_claimed", merge_field=merge_field, ended_at=now)
         if not repo.insert_execution(conn, values):
             return _duplicate(conn, execution_id), Effects()
-        metrics.step_ended(conn, state="exited", exit="not_claimed", merge_field=merge_field,
-                           dispatched_at=now, now=now)
+        effects.observations.append(StepEnded("exited", "not_claimed", merge_field, now, now))
         if request.conversation is not None:
             repo.update_conversation(conn, request.conversation_id, now, tags=tags,
                                      contact=contact)

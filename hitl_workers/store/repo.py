@@ -33,6 +33,9 @@ from hitl_workers.store.tables import (
     timers,
 )
 
+_DEFER = {wire.DEFER: True}
+"""A write nobody reads an answer from: on PostgreSQL it travels with the next statement."""
+
 
 def _insert(conn: Connection, table: sa.Table) -> Any:
     """A dialect-specific INSERT that supports ON CONFLICT."""
@@ -206,7 +209,8 @@ def update_conversation(conn: Connection, conversation_id: str, now: datetime,
     stmt = _prebuilt(conn, "update_conversation", lambda _: (
         sa.update(conversations)
         .where(conversations.c.conversation_id == sa.bindparam("b_conversation_id"))))
-    conn.execute(stmt, {"b_conversation_id": conversation_id, "updated_at": now, **values})
+    conn.execute(stmt, {"b_conversation_id": conversation_id, "updated_at": now, **values},
+                 execution_options=_DEFER)
 
 
 def get_conversation(conn: Connection, conversation_id: str) -> Row[Any] | None:
@@ -277,7 +281,7 @@ def insert_offers(conn: Connection, execution_id: str, agent_ids: Sequence[str],
 
 def set_offer(conn: Connection, execution_id: str, agent_id: str, status: str,
               now: datetime) -> None:
-    stmt = _insert(conn, offers).values(
+    stmt = _insert(conn, offers).inline().values(
         execution_id=execution_id, agent_id=agent_id, status=status, updated_at=now)
     conn.execute(stmt.on_conflict_do_update(
         index_elements=["execution_id", "agent_id"],
@@ -285,7 +289,7 @@ def set_offer(conn: Connection, execution_id: str, agent_id: str, status: str,
         # A repeat of the same change (an agent rejecting twice) leaves the row alone:
         # ``updated_at`` orders ``rejectedBy``, so a repeated reject must not move the agent
         # behind those who rejected after its first one.
-        where=offers.c.status != stmt.excluded.status))
+        where=offers.c.status != stmt.excluded.status), execution_options=_DEFER)
 
 
 def live_offer_agents(conn: Connection, execution_id: str) -> list[str]:
@@ -322,6 +326,68 @@ def finish_timers(conn: Connection, execution_id: str, *, fired: str | None,
     rows = conn.execute(_prebuilt(conn, "finish_timers", build), {
         "b_execution_id": execution_id, "b_fired": fired or "", "b_now": now}).all()
     return [r.kind for r in sorted(rows, key=lambda r: r.due_at) if r.state == "cancelled"]
+
+
+def finish_timers_later(conn: Connection, execution_id: str, *, fired: str | None,
+                        now: datetime) -> None:
+    """:func:`finish_timers` without its answer, so it can travel with the next statement
+    (the caller knows from its view which timers were pending)."""
+    def build(_: Connection) -> Any:
+        is_fired = timers.c.kind == sa.bindparam("b_fired")
+        return (sa.update(timers)
+                .where(timers.c.execution_id == sa.bindparam("b_execution_id"),
+                       timers.c.state == "pending")
+                .values(state=sa.case((is_fired, "fired"), else_="cancelled"),
+                        fired_at=sa.case((is_fired, sa.bindparam("b_now", type_=UTCDateTime)),
+                                         else_=None)))
+
+    conn.execute(_prebuilt(conn, "finish_timers_later", build), {
+        "b_execution_id": execution_id, "b_fired": fired or "", "b_now": now},
+        execution_options=_DEFER)
+
+
+_END_SQL = """WITH ended AS (
+    UPDATE executions SET state = %(state)s, exit = %(exit)s,
+                          merge_field = %(merge_field)s::jsonb, ended_at = %(now)s
+     WHERE execution_id = %(execution_id)s AND state = 'waiting'
+    RETURNING execution_id
+), queued AS (
+    INSERT INTO outbox (dedupe_key, kind, execution_id, payload, created_at, attempts)
+    SELECT m.dedupe_key, m.kind, m.execution_id, m.payload, %(now)s, 0
+      FROM json_to_recordset(%(messages)s::json)
+           AS m(dedupe_key text, kind text, execution_id text, payload json)
+     WHERE EXISTS (SELECT 1 FROM ended)
+    ON CONFLICT (dedupe_key) DO NOTHING
+    RETURNING id, dedupe_key
+)
+SELECT (SELECT count(*) FROM ended) AS ended,
+       (SELECT json_agg(json_build_array(dedupe_key, id)) FROM queued) AS queued"""
+
+
+def end_with_messages(conn: Connection, execution_id: str, *, state: str, exit: str | None,
+                      merge_field: Mapping[str, Any] | None, now: datetime,
+                      messages: Sequence[Mapping[str, Any]]) -> tuple[bool, dict[str, int]]:
+    """The guarded transition out of ``waiting`` and its outbox rows, in one statement.
+
+    Returns (whether this call ended it, dedupe key → id of the rows queued). The messages
+    are queued only if the guarded update happened (``WHERE EXISTS (SELECT 1 FROM ended)``);
+    the caller holds the row lock, so it always does unless something is broken.
+    """
+    if conn.dialect.name != "postgresql":
+        if not end_execution(conn, execution_id, state=state, exit=exit,
+                             merge_field=merge_field, now=now):
+            return False, {}
+        return True, add_outbox_many(conn, messages, now)
+    import json
+
+    found = conn.exec_driver_sql(_END_SQL, {
+        "execution_id": execution_id, "state": state, "exit": exit,
+        "merge_field": json.dumps(merge_field) if merge_field is not None else None,
+        "now": now, "messages": json.dumps([
+            {"dedupe_key": m["dedupe_key"], "kind": m["kind"],
+             "execution_id": m["execution_id"], "payload": m["payload"]}
+            for m in messages])}).one()
+    return bool(found.ended), {key: outbox_id for key, outbox_id in found.queued or ()}
 
 
 def lock_overdue(conn: Connection, now: datetime, limit: int) -> list[Row[Any]]:
@@ -388,11 +454,13 @@ def stored_event_result(conn: Connection, agent_id: str, event_id: str
 
 def store_event_result(conn: Connection, *, agent_id: str, event_id: str, action: str,
                        execution_id: str | None, result: Mapping[str, Any],
-                       now: datetime) -> None:
-    """Record the answer to a client event. A concurrent twin raises IntegrityError here."""
-    conn.execute(agent_events.insert().values(
+                       now: datetime, conversation_id: str | None = None) -> None:
+    """Record the answer to a client event. A concurrent twin makes the transaction fail
+    with IntegrityError (at this statement, or at COMMIT when it travelled with it)."""
+    conn.execute(agent_events.insert().inline().values(
         agent_id=agent_id, event_id=event_id, action=action, execution_id=execution_id,
-        result=dict(result), created_at=now))
+        conversation_id=conversation_id, result=dict(result), created_at=now),
+        execution_options=_DEFER)
 
 
 # --- audit, outbox, dead letters, heartbeats ------------------------------------------------
@@ -408,10 +476,11 @@ def audit_many(conn: Connection, execution_id: str, now: datetime,
                entries: Sequence[tuple[str, str | None, Mapping[str, Any] | None]]) -> None:
     """Several audit events of one transaction in one statement: (kind, agent id, detail)."""
     if entries:
-        conn.execute(audit_events.insert(), [
+        # ``inline()``: no implicit RETURNING of the new ids, so the insert needs no answer.
+        conn.execute(audit_events.insert().inline(), [
             {"execution_id": execution_id, "at": now, "kind": kind, "agent_id": agent_id,
              "detail": dict(detail) if detail else None}
-            for kind, agent_id, detail in entries])
+            for kind, agent_id, detail in entries], execution_options=_DEFER)
 
 
 def audit_trail(conn: Connection, execution_id: str) -> list[Row[Any]]:
