@@ -22,6 +22,7 @@ from hitl_workers.store import wire
 from hitl_workers.store.tables import (
     UTCDateTime,
     agent_events,
+    agent_rule_groups,
     agents,
     audit_events,
     conversations,
@@ -245,6 +246,12 @@ def upsert_agent(conn: Connection, *, agent_id: str, name: str, status: str,
               "rule_groups": stmt.excluded.rule_groups, "updated_at": stmt.excluded.updated_at},
     )
     conn.execute(stmt)
+    # The index of who sees what (store/tables.py agent_rule_groups) follows the agent.
+    conn.execute(sa.delete(agent_rule_groups).where(agent_rule_groups.c.agent_id == agent_id))
+    if rule_groups:
+        conn.execute(agent_rule_groups.insert().inline(), [
+            {"agent_id": agent_id, "position": i, "tags": list(group)}
+            for i, group in enumerate(rule_groups)])
 
 
 def set_agent_status(conn: Connection, agent_id: str, status: str, now: datetime) -> bool:
@@ -274,9 +281,11 @@ def executions_offered_to(conn: Connection, agent_id: str) -> list[str]:
 def insert_offers(conn: Connection, execution_id: str, agent_ids: Sequence[str],
                   now: datetime) -> None:
     if agent_ids:
-        conn.execute(offers.insert(), [
+        # One multi-row INSERT however many agents (SQLAlchemy's insertmanyvalues), no
+        # answer needed: on PostgreSQL it travels with the next statement or COMMIT.
+        conn.execute(offers.insert().inline(), [
             {"execution_id": execution_id, "agent_id": a, "status": "offered", "updated_at": now}
-            for a in agent_ids])
+            for a in agent_ids], execution_options=_DEFER)
 
 
 def set_offer(conn: Connection, execution_id: str, agent_id: str, status: str,
@@ -304,7 +313,7 @@ def insert_timers(conn: Connection, execution_id: str,
     rows = [{"execution_id": execution_id, "kind": kind, "due_at": due_at, "state": "pending",
              "armed_at": armed_at} for kind, due_at, armed_at in deadlines]
     if rows:
-        conn.execute(timers.insert(), rows)
+        conn.execute(timers.insert().inline(), rows, execution_options=_DEFER)
 
 
 def finish_timers(conn: Connection, execution_id: str, *, fired: str | None,
