@@ -40,8 +40,10 @@ class Settings(BaseSettings):
     visibility_timeout_s: float | None = None
     """Redis transport visibility timeout; default: the timer horizon plus a margin."""
 
-    revoke_timers: bool = True
-    """Revoke a finished step's pending wake-ups (saves work only; correctness never needs it)."""
+    revoke_timers: bool = False
+    """Revoke a finished step's pending wake-up. Off by default: a revoke is a broadcast every
+    worker handles and remembers, and it does not free the held ETA message; the wake-up, when
+    due, finds its timer cancelled in one short transaction (docs/benchmarks.md)."""
     db_pool_size: int = Field(5, ge=1)
     notification_stream_maxlen: int = Field(10_000, ge=100)
     notify_timeout_s: float = Field(0.5, gt=0)
