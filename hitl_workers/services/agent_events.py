@@ -17,7 +17,8 @@ from hitl_workers.store import executions, repo
 from hitl_workers.store.executions import StoredEvent
 
 Action = Literal["claim", "reject", "close"]
-_EVENTS = {"claim": machine.Claim, "reject": machine.Reject, "close": machine.Close}
+_EVENTS: dict[str, type[machine.Claim | machine.Reject | machine.Close]] = {
+    "claim": machine.Claim, "reject": machine.Reject, "close": machine.Close}
 
 
 class AgentEventIn(_Strict):

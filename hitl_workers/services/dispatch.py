@@ -153,7 +153,7 @@ def _dispatch(conn: Connection, request: AssistanceRequest, now: datetime,
         return result(execution_id, read.mine[0], read.mine[1], True), Effects()  # a retry
 
     if read.busy_with is not None:
-        error = {"code": "conversation_busy",
+        error: dict[str, Any] = {"code": "conversation_busy",
                  "message": f"conversation {request.conversation_id} already has a waiting "
                             f"execution ({read.busy_with}); cancel it or wait for its exit",
                  "fields": ["conversation_id"]}

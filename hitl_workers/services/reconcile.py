@@ -100,7 +100,7 @@ def _fire(conn: Connection, row: LockedExecution, view: machine.ExecutionView, n
     """Fire ``row``'s overdue deadline (its execution is locked); True when it fired."""
     kind = row.timer_kind
     assert kind is not None
-    decision = machine.decide(view, machine.TimerFired(kind), now)
+    decision = machine.decide(view, machine.TimerFired(kind), now)  # type: ignore[arg-type]
     fired = apply(conn, row, view, decision, now, fired=kind)
     fired.arm.clear()  # an overdue timer is never early; nothing to re-arm
     effects.merge(fired)

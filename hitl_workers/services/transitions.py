@@ -73,7 +73,7 @@ def _end(conn: Connection, row: LockedExecution, view: ExecutionView, decision: 
     recipients = sorted(a for a, status in offers.items() if status in LIVE_OFFERS)
     if winner and winner not in recipients:
         recipients.append(winner)
-    messages = []
+    messages: list[dict[str, Any]] = []
     if recipients:
         event = notifications.withdrawn(
             execution_id=execution_id, conversation_id=row.conversation_id,

@@ -85,7 +85,7 @@ def lock_and_read(conn: Connection, *, execution_id: str, conversation_id: str,
     candidates = tuple(AgentView(a, s, tuple(tuple(g) for g in groups or ()))
                        for a, s, groups in row.candidates or ())
     return DispatchRead(row.status, tuple(row.tags or ()), row.contact,
-                        tuple(row.mine) if row.mine else None,  # type: ignore[arg-type]
+                        (row.mine[0], row.mine[1]) if row.mine else None,
                         row.busy_with, candidates)
 
 

@@ -53,8 +53,8 @@ class LockedExecution:
     """The overdue deadline a reconciler batch locked this execution for (else None)."""
 
     @classmethod
-    def from_row(cls, row: Row[Any] | Mapping[str, Any]) -> LockedExecution:
-        m = row._mapping if isinstance(row, Row) else row
+    def from_row(cls, row: Row[Any] | Mapping[Any, Any]) -> LockedExecution:
+        m: Mapping[Any, Any] = row._mapping if isinstance(row, Row) else row
         return cls(
             execution_id=m["execution_id"], conversation_id=m["conversation_id"],
             flow_id=m["flow_id"], step_id=m["step_id"], state=m["state"], exit=m["exit"],
@@ -195,8 +195,8 @@ def views(conn: Connection, rows: Sequence[LockedExecution]) -> dict[str, Execut
                           .order_by(offers.c.updated_at, offers.c.agent_id)):
         offer_pairs[r.execution_id].append((r.agent_id, r.status))
     timer_rows: dict[str, list[tuple[str, datetime, str]]] = {i: [] for i in ids}
-    for r in conn.execute(sa.select(timers.c.execution_id, timers.c.kind, timers.c.due_at,
+    for t in conn.execute(sa.select(timers.c.execution_id, timers.c.kind, timers.c.due_at,
                                     timers.c.state).where(timers.c.execution_id.in_(ids))):
-        timer_rows[r.execution_id].append((r.kind, r.due_at, r.state))
+        timer_rows[t.execution_id].append((t.kind, t.due_at, t.state))
     return {row.execution_id: view_of(row, offer_pairs[row.execution_id],
                                       timer_rows[row.execution_id]) for row in rows}

@@ -399,7 +399,7 @@ def end_with_messages(conn: Connection, execution_id: str, *, state: str, exit: 
     return bool(found.ended), {key: outbox_id for key, outbox_id in found.queued or ()}
 
 
-def lock_overdue(conn: Connection, now: datetime, limit: int) -> list[Row[Any]]:
+def lock_overdue(conn: Connection, now: datetime, limit: int) -> Sequence[Row[Any]]:
     """Waiting executions with a pending deadline due by ``now``, earliest deadline first,
     each locked for this transaction; at most one row per execution, for its earliest
     overdue deadline (columns of :func:`lock_execution`, plus ``timer_kind``).
@@ -492,7 +492,7 @@ def audit_many(conn: Connection, execution_id: str, now: datetime,
             for kind, agent_id, detail in entries], execution_options=_DEFER)
 
 
-def audit_trail(conn: Connection, execution_id: str) -> list[Row[Any]]:
+def audit_trail(conn: Connection, execution_id: str) -> Sequence[Row[Any]]:
     return conn.execute(sa.select(audit_events).where(
         audit_events.c.execution_id == execution_id).order_by(audit_events.c.id)).all()
 
@@ -560,7 +560,7 @@ def mark_sent_statement(marks: Sequence[Mapping[str, Any]]) -> tuple[str, dict[s
     return MARK_SENT_SQL, {"marks": json.dumps(list(marks))}
 
 
-def unsent_outbox(conn: Connection, ids: Sequence[int]) -> list[Row[Any]]:
+def unsent_outbox(conn: Connection, ids: Sequence[int]) -> Sequence[Row[Any]]:
     return conn.execute(sa.select(outbox).where(
         outbox.c.id.in_(ids), outbox.c.sent_at.is_(None)).order_by(outbox.c.id)).all()
 
@@ -612,7 +612,7 @@ def ended_executions(conn: Connection, execution_ids: Iterable[str]) -> set[str]
         executions.c.execution_id.in_(ids), executions.c.state != "waiting")).scalars())
 
 
-def outbox_for_execution(conn: Connection, execution_id: str) -> list[Row[Any]]:
+def outbox_for_execution(conn: Connection, execution_id: str) -> Sequence[Row[Any]]:
     return conn.execute(sa.select(outbox).where(
         outbox.c.execution_id == execution_id).order_by(outbox.c.id)).all()
 

@@ -89,15 +89,17 @@ def folded_transaction(conn: Connection) -> Iterator[Connection]:
     """
     conn.execution_options(isolation_level="AUTOCOMMIT")
     pending = _Pending([b"BEGIN"])
-    raw = conn.connection.dbapi_connection
-    assert raw is not None
+    raw: Any = conn.connection.dbapi_connection
     taken: list[Rider] = []
-    with raw.cursor() as cursor:
+    cursor = raw.cursor()
+    try:
         for rider in list(_riders):
             statement = rider.take()
             if statement is not None:
                 pending.chunks.append(cursor.mogrify(*statement))
                 taken.append(rider)
+    finally:
+        cursor.close()
     conn.info[_PENDING] = pending
     committed = False
     try:

@@ -8,7 +8,7 @@ from hitl_workers.store.db import make_engine
 from hitl_workers.store.tables import metadata
 
 config = context.config
-url = config.get_main_option("sqlalchemy.url")
+url = config.get_main_option("sqlalchemy.url") or ""
 
 
 def run_migrations_online() -> None:
