@@ -8,10 +8,10 @@ Read (PostgreSQL), in the message that carries ``BEGIN``:
 
 Two statements for the reason given in :mod:`hitl_workers.store.executions`: the read must
 start once the conversation's lock is held, so that a request for the same conversation that
-committed meanwhile is seen. "Who can see it" is answered by the GIN index on
-``agent_rule_groups.tags`` (``tags <@ :conversation_tags``: every tag of some rule group is
-among the conversation's), so a directory of any size costs what the agents who can see it
-cost. :func:`hitl_workers.domain.eligibility.select_agents` still decides, from those agents,
+committed meanwhile is seen. "Who can see it" is answered by the btree index on
+``agent_rule_groups.key_tag`` (``key_tag = ANY(T) AND tags <@ T``, see store/tables.py), so a
+directory of any size costs about what the groups keyed by the conversation's tags cost.
+:func:`hitl_workers.domain.eligibility.select_agents` still decides, from those agents,
 who is offered the step and why the others are not.
 
 Write: :func:`create_with_messages` inserts the execution and its outbox rows in one statement;
@@ -59,14 +59,17 @@ SELECT c.status, c.tags, c.contact,
       AND e.execution_id <> %(execution_id)s LIMIT 1) AS busy_with,
   (SELECT json_agg(json_build_array(a.agent_id, a.status, a.rule_groups) ORDER BY a.agent_id)
      FROM agents a
-    WHERE CASE WHEN %(specific)s::text IS NOT NULL THEN a.agent_id = %(specific)s::text
-               ELSE a.agent_id IN (
-                   SELECT g.agent_id FROM agent_rule_groups g
-                    WHERE g.tags <@ coalesce(
-                        %(tags)s::varchar[],
-                        ARRAY(SELECT jsonb_array_elements_text(c.tags))::varchar[])) END
+    WHERE {candidates}
   ) AS candidates
-FROM conversations c WHERE c.conversation_id = %(conversation_id)s"""
+FROM conversations c,
+     LATERAL (SELECT coalesce(%(tags)s::varchar[],
+                              ARRAY(SELECT jsonb_array_elements_text(c.tags))::varchar[])
+              AS tags) AS tagged
+WHERE c.conversation_id = %(conversation_id)s"""
+_SEEING = _READ.replace("{candidates}", """a.agent_id IN (
+        SELECT g.agent_id FROM agent_rule_groups g
+         WHERE g.key_tag = ANY(tagged.tags || ''::varchar) AND g.tags <@ tagged.tags)""")
+_SPECIFIC = _READ.replace("{candidates}", "a.agent_id = %(specific)s")
 
 
 def lock_and_read(conn: Connection, *, execution_id: str, conversation_id: str,
@@ -78,7 +81,8 @@ def lock_and_read(conn: Connection, *, execution_id: str, conversation_id: str,
     """
     if conn.dialect.name != "postgresql":
         return _portable(conn, execution_id, conversation_id, tags, specific_agent_id, now)
-    row = conn.exec_driver_sql(f"{_UPSERT};\n{_READ}", {
+    read = _SEEING if specific_agent_id is None else _SPECIFIC
+    row = conn.exec_driver_sql(f"{_UPSERT};\n{read}", {
         "conversation_id": conversation_id, "execution_id": execution_id, "now": now,
         "tags": list(tags) if tags is not None else None,
         "specific": specific_agent_id}).one()

@@ -250,8 +250,23 @@ def upsert_agent(conn: Connection, *, agent_id: str, name: str, status: str,
     conn.execute(sa.delete(agent_rule_groups).where(agent_rule_groups.c.agent_id == agent_id))
     if rule_groups:
         conn.execute(agent_rule_groups.insert().inline(), [
-            {"agent_id": agent_id, "position": i, "tags": list(group)}
+            {"agent_id": agent_id, "position": i, "tags": list(group),
+             "key_tag": _rarest_tag(conn, group)}
             for i, group in enumerate(rule_groups)])
+
+
+_RAREST = """SELECT t FROM unnest(%(tags)s::varchar[]) AS t
+ORDER BY (SELECT count(*) FROM agent_rule_groups g WHERE g.tags @> ARRAY[t]::varchar[]), t
+LIMIT 1"""
+
+
+def _rarest_tag(conn: Connection, group: Sequence[str]) -> str:
+    """The key tag of a rule group (store/tables.py): its tag in the fewest groups now."""
+    if not group:
+        return ""
+    if conn.dialect.name != "postgresql":
+        return min(group)  # SQLite reads the directory whole; any tag of the group is correct
+    return str(conn.exec_driver_sql(_RAREST, {"tags": list(group)}).scalar_one())
 
 
 def set_agent_status(conn: Connection, agent_id: str, status: str, now: datetime) -> bool:
@@ -280,12 +295,21 @@ def executions_offered_to(conn: Connection, agent_id: str) -> list[str]:
 
 def insert_offers(conn: Connection, execution_id: str, agent_ids: Sequence[str],
                   now: datetime) -> None:
-    if agent_ids:
-        # One multi-row INSERT however many agents (SQLAlchemy's insertmanyvalues), no
-        # answer needed: on PostgreSQL it travels with the next statement or COMMIT.
-        conn.execute(offers.insert().inline(), [
-            {"execution_id": execution_id, "agent_id": a, "status": "offered", "updated_at": now}
-            for a in agent_ids], execution_options=_DEFER)
+    if not agent_ids:
+        return
+    if conn.dialect.name == "postgresql":
+        # One INSERT however many agents, their ids one array parameter (no per-row SQL to
+        # build); no answer needed, so it travels with the next statement or COMMIT.
+        conn.exec_driver_sql(
+            "INSERT INTO offers (execution_id, agent_id, status, updated_at) "
+            "SELECT %(execution_id)s, a, 'offered', %(now)s "
+            "FROM unnest(%(agents)s::varchar[]) AS a",
+            {"execution_id": execution_id, "agents": list(agent_ids), "now": now},
+            execution_options=_DEFER)
+        return
+    conn.execute(offers.insert().inline(), [
+        {"execution_id": execution_id, "agent_id": a, "status": "offered", "updated_at": now}
+        for a in agent_ids])
 
 
 def set_offer(conn: Connection, execution_id: str, agent_id: str, status: str,

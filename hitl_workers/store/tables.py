@@ -79,7 +79,13 @@ agent_rule_groups = sa.Table(
               sa.ForeignKey("agents.agent_id", ondelete="CASCADE"), primary_key=True),
     sa.Column("position", sa.Integer, primary_key=True),
     sa.Column("tags", TagArray, nullable=False),
+    # The group's tag that the fewest groups had when it was written ("" for an empty group):
+    # a group whose tags are all among T has its key tag among T, so dispatch looks groups up
+    # by key tag (btree) and re-checks ``tags <@ T``; a rare key keeps that lookup small.
+    sa.Column("key_tag", sa.String(ID_LEN), nullable=False, server_default=""),
 )
+sa.Index("ix_agent_rule_groups_key_tag", agent_rule_groups.c.key_tag)
+# GIN on the tags: counts "groups with tag t" (``tags @> {t}``) when choosing a key tag.
 sa.Index("ix_agent_rule_groups_tags", agent_rule_groups.c.tags,
          postgresql_using="gin").ddl_if(dialect="postgresql")
 

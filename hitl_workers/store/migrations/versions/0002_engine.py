@@ -4,9 +4,12 @@ Revision ID: 0002
 Revises: 0001
 Create Date: 2026-12-05 00:40:00
 
-* ``agent_rule_groups``: one row per rule group of an agent, its tags a ``text[]`` under a GIN
-  index, so "who can see a conversation with these tags" is ``tags <@ :conversation_tags``
-  through the index instead of a loop over the whole directory (DESIGN.md §7).
+* ``agent_rule_groups``: one row per rule group of an agent: its tags (``varchar[]``, GIN
+  index) and its *key tag*, the one of its tags the fewest groups had when it was written
+  (btree index). "Who can see a conversation tagged T" is ``key_tag = ANY(T) AND tags <@ T``:
+  a group whose tags are all in T has its key tag in T, so the btree finds every such group,
+  and only the groups keyed by one of T's tags are read, however large the directory
+  (DESIGN.md §7). GIN's own ``<@`` would read every group sharing any tag with T.
 * ``agent_events.result``, ``conversations.contact`` and ``outbox.payload`` become ``json``
   (text kept as written) instead of ``jsonb`` (which reorders keys): a repeated event id
   answers the stored result verbatim, the bell list shows the contact as it was sent.
@@ -34,10 +37,12 @@ def upgrade() -> None:
         sa.Column("agent_id", sa.String(length=128), nullable=False),
         sa.Column("position", sa.Integer(), nullable=False),
         sa.Column("tags", TAGS, nullable=False),
+        sa.Column("key_tag", sa.String(length=128), nullable=False, server_default=""),
         sa.ForeignKeyConstraint(["agent_id"], ["agents.agent_id"], ondelete="CASCADE",
                                 name=op.f("fk_agent_rule_groups_agent_id_agents")),
         sa.PrimaryKeyConstraint("agent_id", "position", name=op.f("pk_agent_rule_groups")),
     )
+    op.create_index("ix_agent_rule_groups_key_tag", "agent_rule_groups", ["key_tag"])
     with op.batch_alter_table("agent_events") as batch:
         batch.add_column(sa.Column("conversation_id", sa.String(length=128), nullable=True))
     if op.get_bind().dialect.name != "postgresql":
@@ -58,15 +63,17 @@ def _copy_rule_groups() -> None:
     bind = op.get_bind()
     rows = bind.execute(sa.text("SELECT agent_id, rule_groups FROM agents")).all()
     table = sa.table("agent_rule_groups", sa.column("agent_id"), sa.column("position"),
-                     sa.column("tags", TAGS))
+                     sa.column("tags", TAGS), sa.column("key_tag"))
     values = []
     for agent_id, groups in rows:
         if isinstance(groups, str):
             import json
 
             groups = json.loads(groups)
-        values += [{"agent_id": agent_id, "position": i, "tags": list(g)}
-                   for i, g in enumerate(groups or [])]
+        # Any tag of the group is a correct key; the directory's next write of the agent
+        # picks the rarest.
+        values += [{"agent_id": agent_id, "position": i, "tags": list(g),
+                    "key_tag": min(g) if g else ""} for i, g in enumerate(groups or [])]
     if values:
         op.bulk_insert(table, values)
 
