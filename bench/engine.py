@@ -66,7 +66,7 @@ def dispatch_p50(directory: int, eligible: int, samples: int) -> tuple[float, fl
         # A directory in use has planner statistics (autovacuum analyzes it); the shared
         # test server runs with autovacuum off, so take them here.
         if conn.dialect.name == "postgresql":
-            conn.exec_driver_sql("ANALYZE agents, agent_rule_groups")
+            conn.exec_driver_sql("ANALYZE")
     reply = {"task": "flow.exit", "queue": f"flow-engine-{uuid.uuid4().hex[:6]}"}
     times = []
     for n in range(samples + 5):

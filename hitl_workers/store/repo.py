@@ -160,9 +160,13 @@ def end_execution(conn: Connection, execution_id: str, *, state: str, exit: str 
         sa.update(executions)
         .where(executions.c.execution_id == sa.bindparam("b_execution_id"),
                executions.c.state == "waiting")
+        .values(state=sa.bindparam("b_state"), exit=sa.bindparam("b_exit"),
+                merge_field=sa.bindparam("b_merge_field", type_=executions.c.merge_field.type),
+                ended_at=sa.bindparam("b_ended_at", type_=UTCDateTime))
         .returning(executions.c.execution_id)))
-    return conn.execute(stmt, {"b_execution_id": execution_id, "state": state, "exit": exit,
-                               "merge_field": merge_field, "ended_at": now}).first() is not None
+    return conn.execute(stmt, {"b_execution_id": execution_id, "b_state": state,
+                               "b_exit": exit, "b_merge_field": merge_field,
+                               "b_ended_at": now}).first() is not None
 
 
 def existing_or_waiting(conn: Connection, execution_id: str, conversation_id: str
