@@ -84,7 +84,10 @@ class SentMarks:
     statement for all of them, sent with its ``BEGIN``: :func:`hitl_workers.store.wire.
     add_rider`); a process with nothing else to do flushes them itself after
     ``flush_after_s``, in one small transaction for however many there are. A transaction
-    that took them and rolled back gives them back. Until a row is marked, the reconciler
+    that took them and rolled back gives them back, and they are then written on their own
+    (so marks that could themselves fail never ride with a transition again; if that fails
+    too they are dropped and the reconciler re-sends those rows). Until a row is marked, the
+    reconciler
     leaves it alone for ``HITL_OUTBOX_RETRY_AFTER_S`` (seconds, not this fraction of one),
     so an identical re-send still happens only when the process died in between.
 
@@ -95,7 +98,8 @@ class SentMarks:
     def __init__(self, flush_after_s: float = 0.2) -> None:
         self.flush_after_s = flush_after_s
         self._marks: list[dict[str, Any]] = []
-        self._taken: list[dict[str, Any]] = []
+        self._taken: dict[int, list[dict[str, Any]]] = {}  # by thread: what a transaction took
+        self._alone: list[dict[str, Any]] = []  # given back by a rollback: written on their own
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._pid: int | None = None
@@ -119,24 +123,35 @@ class SentMarks:
         with self._lock:
             if not self._marks:
                 return None
-            self._taken, self._marks = self._marks, []
-        return repo.mark_sent_statement(self._taken)
+            taken, self._marks = self._marks, []
+            self._taken[threading.get_ident()] = taken
+        return repo.mark_sent_statement(taken)
 
     def confirm(self, committed: bool) -> None:
         with self._lock:
-            taken, self._taken = self._taken, []
+            taken = self._taken.pop(threading.get_ident(), [])
             if not committed and taken:
-                self._marks[:0] = taken  # rolled back: mark them with a later transaction
+                self._alone += taken
+        if not committed and taken:
+            self._wake.set()
 
     def flush(self) -> None:
         """Mark everything pending now (a process about to stop, or idle)."""
+        with self._lock:
+            alone, self._alone = self._alone, []
+        if alone:
+            try:
+                with transaction() as conn:
+                    conn.exec_driver_sql(*repo.mark_sent_statement(alone))
+            except Exception as exc:  # the reconciler re-sends what stays unmarked
+                log.warning("outbox: %d sent marks not written: %r", len(alone), exc)
         if not self._marks:
             return
         try:
             with transaction() as conn:
                 repo.relax_durability(conn)  # the marks ride with its BEGIN
-        except Exception as exc:  # the reconciler re-sends what stays unmarked
-            log.warning("outbox: %d sent marks not written: %r", len(self._marks), exc)
+        except Exception as exc:  # given back; written on their own next time
+            log.warning("outbox: %d sent marks not written yet: %r", len(self._marks), exc)
 
     def _start(self) -> None:
         # Called with the lock held. A forked pool process starts its own flusher.
