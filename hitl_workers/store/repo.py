@@ -16,8 +16,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Row
 
-from hitl_workers.domain.eligibility import AgentView, Audience
-from hitl_workers.domain.machine import ExecutionView, TimerView
+from hitl_workers.domain.eligibility import AgentView
 from hitl_workers.store import wire
 from hitl_workers.store.tables import (
     UTCDateTime,
@@ -86,58 +85,6 @@ def waiting_execution_id(conn: Connection, conversation_id: str) -> str | None:
         sa.select(executions.c.execution_id).where(
             executions.c.conversation_id == conversation_id, executions.c.state == "waiting")
     ).scalar()
-
-
-def execution_view(conn: Connection, row: Row[Any], *, with_timers: bool = False
-                   ) -> ExecutionView:
-    """Everything :func:`decide` needs, read under the execution's lock.
-
-    Timers are read only when asked for: only a timer event looks at them.
-    """
-    return execution_views(conn, [row], with_timers=with_timers)[row.execution_id]
-
-
-def execution_views(conn: Connection, rows: Sequence[Row[Any]], *, with_timers: bool = False
-                    ) -> dict[str, ExecutionView]:
-    """:func:`execution_view` for several locked rows, in two queries: execution id → view."""
-    ids = [row.execution_id for row in rows]
-    offer_rows: dict[str, list[Row[Any]]] = {i: [] for i in ids}
-    offers_of = _prebuilt(conn, "offers_of", lambda _: (
-        sa.select(offers.c.execution_id, offers.c.agent_id, offers.c.status)
-        .where(offers.c.execution_id.in_(sa.bindparam("b_ids", expanding=True)))
-        .order_by(offers.c.updated_at, offers.c.agent_id)))
-    for r in conn.execute(offers_of, {"b_ids": ids}):
-        offer_rows[r.execution_id].append(r)
-    timer_rows: dict[str, list[Row[Any]]] = {i: [] for i in ids}
-    if with_timers:
-        timers_of = _prebuilt(conn, "timers_of", lambda _: (
-            sa.select(timers.c.execution_id, timers.c.kind, timers.c.due_at, timers.c.state)
-            .where(timers.c.execution_id.in_(sa.bindparam("b_ids", expanding=True)))))
-        for r in conn.execute(timers_of, {"b_ids": ids}):
-            timer_rows[r.execution_id].append(r)
-    return {row.execution_id: _view(row, offer_rows[row.execution_id],
-                                    timer_rows[row.execution_id]) for row in rows}
-
-
-def _view(row: Row[Any], offer_rows: Sequence[Row[Any]], timer_rows: Sequence[Row[Any]]
-          ) -> ExecutionView:
-    settings = row.settings or {}
-    return ExecutionView(
-        execution_id=row.execution_id,
-        state=row.state,
-        exit=row.exit,
-        merge_field=row.merge_field,
-        tags=tuple(row.tags or ()),
-        audience=Audience(
-            specific_agent_id=settings.get("specific_agent_id"),
-            allow_busy=bool(settings.get("allow_busy")),
-            allow_offline=bool(settings.get("allow_offline")),
-        ),
-        reject_policy=settings.get("reject_policy", "any"),
-        offers={r.agent_id: r.status for r in offer_rows},
-        rejected_by=tuple(r.agent_id for r in offer_rows if r.status == "rejected"),
-        timers={r.kind: TimerView(r.due_at, r.state) for r in timer_rows},
-    )
 
 
 def insert_execution(conn: Connection, values: Mapping[str, Any]) -> bool:
@@ -329,40 +276,12 @@ def set_offer(conn: Connection, execution_id: str, agent_id: str, status: str,
         where=offers.c.status != stmt.excluded.status), execution_options=_DEFER)
 
 
-def live_offer_agents(conn: Connection, execution_id: str) -> list[str]:
-    return list(conn.execute(
-        sa.select(offers.c.agent_id)
-        .where(offers.c.execution_id == execution_id, offers.c.status != "withdrawn")
-        .order_by(offers.c.agent_id)).scalars())
-
-
 def insert_timers(conn: Connection, execution_id: str,
                   deadlines: Iterable[tuple[str, datetime, datetime | None]]) -> None:
     rows = [{"execution_id": execution_id, "kind": kind, "due_at": due_at, "state": "pending",
              "armed_at": armed_at} for kind, due_at, armed_at in deadlines]
     if rows:
         conn.execute(timers.insert().inline(), rows, execution_options=_DEFER)
-
-
-def finish_timers(conn: Connection, execution_id: str, *, fired: str | None,
-                  now: datetime) -> list[str]:
-    """Mark the fired timer ``fired`` and every other pending one ``cancelled``.
-
-    Returns the kinds that were cancelled, earliest deadline first.
-    """
-    def build(_: Connection) -> Any:
-        is_fired = timers.c.kind == sa.bindparam("b_fired")
-        return (sa.update(timers)
-                .where(timers.c.execution_id == sa.bindparam("b_execution_id"),
-                       timers.c.state == "pending")
-                .values(state=sa.case((is_fired, "fired"), else_="cancelled"),
-                        fired_at=sa.case((is_fired, sa.bindparam("b_now", type_=UTCDateTime)),
-                                         else_=None))
-                .returning(timers.c.kind, timers.c.state, timers.c.due_at))
-
-    rows = conn.execute(_prebuilt(conn, "finish_timers", build), {
-        "b_execution_id": execution_id, "b_fired": fired or "", "b_now": now}).all()
-    return [r.kind for r in sorted(rows, key=lambda r: r.due_at) if r.state == "cancelled"]
 
 
 def finish_timers_later(conn: Connection, execution_id: str, *, fired: str | None,
@@ -482,12 +401,6 @@ def claim_timers_to_arm(conn: Connection, now: datetime, until: datetime, limit:
 
 
 # --- agent events (idempotency) -------------------------------------------------------------
-
-def stored_event_result(conn: Connection, agent_id: str, event_id: str
-                        ) -> dict[str, Any] | None:
-    return conn.execute(sa.select(agent_events.c.result).where(
-        agent_events.c.agent_id == agent_id, agent_events.c.event_id == event_id)).scalar()
-
 
 def store_event_result(conn: Connection, *, agent_id: str, event_id: str, action: str,
                        execution_id: str | None, result: Mapping[str, Any],
