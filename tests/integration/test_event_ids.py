@@ -7,6 +7,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+import pytest
 import sqlalchemy as sa
 
 from hitl_workers.clock import utcnow
@@ -19,6 +20,11 @@ from hitl_workers.store.tables import agent_events, conversations
 from hitl_workers.tasks.common import in_transaction
 
 DEFAULTS = dispatch.Defaults("flow.step_exited", "flow-integration", timer_horizon_s=600)
+
+
+@pytest.fixture(autouse=True)
+def _database(database_url: str) -> None:
+    """The session's fresh, migrated database (this module may be the first to use it)."""
 
 
 def _team() -> str:
