@@ -393,10 +393,13 @@ def claim_timers_to_arm(conn: Connection, now: datetime, until: datetime, limit:
         .order_by(timers.c.due_at).limit(limit)
         .with_for_update(skip_locked=True)
     ).all()
-    for r in rows:
+    if rows:
+        # One UPDATE for the batch (the rows are locked by the SELECT above); no answer
+        # needed, so on PostgreSQL it travels with the next statement or COMMIT.
         conn.execute(sa.update(timers).where(
-            timers.c.execution_id == r.execution_id, timers.c.kind == r.kind
-        ).values(armed_at=now))
+            sa.tuple_(timers.c.execution_id, timers.c.kind).in_(
+                [(r.execution_id, r.kind) for r in rows])
+        ).values(armed_at=now), execution_options=_DEFER)
     return [(r.execution_id, r.kind, r.due_at) for r in rows]
 
 
