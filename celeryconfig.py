@@ -23,7 +23,11 @@ result_serializer = "json"
 accept_content = ["json"]
 result_accept_content = ["json"]
 result_expires = 24 * 3600
-result_extended = True  # Flower and `celery result` show the task's name and arguments
+# Off: storing each task's name, arguments and worker beside its result costs a larger write
+# per task, and nothing reads it (Flower learns names and arguments from task events; the
+# flow engine and the gateway read only the result). Wake-ups, the reconciler and outbox
+# deliveries store no result at all (``ignore_result`` on those tasks).
+result_extended = False
 
 timezone = "UTC"
 enable_utc = True

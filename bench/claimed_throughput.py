@@ -21,6 +21,7 @@ import sys
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 from bench.common import (
     BASE,
@@ -52,7 +53,9 @@ def bare_worker(concurrency: int) -> Proc:
                 env={"PYTHONPATH": str(ROOT)}).start()
 
 
-def measure_bare(concurrency: int, tasks: int, samples: int) -> tuple[float, list[float]]:
+def measure_bare(concurrency: int, tasks: int, samples: int, cpu: Any = None) -> Any:
+    """Tasks per second and round trips; with ``cpu`` (a function returning busy CPU
+    seconds) also the CPU spent during the throughput window."""
     from bench.bare_app import app as bare
 
     proc = bare_worker(concurrency)
@@ -60,16 +63,19 @@ def measure_bare(concurrency: int, tasks: int, samples: int) -> tuple[float, lis
         wait_for_workers(bare, [f"bare@{HOST}"], procs=[proc])
         for _ in range(50):  # warm up the pool
             bare.send_task("bare.noop").get(timeout=10)
-        started = time.perf_counter()
+        started, busy = time.perf_counter(), cpu() if cpu else 0.0
         results = [bare.send_task("bare.noop", kwargs={"i": i}) for i in range(tasks)]
         for result in results:
             result.get(timeout=120)
         throughput = tasks / (time.perf_counter() - started)
+        busy = cpu() - busy if cpu else 0.0
         round_trips = []
         for _ in range(samples):
             t0 = time.perf_counter()
             bare.send_task("bare.noop").get(timeout=10)
             round_trips.append(time.perf_counter() - t0)
+        if cpu:
+            return throughput, round_trips, busy
         return throughput, round_trips
     finally:
         proc.stop()
@@ -86,7 +92,9 @@ def request(app, listener: ExitListener, tag: str) -> str:  # type: ignore[no-un
     return execution_id
 
 
-def measure_hitl(concurrency: int, steps: int, samples: int) -> tuple[float, list[float], int]:
+def measure_hitl(concurrency: int, steps: int, samples: int, cpu: Any = None) -> Any:
+    """Claimed steps per second, claim → exit latencies and duplicate exits; with ``cpu``
+    also the CPU spent during the throughput window."""
     from hitl_workers.app import app
 
     node = f"bench@{HOST}"
@@ -106,10 +114,11 @@ def measure_hitl(concurrency: int, steps: int, samples: int) -> tuple[float, lis
             request(app, listener, tag)
         listener.wait_count(20, timeout=60)
 
-        started = time.perf_counter()
+        started, busy = time.perf_counter(), cpu() if cpu else 0.0
         ids = [request(app, listener, tag) for _ in range(steps)]
         got = listener.wait_count(20 + steps, timeout=600) - 20
         throughput = got / (time.perf_counter() - started)
+        busy = cpu() - busy if cpu else 0.0
         claimer.stop_event.set()
         claimer.join()
 
@@ -132,6 +141,8 @@ def measure_hitl(concurrency: int, steps: int, samples: int) -> tuple[float, lis
                                                 "agent_id": agent_id})
             listener.wait_for(execution_id, timeout=30)
             latencies.append(listener.received_at[execution_id] - t0)
+        if cpu:
+            return throughput, latencies, duplicates, busy
         return throughput, latencies, duplicates
     finally:
         listener.stop()

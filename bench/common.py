@@ -48,10 +48,7 @@ def configure(*, database: str | None = None, redis: str | None = None,
     BENCH_DB = database or BENCH_DB
     REDIS = redis or REDIS
     BASE = BASE if base is None else base
-    os.environ.update(
-        system_env(BENCH_DB, REDIS, BASE),
-        HITL_REVOKE_TIMERS=os.environ.get("HITL_REVOKE_TIMERS", "true"),
-    )
+    os.environ.update(system_env(BENCH_DB, REDIS, BASE))
 
 
 def fresh_database(database: str | None = None) -> None:

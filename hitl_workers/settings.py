@@ -53,8 +53,10 @@ class Settings(BaseSettings):
     retention_interval_s: float = Field(60.0, gt=0)
     """How often beat sends ``hitl.purge``."""
 
-    revoke_timers: bool = True
-    """Revoke a finished step's pending wake-ups (saves work only; correctness never needs it)."""
+    revoke_timers: bool = False
+    """Revoke a finished step's pending wake-up. Off by default: a revoke is a broadcast every
+    worker handles and remembers, and it does not free the held ETA message; the wake-up, when
+    due, finds its timer cancelled in one short transaction (docs/benchmarks.md)."""
     db_pool_size: int = Field(5, ge=1)
     notification_stream_maxlen: int = Field(10_000, ge=100)
     notify_timeout_s: float = Field(0.5, gt=0)

@@ -40,12 +40,10 @@ from celery.signals import (
 )
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server, values
 from prometheus_client.multiprocess import mark_process_dead
-from sqlalchemy.engine import Connection
 
 from hitl_workers.observe import task_context
 from hitl_workers.observe.metrics_reader import NodesCollector, node_dir
 from hitl_workers.settings import get_settings
-from hitl_workers.store.db import after_commit
 
 log = logging.getLogger(__name__)
 
@@ -122,36 +120,29 @@ def exit_reason(exit: str | None, merge_field: Mapping[str, Any] | None) -> str:
     return ""
 
 
-def step_ended(conn: Connection, *, state: str, exit: str | None,
-               merge_field: Mapping[str, Any] | None, dispatched_at: datetime | None,
-               now: datetime) -> None:
-    """Count an execution that left ``waiting`` (or failed at once) in ``conn``'s transaction.
-
-    Counted when that transaction commits, never for one rolled back and retried: one
-    execution, one count.
-    """
-    def observe() -> None:
-        m = _m()
-        if exit is None:
-            if state == "cancelled":
-                m.cancellations.inc()
-            return
-        m.exits.labels(exit, exit_reason(exit, merge_field)).inc()
-        if dispatched_at is not None:
-            waited = max(0.0, (now - dispatched_at).total_seconds())
-            m.step_duration.labels(exit).observe(waited)
-            if exit == "claimed":
-                m.time_to_claim.observe(waited)
-
-    after_commit(conn, observe)
+def count_step_ended(*, state: str, exit: str | None, merge_field: Mapping[str, Any] | None,
+                     dispatched_at: datetime | None, now: datetime) -> None:
+    """Count an execution that left ``waiting`` (or failed at once). Called by the task layer
+    once the transaction that ended it committed (never for one rolled back and retried)."""
+    m = _m()
+    if exit is None:
+        if state == "cancelled":
+            m.cancellations.inc()
+        return
+    m.exits.labels(exit, exit_reason(exit, merge_field)).inc()
+    if dispatched_at is not None:
+        waited = max(0.0, (now - dispatched_at).total_seconds())
+        m.step_duration.labels(exit).observe(waited)
+        if exit == "claimed":
+            m.time_to_claim.observe(waited)
 
 
-def timer_fired(conn: Connection, *, kind: str, due_at: datetime, now: datetime) -> None:
-    """Observe a deadline's lateness once the transaction that fired it commits."""
+def count_timer_fired(*, kind: str, due_at: datetime, now: datetime) -> None:
+    """Observe a deadline's lateness (after the transaction that fired it committed)."""
     context = task_context.current()
     via = TIMER_VIA.get(context.task_name, "other") if context else "other"
     lateness = max(0.0, (now - due_at).total_seconds())
-    after_commit(conn, lambda: _m().timer_lateness.labels(_label(kind), via).observe(lateness))
+    _m().timer_lateness.labels(_label(kind), via).observe(lateness)
 
 
 _started: dict[str, float] = {}

@@ -13,7 +13,8 @@ from hitl_workers.domain.request import Identifier, _Strict
 from hitl_workers.domain.validation import Invalid, parse_kwargs
 from hitl_workers.services.effects import Effects
 from hitl_workers.services.transitions import apply
-from hitl_workers.store import repo
+from hitl_workers.store import executions, repo
+from hitl_workers.store.executions import StoredEvent
 
 Action = Literal["claim", "reject", "close"]
 _EVENTS: dict[str, type[machine.Claim | machine.Reject | machine.Close]] = {
@@ -61,60 +62,89 @@ def parse_cancel(args: tuple[Any, ...], kwargs: dict[str, Any]) -> CancelIn | In
 
 def handle_event(conn: Connection, action: Action, event: AgentEventIn, now: datetime
                  ) -> tuple[dict[str, Any], Effects]:
-    """One agent event in one transaction.
+    """One agent event in one transaction: one read under the lock, one write, the commit.
 
-    A repeated ``event_id`` answers the stored result verbatim. Two copies of one event that
-    arrive at once serialize on the execution's row lock; should they still collide (they
-    resolved to different executions), the unique key on ``agent_events`` makes the second
-    transaction fail and the caller retries it, which then finds the stored answer.
+    A repeated ``event_id`` answers the stored result verbatim; the same ``event_id`` for
+    another action or another target answers ``invalid`` (``event_id_reused``) and changes
+    nothing (docs/contract.md §3). Two copies of one event that arrive at once serialize on the
+    execution's row lock, and the second reads the first's stored answer; should they still
+    collide (they resolved to different executions), the unique key on ``agent_events`` makes
+    the second transaction fail and the caller retries it, which then finds the stored answer.
+    An event on an execution that does not exist stores nothing (§8 "Limits").
     """
     execution_id = event.execution_id
     if execution_id is None:
         assert event.conversation_id is not None
         execution_id = repo.waiting_execution_id(conn, event.conversation_id)
-    row = repo.lock_execution(conn, execution_id) if execution_id else None
+    found = executions.lock(conn, execution_id, agent_id=event.agent_id,
+                            event_id=event.event_id)
 
-    if event.event_id is not None:
-        stored = repo.stored_event_result(conn, event.agent_id, event.event_id)
-        if stored is not None:
-            return stored, Effects()
+    if found.stored is not None:
+        if _same_event(found.stored, action, event):
+            return found.stored.result, Effects()
+        return _reused(found.stored, action, event), Effects()
 
-    if row is None:
-        answer, effects = event_result("not_found", event.execution_id), Effects()
-    else:
-        view = repo.execution_view(conn, row)
-        agent = repo.get_agent(conn, event.agent_id)
-        decision = machine.decide(view, _EVENTS[action](event.agent_id, agent), now)
-        effects = apply(conn, row, view, decision, now, agent_id=event.agent_id)
-        answer = event_result(decision.outcome, row.execution_id, decision.state,
-                              decision.exit, decision.merge_field)
-
+    if found.row is None or found.view is None:
+        return event_result("not_found", event.execution_id), Effects()
+    decision = machine.decide(found.view, _EVENTS[action](event.agent_id, found.agent), now)
+    effects = apply(conn, found.row, found.view, decision, now, agent_id=event.agent_id)
+    answer = event_result(decision.outcome, found.row.execution_id, decision.state,
+                          decision.exit, decision.merge_field)
     if event.event_id is not None:
         repo.store_event_result(conn, agent_id=event.agent_id, event_id=event.event_id,
                                 action=action, execution_id=answer["execution_id"],
-                                result=answer, now=now)
+                                conversation_id=event.conversation_id, result=answer, now=now)
     return answer, effects
+
+
+def _same_event(stored: StoredEvent, action: str, event: AgentEventIn) -> bool:
+    if stored.action != action:
+        return False
+    if event.conversation_id is not None:
+        return stored.conversation_id == event.conversation_id
+    return stored.conversation_id is None and stored.execution_id == event.execution_id
+
+
+def _reused(stored: StoredEvent, action: str, event: AgentEventIn) -> dict[str, Any]:
+    first = (f"conversation {stored.conversation_id}" if stored.conversation_id
+             else f"execution {stored.execution_id}")
+    now_target = (f"conversation {event.conversation_id}" if event.conversation_id
+                  else f"execution {event.execution_id}")
+    answer = event_result("invalid", event.execution_id)
+    answer["error"] = {
+        "code": "event_id_reused",
+        "message": f"event_id {event.event_id!r} of agent {event.agent_id} was first used to "
+                   f"{stored.action} {first}; it cannot also {action} {now_target}. Nothing "
+                   "was changed: send a new event_id for a new action",
+        "fields": ["event_id"]}
+    return answer
 
 
 def handle_cancel(conn: Connection, cancel: CancelIn, now: datetime
                   ) -> tuple[dict[str, Any], Effects]:
-    row = repo.lock_execution(conn, cancel.execution_id)
-    if row is None:
+    found = executions.lock(conn, cancel.execution_id)
+    if found.row is None or found.view is None:
         return event_result("not_found", cancel.execution_id), Effects()
-    view = repo.execution_view(conn, row)
-    decision = machine.decide(view, machine.Cancel(cancel.reason), now)
-    effects = apply(conn, row, view, decision, now)
-    return event_result(decision.outcome, row.execution_id, decision.state, decision.exit,
-                        decision.merge_field), effects
+    decision = machine.decide(found.view, machine.Cancel(cancel.reason), now)
+    effects = apply(conn, found.row, found.view, decision, now)
+    return event_result(decision.outcome, found.row.execution_id, decision.state,
+                        decision.exit, decision.merge_field), effects
 
 
 def fire_timer(conn: Connection, execution_id: str, kind: str, now: datetime, *,
                skip_locked: bool = False) -> tuple[str, Effects]:
     """A deadline's wake-up: re-check the row, then fire, re-arm (early) or do nothing."""
-    row = repo.lock_execution(conn, execution_id, skip_locked=skip_locked)
-    if row is None:
-        return ("busy" if skip_locked else "not_found"), Effects()
-    view = repo.execution_view(conn, row, with_timers=True)
+    if skip_locked:
+        locked = repo.lock_execution(conn, execution_id, skip_locked=True)
+        if locked is None:
+            return "busy", Effects()
+        row = executions.LockedExecution.from_row(locked)
+        view = executions.views(conn, [row])[execution_id]
+    else:
+        found = executions.lock(conn, execution_id)
+        if found.row is None or found.view is None:
+            return "not_found", Effects()
+        row, view = found.row, found.view
     decision = machine.decide(view, machine.TimerFired(kind), now)  # type: ignore[arg-type]
     effects = apply(conn, row, view, decision, now, fired=kind)
     return decision.outcome, effects

@@ -16,7 +16,7 @@ from hitl_workers.notify import events as notifications
 from hitl_workers.services import outbox
 from hitl_workers.services.effects import Effects
 from hitl_workers.services.transitions import apply
-from hitl_workers.store import repo
+from hitl_workers.store import executions, repo
 
 Status = AgentStatus  # domain/names.py
 
@@ -64,10 +64,10 @@ def remove_agent(conn: Connection, removal: RemoveAgentIn, now: datetime
     repo.delete_agent(conn, agent_id)
     effects = Effects()
     for execution_id in repo.executions_offered_to(conn, agent_id):
-        row = repo.lock_execution(conn, execution_id)
-        if row is None:
+        found = executions.lock(conn, execution_id)
+        row, view = found.row, found.view
+        if row is None or view is None:
             continue
-        view = repo.execution_view(conn, row)
         decision = machine.decide(view, machine.AgentRemoved(agent_id), now)
         step_effects = apply(conn, row, view, decision, now, agent_id=agent_id)
         effects.merge(step_effects)

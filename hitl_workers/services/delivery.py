@@ -18,6 +18,8 @@ probes even while the breaker is open, and stops at the first failure.
 from __future__ import annotations
 
 import logging
+import os
+import threading
 import time
 from collections.abc import Callable, Sequence
 from datetime import datetime
@@ -25,8 +27,8 @@ from multiprocessing.sharedctypes import RawArray
 from typing import Any, Literal, Protocol
 
 from hitl_workers.services.effects import OutboxMessage
-from hitl_workers.store import repo
-from hitl_workers.store.db import transaction
+from hitl_workers.store import repo, wire
+from hitl_workers.store.db import get_engine, transaction
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +76,112 @@ notifications = Breaker()
 """The notification Redis's breaker (shared by a worker's processes)."""
 
 
+class SentMarks:
+    """Outbox rows this process published, waiting to be marked sent — without a transaction
+    of their own per task (docs/architecture.md).
+
+    On PostgreSQL the marks ride with the next transaction this process runs anyway (one
+    statement for all of them, sent with its ``BEGIN``: :func:`hitl_workers.store.wire.
+    add_rider`); a process with nothing else to do flushes them itself after
+    ``flush_after_s``, in one small transaction for however many there are. A transaction
+    that took them and rolled back gives them back, and they are then written on their own
+    (so marks that could themselves fail never ride with a transition again; if that fails
+    too they are dropped and the reconciler re-sends those rows). Until a row is marked, the
+    reconciler
+    leaves it alone for ``HITL_OUTBOX_RETRY_AFTER_S`` (seconds, not this fraction of one),
+    so an identical re-send still happens only when the process died in between.
+
+    On SQLite (no folding) :meth:`batching` is False and rows are marked as before, in a
+    transaction right after publishing.
+    """
+
+    def __init__(self, flush_after_s: float = 0.2) -> None:
+        self.flush_after_s = flush_after_s
+        self._marks: list[dict[str, Any]] = []
+        self._taken: dict[int, list[dict[str, Any]]] = {}  # by thread: what a transaction took
+        self._alone: list[dict[str, Any]] = []  # given back by a rollback: written on their own
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._pid: int | None = None
+        self._registered = False
+
+    def batching(self) -> bool:
+        return wire.folds(get_engine())
+
+    def add(self, messages: Sequence[OutboxMessage], now: datetime) -> None:
+        at = now.isoformat()
+        with self._lock:
+            self._marks.extend(_mark(m, at) for m in messages)
+            self._start()
+        self._wake.set()
+
+    def pending(self) -> int:
+        return len(self._marks)
+
+    def take(self) -> tuple[str, dict[str, Any]] | None:
+        """The rider: one statement for every pending mark (None when there is none)."""
+        with self._lock:
+            if not self._marks:
+                return None
+            taken, self._marks = self._marks, []
+            self._taken[threading.get_ident()] = taken
+        return repo.mark_sent_statement(taken)
+
+    def confirm(self, committed: bool) -> None:
+        with self._lock:
+            taken = self._taken.pop(threading.get_ident(), [])
+            if not committed and taken:
+                self._alone += taken
+        if not committed and taken:
+            self._wake.set()
+
+    def flush(self) -> None:
+        """Mark everything pending now (a process about to stop, or idle)."""
+        with self._lock:
+            alone, self._alone = self._alone, []
+        if alone:
+            try:
+                with transaction() as conn:
+                    conn.exec_driver_sql(*repo.mark_sent_statement(alone))
+            except Exception as exc:  # the reconciler re-sends what stays unmarked
+                log.warning("outbox: %d sent marks not written: %r", len(alone), exc)
+        if not self._marks:
+            return
+        try:
+            with transaction() as conn:
+                repo.relax_durability(conn)  # the marks ride with its BEGIN
+        except Exception as exc:  # given back; written on their own next time
+            log.warning("outbox: %d sent marks not written yet: %r", len(self._marks), exc)
+
+    def _start(self) -> None:
+        # Called with the lock held. A forked pool process starts its own flusher.
+        if self._pid == os.getpid():
+            return
+        self._pid = os.getpid()
+        if not self._registered:
+            wire.add_rider(self)
+            self._registered = True
+        threading.Thread(target=self._flusher, name="hitl-sent-marks", daemon=True).start()
+
+    def _flusher(self) -> None:
+        while True:
+            self._wake.wait()
+            self._wake.clear()
+            time.sleep(self.flush_after_s)
+            self.flush()
+
+
+def _mark(message: OutboxMessage, at: str) -> dict[str, Any]:
+    mark: dict[str, Any] = {"id": message.id, "at": at, "execution_id": message.execution_id}
+    if message.kind == "exit" and message.execution_id:
+        mark.update(task=message.payload["task"], queue=message.payload["queue"])
+    return mark
+
+
+sent_marks = SentMarks()
+"""This process's pending "sent" marks."""
+
+
 def publish(messages: Sequence[OutboxMessage], publisher: Publisher,
             clock: Callable[[], datetime], *, probe: bool = False) -> tuple[int, int]:
     """Publish ``messages`` and record the result; returns (sent, failed).
@@ -87,6 +195,7 @@ def publish(messages: Sequence[OutboxMessage], publisher: Publisher,
         return 0, 0
     sent: list[OutboxMessage] = []
     failed: dict[int, str] = {}
+    marked: list[OutboxMessage] = []
     skip_notify = any(m.kind != "exit" for m in messages) and not _may_notify(publisher,
                                                                              probe)
     for message in sorted(messages, key=lambda m: m.kind != "exit"):
@@ -107,6 +216,17 @@ def publish(messages: Sequence[OutboxMessage], publisher: Publisher,
     if not sent and not failed:
         return 0, 0
     now = clock()
+    if sent and sent_marks.batching():
+        sent_marks.add(sent, now)
+        marked, sent = sent, []
+    if sent or failed:
+        _record_now(sent, failed, now)
+    return len(sent) + len(marked), len(failed)
+
+
+def _record_now(sent: Sequence[OutboxMessage], failed: dict[int, str], now: datetime) -> None:
+    """Mark ``sent`` rows sent (auditing exits delivered) and ``failed`` rows failed, in a
+    transaction of their own (the path when sent marks are not batched, and for failures)."""
     with transaction() as conn:
         repo.relax_durability(conn)
         repo.mark_outbox_sent(conn, [m.id for m in sent], now)
@@ -117,7 +237,6 @@ def publish(messages: Sequence[OutboxMessage], publisher: Publisher,
                                    "queue": message.payload["queue"]})
         for outbox_id, error in failed.items():
             repo.mark_outbox_failed(conn, [outbox_id], error, now)
-    return len(sent), len(failed)
 
 
 def _may_notify(publisher: Publisher, probe: bool) -> bool:

@@ -20,11 +20,9 @@ from hitl_workers.domain.validation import (
     validate_request,
 )
 from hitl_workers.notify import events as notifications
-from hitl_workers.observe import metrics
-from hitl_workers.services import outbox
-from hitl_workers.services.effects import Effects
-from hitl_workers.services.transitions import queue_exit_message
-from hitl_workers.store import repo
+from hitl_workers.services.effects import Effects, OutboxMessage, StepEnded
+from hitl_workers.services.transitions import exit_message_for
+from hitl_workers.store import dispatching, repo
 
 MAX_SKIPPED_IN_AUDIT = 200
 DEAD_LETTER_PAYLOAD_CHARS = 64 * 1024
@@ -101,12 +99,14 @@ def _fail(conn: Connection, execution_id: str, kwargs: dict[str, Any], error: di
         "reply_task": reply_task, "reply_queue": reply_queue,
         "requested_at": now, "ended_at": now, "errors": errors,
     }
-    if not repo.insert_execution(conn, values):
+    message = exit_message_for(SimpleNamespace(**values), "error", {"error": error}, now)
+    created, ids = dispatching.create_with_messages(conn, values, [message] if message else [],
+                                                    now)
+    if not created:
         return _duplicate(conn, execution_id), Effects()
     effects = Effects()
-    metrics.step_ended(conn, state="failed", exit="error", merge_field={"error": error},
-                       dispatched_at=None, now=now)
-    queue_exit_message(conn, effects, SimpleNamespace(**values), "error", {"error": error}, now)
+    effects.observations.append(StepEnded("failed", "error", {"error": error}, None, now))
+    _queued(effects, [message] if message else [], ids)
     repo.audit_many(conn, execution_id, now, [
         ("request_invalid", None, {"error": error}),
         ("exit_recorded", None, {"exit": "error", "merge_field": {"error": error},
@@ -133,37 +133,46 @@ def _duplicate(conn: Connection, execution_id: str) -> dict[str, Any]:
     return result(execution_id, row.state, row.exit, True)
 
 
+def _queued(effects: Effects, messages: list[dict[str, Any]], ids: dict[str, int]) -> None:
+    effects.outbox += [OutboxMessage(ids[m["dedupe_key"]], m["kind"], m["execution_id"],
+                                     dict(m["payload"]))
+                       for m in messages if m["dedupe_key"] in ids]
+
+
 def _dispatch(conn: Connection, request: AssistanceRequest, now: datetime,
               defaults: Defaults) -> tuple[dict[str, Any], Effects]:
     execution_id = request.execution_id
+    settings = request.settings
     # Lock the conversation first: two requests for one conversation queue here, so the
     # "one waiting execution" check below cannot race (the partial unique index backs it up).
-    conversation = repo.lock_conversation(conn, request.conversation_id, now)
-    mine, busy_with = repo.existing_or_waiting(conn, execution_id, request.conversation_id)
-    if mine is not None:
-        return result(execution_id, mine.state, mine.exit, True), Effects()  # a retry
+    # The same round trip reads the agents who can see the conversation (an index lookup).
+    read = dispatching.lock_and_read(
+        conn, execution_id=execution_id, conversation_id=request.conversation_id,
+        tags=list(request.conversation.tags) if request.conversation is not None else None,
+        specific_agent_id=settings.specific_agent_id, now=now)
+    if read.mine is not None:
+        return result(execution_id, read.mine[0], read.mine[1], True), Effects()  # a retry
 
-    if busy_with is not None:
+    if read.busy_with is not None:
         error: dict[str, Any] = {"code": "conversation_busy",
                  "message": f"conversation {request.conversation_id} already has a waiting "
-                            f"execution ({busy_with}); cancel it or wait for its exit",
+                            f"execution ({read.busy_with}); cancel it or wait for its exit",
                  "fields": ["conversation_id"]}
         return _fail(conn, execution_id, request.model_dump(mode="json"), error,
                      request.reply_to, now, defaults,
                      errors=[{"field": "conversation_id", "message": error["message"]}])
 
-    tags, contact = list(conversation.tags or []), conversation.contact
+    tags, contact = list(read.tags), read.contact
     if request.conversation is not None:
         tags, contact = list(request.conversation.tags), request.conversation.contact
 
-    settings = request.settings
     audience = Audience(settings.specific_agent_id, settings.allow_busy, settings.allow_offline)
-    if settings.specific_agent_id is not None:
-        agent = repo.get_agent(conn, settings.specific_agent_id)
-        candidates = [agent] if agent else []
-    else:
-        candidates = repo.all_agents(conn)
-    selection = select_agents(candidates, tags, audience)
+    selection = select_agents(read.candidates, tags, audience)
+    # The audit names the agents that matter — those who can see the conversation but are in
+    # a status the step does not allow, and the specific agent — and says of every other
+    # agent of the directory that it cannot see the conversation, without listing them all.
+    skipped = {agent_id: reason for agent_id, reason in selection.skipped.items()
+               if reason != "not_eligible" or agent_id == settings.specific_agent_id}
 
     reply = request.reply_to
     values: dict[str, Any] = {
@@ -172,31 +181,35 @@ def _dispatch(conn: Connection, request: AssistanceRequest, now: datetime,
         "settings": settings.model_dump(mode="json"),
         "reply_task": reply.task if reply else defaults.reply_task,
         "reply_queue": reply.queue if reply else defaults.reply_queue,
-        "conversation_prev_status": conversation.status,
+        "conversation_prev_status": read.conversation_status,
         "requested_at": now, "dispatched_at": now,
         "request_digest": request_digest(request),
     }
-    skipped = dict(list(selection.skipped.items())[:MAX_SKIPPED_IN_AUDIT])
-    notified = ("notified", None, {"notified": list(selection.notified), "skipped": skipped,
-                                   "skipped_total": len(selection.skipped)})
-    effects = Effects()
+    notified = ("notified", None, {
+        "notified": list(selection.notified),
+        "skipped": dict(list(skipped.items())[:MAX_SKIPPED_IN_AUDIT]),
+        "skipped_total": len(skipped),
+        "others": "not_eligible" if settings.specific_agent_id is None else
+                  "not_the_specific_agent"})
+    effects = Effects(execution=(execution_id, request.conversation_id))
 
     if selection.not_claimed is not None:
         # Nobody to offer it to: the step exits at once and the conversation keeps its status.
         merge_field = {"reason": selection.not_claimed}
         values.update(state="exited", exit="not_claimed", merge_field=merge_field, ended_at=now)
-        if not repo.insert_execution(conn, values):
+        message = exit_message_for(SimpleNamespace(**values), "not_claimed", merge_field, now)
+        messages = [message] if message else []
+        created, ids = dispatching.create_with_messages(conn, values, messages, now)
+        if not created:
             return _duplicate(conn, execution_id), Effects()
-        metrics.step_ended(conn, state="exited", exit="not_claimed", merge_field=merge_field,
-                           dispatched_at=now, now=now)
+        effects.observations.append(StepEnded("exited", "not_claimed", merge_field, now, now))
         if request.conversation is not None:
             repo.update_conversation(conn, request.conversation_id, now, tags=tags,
                                      contact=contact)
         repo.audit_many(conn, execution_id, now, [
             ("requested", None, None), notified,
             ("exit_recorded", None, {"exit": "not_claimed", "merge_field": merge_field})])
-        queue_exit_message(conn, effects, SimpleNamespace(**values), "not_claimed",
-                           merge_field, now)
+        _queued(effects, messages, ids)
         return result(execution_id, "exited", "not_claimed", False), effects
 
     timeout_at = now + timedelta(seconds=settings.timeout)
@@ -206,10 +219,17 @@ def _dispatch(conn: Connection, request: AssistanceRequest, now: datetime,
     display_until = (now + timedelta(seconds=popup.display_for)
                      if popup and popup.display_for else None)
     values.update(state="waiting", countdown_at=countdown_at, timeout_at=timeout_at)
-    if not repo.insert_execution(conn, values):
+    event = notifications.requested(request, contact=contact, dispatched_at=now,
+                                    countdown_at=countdown_at, display_until=display_until)
+    messages = [{"dedupe_key": f"requested:{execution_id}", "kind": "notify",
+                 "execution_id": execution_id,
+                 "payload": {"agents": list(selection.notified), "event": dict(event)}}]
+    created, ids = dispatching.create_with_messages(conn, values, messages, now)
+    if not created:
         # The same execution_id sent for another conversation at this very moment: the other
         # request locked a different conversation row, so only the primary key stops this one.
         return _duplicate(conn, execution_id), Effects()
+    # Everything below needs no answer: on PostgreSQL it travels with COMMIT.
     repo.update_conversation(conn, request.conversation_id, now, status="needs_action",
                              tags=tags, contact=contact)
     repo.insert_offers(conn, execution_id, selection.notified, now)
@@ -228,10 +248,7 @@ def _dispatch(conn: Connection, request: AssistanceRequest, now: datetime,
     if due <= horizon:
         effects.arm.append((execution_id, kind, due))
 
-    event = notifications.requested(request, contact=contact, dispatched_at=now,
-                                    countdown_at=countdown_at, display_until=display_until)
-    outbox.notify(conn, effects, key=f"requested:{execution_id}", execution_id=execution_id,
-                  agents=list(selection.notified), event=event, now=now)
+    _queued(effects, messages, ids)
     repo.audit_many(conn, execution_id, now, [
         ("requested", None, {
             "timeout_at": timeout_at.isoformat(),

@@ -20,6 +20,29 @@ class OutboxMessage:
     payload: Mapping[str, Any]
 
 
+@dataclass(frozen=True)
+class StepEnded:
+    """An execution left ``waiting`` (or failed at once): for the exit metrics."""
+
+    state: str
+    exit: str | None
+    merge_field: Mapping[str, Any] | None
+    dispatched_at: datetime | None
+    at: datetime
+
+
+@dataclass(frozen=True)
+class TimerFired:
+    """A deadline fired ``at``, due at ``due_at``: for the lateness metric."""
+
+    kind: str
+    due_at: datetime
+    at: datetime
+
+
+Observation = StepEnded | TimerFired
+
+
 @dataclass
 class Effects:
     outbox: list[OutboxMessage] = field(default_factory=list)
@@ -28,14 +51,19 @@ class Effects:
     """(execution id, timer kind, due at): ETA wake-ups to publish."""
     revoke: list[tuple[str, str]] = field(default_factory=list)
     """(execution id, timer kind): wake-ups no longer needed. An optimisation only."""
+    observations: list[Observation] = field(default_factory=list)
+    """Metrics to count once the transaction committed (never for one rolled back)."""
+    execution: tuple[str, str | None] | None = None
+    """(execution id, conversation id) the task turned out to be about, for its log lines."""
 
     def merge(self, other: Effects) -> None:
         self.outbox += other.outbox
         self.arm += other.arm
         self.revoke += other.revoke
+        self.observations += other.observations
 
     def __bool__(self) -> bool:
-        return bool(self.outbox or self.arm or self.revoke)
+        return bool(self.outbox or self.arm or self.revoke or self.observations)
 
 
 def timer_task_id(execution_id: str, kind: str) -> str:

@@ -25,15 +25,3 @@ def notify(conn: Connection, effects: Effects, *, key: str, execution_id: str,
            agents: list[str], event: Mapping[str, Any], now: datetime) -> None:
     queue(conn, effects, key=key, kind="notify", execution_id=execution_id,
           payload={"agents": agents, "event": dict(event)}, now=now)
-
-
-def queue_many(conn: Connection, effects: Effects, messages: list[dict[str, Any]],
-               now: datetime) -> None:
-    """Several messages in one statement; each dict has key, kind, execution_id, payload."""
-    rows = [{"dedupe_key": m["key"], "kind": m["kind"], "execution_id": m["execution_id"],
-             "payload": m["payload"]} for m in messages]
-    ids = repo.add_outbox_many(conn, rows, now)
-    for m in messages:
-        if m["key"] in ids:
-            effects.outbox.append(
-                OutboxMessage(ids[m["key"]], m["kind"], m["execution_id"], dict(m["payload"])))

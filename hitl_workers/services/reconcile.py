@@ -21,15 +21,16 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy.engine import Connection, Row
+from sqlalchemy.engine import Connection
 from sqlalchemy.exc import OperationalError
 
 from hitl_workers.domain import machine
 from hitl_workers.services import agent_events
 from hitl_workers.services.effects import Effects
 from hitl_workers.services.transitions import apply
-from hitl_workers.store import repo
+from hitl_workers.store import executions, repo
 from hitl_workers.store.db import transaction
+from hitl_workers.store.executions import LockedExecution
 
 BATCH = 500
 """Timers armed, and outbox rows handed to delivery, per tick."""
@@ -71,8 +72,9 @@ def fire_overdue(clock: Callable[[], datetime], publish: Callable[[Effects], Any
         effects = Effects()
         try:
             with transaction() as conn:
-                rows = repo.lock_overdue(conn, clock(), batch)
-                views = repo.execution_views(conn, rows, with_timers=True)
+                rows = [LockedExecution.from_row(r)
+                        for r in repo.lock_overdue(conn, clock(), batch)]
+                views = executions.views(conn, rows)
                 for row in rows:
                     tick.fired += _fire(conn, row, views[row.execution_id], clock(), effects)
         except OperationalError:
@@ -93,20 +95,22 @@ def fire_overdue(clock: Callable[[], datetime], publish: Callable[[Effects], Any
             return tick
 
 
-def _fire(conn: Connection, row: Row[Any], view: machine.ExecutionView, now: datetime,
+def _fire(conn: Connection, row: LockedExecution, view: machine.ExecutionView, now: datetime,
           effects: Effects) -> bool:
     """Fire ``row``'s overdue deadline (its execution is locked); True when it fired."""
     kind = row.timer_kind
-    decision = machine.decide(view, machine.TimerFired(kind), now)
+    assert kind is not None
+    decision = machine.decide(view, machine.TimerFired(kind), now)  # type: ignore[arg-type]
     fired = apply(conn, row, view, decision, now, fired=kind)
     fired.arm.clear()  # an overdue timer is never early; nothing to re-arm
     effects.merge(fired)
     return decision.outcome == "fired"
 
 
-def _fire_one_by_one(clock: Callable[[], datetime], rows: list[Row[Any]], tick: Tick,
-                     effects: Effects) -> list[Row[Any]]:
+def _fire_one_by_one(clock: Callable[[], datetime], rows: list[LockedExecution], tick: Tick,
+                     effects: Effects) -> list[LockedExecution]:
     for row in rows:
+        assert row.timer_kind is not None
         try:
             with transaction() as conn:
                 outcome, fired = agent_events.fire_timer(

@@ -1,4 +1,10 @@
-"""Applying a :class:`Decision` inside the transaction that holds the execution's lock."""
+"""Applying a :class:`Decision` inside the transaction that holds the execution's lock.
+
+Every write here needs no answer except the last: the guarded end of the execution together
+with its outbox rows (one statement, :func:`repo.end_with_messages`). On PostgreSQL the others
+travel with it or with ``COMMIT`` (:mod:`hitl_workers.store.wire`), so a transition's writes
+cost one round trip, plus the commit.
+"""
 
 from __future__ import annotations
 
@@ -6,30 +12,27 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy.engine import Connection, Row
+from sqlalchemy.engine import Connection
 
 from hitl_workers.domain.machine import LIVE_OFFERS, Decision, ExecutionView
 from hitl_workers.errors import HitlError
 from hitl_workers.notify import events as notifications
-from hitl_workers.observe import metrics, task_context
-from hitl_workers.services import outbox
-from hitl_workers.services.effects import Effects
+from hitl_workers.services.effects import Effects, OutboxMessage, StepEnded, TimerFired
 from hitl_workers.store import repo
+from hitl_workers.store.executions import LockedExecution
+
+AuditEntry = tuple[str, str | None, Mapping[str, Any] | None]
 
 
 class InvariantBroken(HitlError):
     """A guarded update lost although its caller held the row lock: this is a bug."""
 
 
-def apply(conn: Connection, row: Row[Any], view: ExecutionView, decision: Decision,
+def apply(conn: Connection, row: LockedExecution, view: ExecutionView, decision: Decision,
           now: datetime, *, agent_id: str | None = None, fired: str | None = None) -> Effects:
-    """Write ``decision`` for the locked execution ``row``; return what to do after commit.
-
-    ``row`` comes from :func:`repo.lock_execution` (with the conversation's columns).
-    """
-    task_context.learn(view.execution_id, row.conversation_id)  # for the task's log lines
-    effects = Effects()
-    audits: list[tuple[str, str | None, Mapping[str, Any] | None]] = []
+    """Write ``decision`` for the locked execution ``row``; return what to do after commit."""
+    effects = Effects(execution=(view.execution_id, row.conversation_id))
+    audits: list[AuditEntry] = []
     if decision.offer_change is not None:
         offer_agent, status = decision.offer_change
         repo.set_offer(conn, view.execution_id, offer_agent, status, now)
@@ -43,24 +46,22 @@ def apply(conn: Connection, row: Row[Any], view: ExecutionView, decision: Decisi
     return effects
 
 
-def _end(conn: Connection, row: Row[Any], view: ExecutionView, decision: Decision,
-         now: datetime, effects: Effects,
-         audits: list[tuple[str, str | None, Mapping[str, Any] | None]], *,
+def _end(conn: Connection, row: LockedExecution, view: ExecutionView, decision: Decision,
+         now: datetime, effects: Effects, audits: list[AuditEntry], *,
          fired: str | None) -> None:
     execution_id = view.execution_id
-    if not repo.end_execution(conn, execution_id, state=decision.state, exit=decision.exit,
-                              merge_field=decision.merge_field, now=now):
-        raise InvariantBroken(f"execution {execution_id} was not waiting under its own lock")
-    metrics.step_ended(conn, state=decision.state, exit=decision.exit,
-                       merge_field=decision.merge_field, dispatched_at=row.dispatched_at, now=now)
+    effects.observations.append(StepEnded(decision.state, decision.exit, decision.merge_field,
+                                          row.dispatched_at, now))
     if fired is not None and (timer := view.timers.get(fired)) is not None:
-        metrics.timer_fired(conn, kind=fired, due_at=timer.due_at, now=now)
-    cancelled = repo.finish_timers(conn, execution_id, fired=fired, now=now)
-    if cancelled and fired is None:
+        effects.observations.append(TimerFired(fired, timer.due_at, now))
+    pending = sorted((t.due_at, kind) for kind, t in view.timers.items()
+                     if t.state == "pending" and kind != fired)
+    repo.finish_timers_later(conn, execution_id, fired=fired, now=now)
+    if pending and fired is None:
         # Only the earliest deadline ever gets a wake-up (see dispatch), so only it can be
         # revoked; a step ended by a deadline had no other wake-up out. Revoking is an
         # optimisation: a wake-up that escapes it finds its timer cancelled and does nothing.
-        effects.revoke.append((execution_id, cancelled[0]))
+        effects.revoke.append((execution_id, pending[0][1]))
 
     winner = (decision.merge_field or {}).get("addClaimedBy") if decision.exit else None
     _release_conversation(conn, row, now, winner=winner)
@@ -72,12 +73,12 @@ def _end(conn: Connection, row: Row[Any], view: ExecutionView, decision: Decisio
     recipients = sorted(a for a, status in offers.items() if status in LIVE_OFFERS)
     if winner and winner not in recipients:
         recipients.append(winner)
-    messages = []
+    messages: list[dict[str, Any]] = []
     if recipients:
         event = notifications.withdrawn(
             execution_id=execution_id, conversation_id=row.conversation_id,
             state=decision.state, exit=decision.exit, claimed_by=winner)
-        messages.append({"key": f"withdrawn:{execution_id}", "kind": "notify",
+        messages.append({"dedupe_key": f"withdrawn:{execution_id}", "kind": "notify",
                          "execution_id": execution_id,
                          "payload": {"agents": recipients, "event": event}})
     if decision.exit is not None:
@@ -86,15 +87,22 @@ def _end(conn: Connection, row: Row[Any], view: ExecutionView, decision: Decisio
         exit_message = exit_message_for(row, decision.exit, decision.merge_field or {}, now)
         if exit_message is not None:
             messages.append(exit_message)
-    outbox.queue_many(conn, effects, messages, now)
+    ended, ids = repo.end_with_messages(
+        conn, execution_id, state=decision.state, exit=decision.exit,
+        merge_field=decision.merge_field, now=now, messages=messages)
+    if not ended:
+        raise InvariantBroken(f"execution {execution_id} was not waiting under its own lock")
+    effects.outbox += [OutboxMessage(ids[m["dedupe_key"]], m["kind"], m["execution_id"],
+                                     dict(m["payload"]))
+                       for m in messages if m["dedupe_key"] in ids]
 
 
-def _release_conversation(conn: Connection, row: Row[Any], now: datetime, *,
+def _release_conversation(conn: Connection, row: LockedExecution, now: datetime, *,
                           winner: str | None) -> None:
     if row.conversation_id is None or row.conversation_status is None:
         return
     if winner:
-        claimed_by = list(row.claimed_by or [])
+        claimed_by = list(row.claimed_by)
         if winner not in claimed_by:
             claimed_by.append(winner)
         repo.update_conversation(conn, row.conversation_id, now, status="claimed",
@@ -108,7 +116,8 @@ def exit_message_for(row: Any, exit: str, merge_field: Mapping[str, Any], now: d
                      ) -> dict[str, Any] | None:
     """The exit message for the flow engine, as an outbox entry (None: nowhere to send it).
 
-    Its key ``exit:<execution_id>`` is unique in the outbox: one exit message per execution.
+    ``row`` is anything with the execution's columns as attributes. Its key
+    ``exit:<execution_id>`` is unique in the outbox: one exit message per execution.
     """
     if not row.reply_task or not row.reply_queue:
         return None
@@ -125,7 +134,7 @@ def exit_message_for(row: Any, exit: str, merge_field: Mapping[str, Any], now: d
             "exited_at": now.isoformat(),
         },
     }
-    return {"key": f"exit:{row.execution_id}", "kind": "exit",
+    return {"dedupe_key": f"exit:{row.execution_id}", "kind": "exit",
             "execution_id": row.execution_id, "payload": payload}
 
 
@@ -134,4 +143,8 @@ def queue_exit_message(conn: Connection, effects: Effects, row: Any, exit: str,
     """Queue the exit message for the flow engine (at most one per execution, by key)."""
     message = exit_message_for(row, exit, merge_field, now)
     if message is not None:
-        outbox.queue_many(conn, effects, [message], now)
+        ids = repo.add_outbox_many(conn, [message], now)
+        if message["dedupe_key"] in ids:
+            effects.outbox.append(OutboxMessage(ids[message["dedupe_key"]], "exit",
+                                                message["execution_id"],
+                                                dict(message["payload"])))

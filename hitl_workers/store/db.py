@@ -17,6 +17,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from hitl_workers.settings import get_settings
+from hitl_workers.store import wire
 
 _engine: Engine | None = None
 _engine_pid: int | None = None
@@ -48,7 +49,13 @@ def make_engine(url: str, pool_size: int = 5) -> Engine:
     # No pool_pre_ping: it costs a round trip per transaction. A connection that died (a
     # PostgreSQL restart) fails its first statement instead; SQLAlchemy then invalidates the
     # pool and the task retries on OperationalError with a fresh connection.
-    return sa.create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_recycle=1800)
+    engine = sa.create_engine(url, pool_size=pool_size, max_overflow=pool_size,
+                              pool_recycle=1800)
+    if engine.dialect.name == "postgresql" and engine.dialect.driver == "psycopg2":
+        sa.event.listen(engine, "do_execute", wire.send)
+        sa.event.listen(engine, "do_execute_no_params", wire.send_no_params)
+        sa.event.listen(engine, "do_executemany", wire.send_many)
+    return engine
 
 
 def get_engine() -> Engine:
@@ -83,17 +90,28 @@ def transaction() -> Iterator[Connection]:
     Callbacks registered with :func:`after_commit` run once the commit has succeeded.
     """
     callbacks: list[Callable[[], None]] = []
-    with get_engine().begin() as conn:
-        conn.info[_AFTER_COMMIT] = callbacks
-        try:
-            yield conn
-        finally:
-            # ``info`` belongs to the pooled DBAPI connection: never leave the list behind.
-            # An invalidated connection (PostgreSQL restarted under it) has none: touching
-            # ``conn.info`` would try to reconnect and replace the OperationalError that
-            # callers retry on with a PendingRollbackError that nobody retries.
-            if not conn.invalidated:
-                conn.info.pop(_AFTER_COMMIT, None)
+    engine = get_engine()
+    if wire.folds(engine):
+        with engine.connect() as conn, wire.folded_transaction(conn):
+            conn.info[_AFTER_COMMIT] = callbacks
+            try:
+                yield conn
+            finally:
+                if not conn.invalidated:
+                    conn.info.pop(_AFTER_COMMIT, None)
+    else:
+        with engine.begin() as conn:
+            conn.info[_AFTER_COMMIT] = callbacks
+            try:
+                yield conn
+            finally:
+                # ``info`` belongs to the pooled DBAPI connection: never leave the list
+                # behind. An invalidated connection (PostgreSQL restarted under it) has none:
+                # touching ``conn.info`` would try to reconnect and replace the
+                # OperationalError that callers retry on with a PendingRollbackError that
+                # nobody retries.
+                if not conn.invalidated:
+                    conn.info.pop(_AFTER_COMMIT, None)
     for callback in callbacks:
         try:
             callback()

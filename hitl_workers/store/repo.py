@@ -16,11 +16,12 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Row
 
-from hitl_workers.domain.eligibility import AgentView, Audience
-from hitl_workers.domain.machine import ExecutionView, TimerView
+from hitl_workers.domain.eligibility import AgentView
+from hitl_workers.store import wire
 from hitl_workers.store.tables import (
     UTCDateTime,
     agent_events,
+    agent_rule_groups,
     agents,
     audit_events,
     conversations,
@@ -31,6 +32,9 @@ from hitl_workers.store.tables import (
     outbox,
     timers,
 )
+
+_DEFER = {wire.DEFER: True}
+"""A write nobody reads an answer from: on PostgreSQL it travels with the next statement."""
 
 
 def _insert(conn: Connection, table: sa.Table) -> Any:
@@ -83,58 +87,6 @@ def waiting_execution_id(conn: Connection, conversation_id: str) -> str | None:
     ).scalar()
 
 
-def execution_view(conn: Connection, row: Row[Any], *, with_timers: bool = False
-                   ) -> ExecutionView:
-    """Everything :func:`decide` needs, read under the execution's lock.
-
-    Timers are read only when asked for: only a timer event looks at them.
-    """
-    return execution_views(conn, [row], with_timers=with_timers)[row.execution_id]
-
-
-def execution_views(conn: Connection, rows: Sequence[Row[Any]], *, with_timers: bool = False
-                    ) -> dict[str, ExecutionView]:
-    """:func:`execution_view` for several locked rows, in two queries: execution id → view."""
-    ids = [row.execution_id for row in rows]
-    offer_rows: dict[str, list[Row[Any]]] = {i: [] for i in ids}
-    offers_of = _prebuilt(conn, "offers_of", lambda _: (
-        sa.select(offers.c.execution_id, offers.c.agent_id, offers.c.status)
-        .where(offers.c.execution_id.in_(sa.bindparam("b_ids", expanding=True)))
-        .order_by(offers.c.updated_at, offers.c.agent_id)))
-    for r in conn.execute(offers_of, {"b_ids": ids}):
-        offer_rows[r.execution_id].append(r)
-    timer_rows: dict[str, list[Row[Any]]] = {i: [] for i in ids}
-    if with_timers:
-        timers_of = _prebuilt(conn, "timers_of", lambda _: (
-            sa.select(timers.c.execution_id, timers.c.kind, timers.c.due_at, timers.c.state)
-            .where(timers.c.execution_id.in_(sa.bindparam("b_ids", expanding=True)))))
-        for r in conn.execute(timers_of, {"b_ids": ids}):
-            timer_rows[r.execution_id].append(r)
-    return {row.execution_id: _view(row, offer_rows[row.execution_id],
-                                    timer_rows[row.execution_id]) for row in rows}
-
-
-def _view(row: Row[Any], offer_rows: Sequence[Row[Any]], timer_rows: Sequence[Row[Any]]
-          ) -> ExecutionView:
-    settings = row.settings or {}
-    return ExecutionView(
-        execution_id=row.execution_id,
-        state=row.state,
-        exit=row.exit,
-        merge_field=row.merge_field,
-        tags=tuple(row.tags or ()),
-        audience=Audience(
-            specific_agent_id=settings.get("specific_agent_id"),
-            allow_busy=bool(settings.get("allow_busy")),
-            allow_offline=bool(settings.get("allow_offline")),
-        ),
-        reject_policy=settings.get("reject_policy", "any"),
-        offers={r.agent_id: r.status for r in offer_rows},
-        rejected_by=tuple(r.agent_id for r in offer_rows if r.status == "rejected"),
-        timers={r.kind: TimerView(r.due_at, r.state) for r in timer_rows},
-    )
-
-
 def insert_execution(conn: Connection, values: Mapping[str, Any]) -> bool:
     """Insert unless the execution id exists; True when this call created it."""
     stmt = _prebuilt(conn, ("insert_execution", tuple(sorted(values))), lambda c: (
@@ -155,9 +107,13 @@ def end_execution(conn: Connection, execution_id: str, *, state: str, exit: str 
         sa.update(executions)
         .where(executions.c.execution_id == sa.bindparam("b_execution_id"),
                executions.c.state == "waiting")
+        .values(state=sa.bindparam("b_state"), exit=sa.bindparam("b_exit"),
+                merge_field=sa.bindparam("b_merge_field", type_=executions.c.merge_field.type),
+                ended_at=sa.bindparam("b_ended_at", type_=UTCDateTime))
         .returning(executions.c.execution_id)))
-    return conn.execute(stmt, {"b_execution_id": execution_id, "state": state, "exit": exit,
-                               "merge_field": merge_field, "ended_at": now}).first() is not None
+    return conn.execute(stmt, {"b_execution_id": execution_id, "b_state": state,
+                               "b_exit": exit, "b_merge_field": merge_field,
+                               "b_ended_at": now}).first() is not None
 
 
 def existing_or_waiting(conn: Connection, execution_id: str, conversation_id: str
@@ -205,7 +161,8 @@ def update_conversation(conn: Connection, conversation_id: str, now: datetime,
     stmt = _prebuilt(conn, "update_conversation", lambda _: (
         sa.update(conversations)
         .where(conversations.c.conversation_id == sa.bindparam("b_conversation_id"))))
-    conn.execute(stmt, {"b_conversation_id": conversation_id, "updated_at": now, **values})
+    conn.execute(stmt, {"b_conversation_id": conversation_id, "updated_at": now, **values},
+                 execution_options=_DEFER)
 
 
 def get_conversation(conn: Connection, conversation_id: str) -> Row[Any] | None:
@@ -240,6 +197,27 @@ def upsert_agent(conn: Connection, *, agent_id: str, name: str, status: str,
               "rule_groups": stmt.excluded.rule_groups, "updated_at": stmt.excluded.updated_at},
     )
     conn.execute(stmt)
+    # The index of who sees what (store/tables.py agent_rule_groups) follows the agent.
+    conn.execute(sa.delete(agent_rule_groups).where(agent_rule_groups.c.agent_id == agent_id))
+    if rule_groups:
+        conn.execute(agent_rule_groups.insert().inline(), [
+            {"agent_id": agent_id, "position": i, "tags": list(group),
+             "key_tag": _rarest_tag(conn, group)}
+            for i, group in enumerate(rule_groups)])
+
+
+_RAREST = """SELECT t FROM unnest(%(tags)s::varchar[]) AS t
+ORDER BY (SELECT count(*) FROM agent_rule_groups g WHERE g.tags @> ARRAY[t]::varchar[]), t
+LIMIT 1"""
+
+
+def _rarest_tag(conn: Connection, group: Sequence[str]) -> str:
+    """The key tag of a rule group (store/tables.py): its tag in the fewest groups now."""
+    if not group:
+        return ""
+    if conn.dialect.name != "postgresql":
+        return min(group)  # SQLite reads the directory whole; any tag of the group is correct
+    return str(conn.exec_driver_sql(_RAREST, {"tags": list(group)}).scalar_one())
 
 
 def set_agent_status(conn: Connection, agent_id: str, status: str, now: datetime) -> bool:
@@ -268,15 +246,26 @@ def executions_offered_to(conn: Connection, agent_id: str) -> list[str]:
 
 def insert_offers(conn: Connection, execution_id: str, agent_ids: Sequence[str],
                   now: datetime) -> None:
-    if agent_ids:
-        conn.execute(offers.insert(), [
-            {"execution_id": execution_id, "agent_id": a, "status": "offered", "updated_at": now}
-            for a in agent_ids])
+    if not agent_ids:
+        return
+    if conn.dialect.name == "postgresql":
+        # One INSERT however many agents, their ids one array parameter (no per-row SQL to
+        # build); no answer needed, so it travels with the next statement or COMMIT.
+        conn.exec_driver_sql(
+            "INSERT INTO offers (execution_id, agent_id, status, updated_at) "
+            "SELECT %(execution_id)s, a, 'offered', %(now)s "
+            "FROM unnest(%(agents)s::varchar[]) AS a",
+            {"execution_id": execution_id, "agents": list(agent_ids), "now": now},
+            execution_options=_DEFER)
+        return
+    conn.execute(offers.insert().inline(), [
+        {"execution_id": execution_id, "agent_id": a, "status": "offered", "updated_at": now}
+        for a in agent_ids])
 
 
 def set_offer(conn: Connection, execution_id: str, agent_id: str, status: str,
               now: datetime) -> None:
-    stmt = _insert(conn, offers).values(
+    stmt = _insert(conn, offers).inline().values(
         execution_id=execution_id, agent_id=agent_id, status=status, updated_at=now)
     conn.execute(stmt.on_conflict_do_update(
         index_elements=["execution_id", "agent_id"],
@@ -284,7 +273,7 @@ def set_offer(conn: Connection, execution_id: str, agent_id: str, status: str,
         # A repeat of the same change (an agent rejecting twice) leaves the row alone:
         # ``updated_at`` orders ``rejectedBy``, so a repeated reject must not move the agent
         # behind those who rejected after its first one.
-        where=offers.c.status != stmt.excluded.status))
+        where=offers.c.status != stmt.excluded.status), execution_options=_DEFER)
 
 
 def insert_timers(conn: Connection, execution_id: str,
@@ -292,15 +281,13 @@ def insert_timers(conn: Connection, execution_id: str,
     rows = [{"execution_id": execution_id, "kind": kind, "due_at": due_at, "state": "pending",
              "armed_at": armed_at} for kind, due_at, armed_at in deadlines]
     if rows:
-        conn.execute(timers.insert(), rows)
+        conn.execute(timers.insert().inline(), rows, execution_options=_DEFER)
 
 
-def finish_timers(conn: Connection, execution_id: str, *, fired: str | None,
-                  now: datetime) -> list[str]:
-    """Mark the fired timer ``fired`` and every other pending one ``cancelled``.
-
-    Returns the kinds that were cancelled, earliest deadline first.
-    """
+def finish_timers_later(conn: Connection, execution_id: str, *, fired: str | None,
+                        now: datetime) -> None:
+    """:func:`finish_timers` without its answer, so it can travel with the next statement
+    (the caller knows from its view which timers were pending)."""
     def build(_: Connection) -> Any:
         is_fired = timers.c.kind == sa.bindparam("b_fired")
         return (sa.update(timers)
@@ -308,15 +295,58 @@ def finish_timers(conn: Connection, execution_id: str, *, fired: str | None,
                        timers.c.state == "pending")
                 .values(state=sa.case((is_fired, "fired"), else_="cancelled"),
                         fired_at=sa.case((is_fired, sa.bindparam("b_now", type_=UTCDateTime)),
-                                         else_=None))
-                .returning(timers.c.kind, timers.c.state, timers.c.due_at))
+                                         else_=None)))
 
-    rows = conn.execute(_prebuilt(conn, "finish_timers", build), {
-        "b_execution_id": execution_id, "b_fired": fired or "", "b_now": now}).all()
-    return [r.kind for r in sorted(rows, key=lambda r: r.due_at) if r.state == "cancelled"]
+    conn.execute(_prebuilt(conn, "finish_timers_later", build), {
+        "b_execution_id": execution_id, "b_fired": fired or "", "b_now": now},
+        execution_options=_DEFER)
 
 
-def lock_overdue(conn: Connection, now: datetime, limit: int) -> list[Row[Any]]:
+_END_SQL = """WITH ended AS (
+    UPDATE executions SET state = %(state)s, exit = %(exit)s,
+                          merge_field = %(merge_field)s::jsonb, ended_at = %(now)s
+     WHERE execution_id = %(execution_id)s AND state = 'waiting'
+    RETURNING execution_id
+), queued AS (
+    INSERT INTO outbox (dedupe_key, kind, execution_id, payload, created_at, attempts)
+    SELECT m.dedupe_key, m.kind, m.execution_id, m.payload, %(now)s, 0
+      FROM json_to_recordset(%(messages)s::json)
+           AS m(dedupe_key text, kind text, execution_id text, payload json)
+     WHERE EXISTS (SELECT 1 FROM ended)
+    ON CONFLICT (dedupe_key) DO NOTHING
+    RETURNING id, dedupe_key
+)
+SELECT (SELECT count(*) FROM ended) AS ended,
+       (SELECT json_agg(json_build_array(dedupe_key, id)) FROM queued) AS queued"""
+
+
+def end_with_messages(conn: Connection, execution_id: str, *, state: str, exit: str | None,
+                      merge_field: Mapping[str, Any] | None, now: datetime,
+                      messages: Sequence[Mapping[str, Any]]) -> tuple[bool, dict[str, int]]:
+    """The guarded transition out of ``waiting`` and its outbox rows, in one statement.
+
+    Returns (whether this call ended it, dedupe key → id of the rows queued). The messages
+    are queued only if the guarded update happened (``WHERE EXISTS (SELECT 1 FROM ended)``);
+    the caller holds the row lock, so it always does unless something is broken.
+    """
+    if conn.dialect.name != "postgresql":
+        if not end_execution(conn, execution_id, state=state, exit=exit,
+                             merge_field=merge_field, now=now):
+            return False, {}
+        return True, add_outbox_many(conn, messages, now)
+    import json
+
+    found = conn.exec_driver_sql(_END_SQL, {
+        "execution_id": execution_id, "state": state, "exit": exit,
+        "merge_field": json.dumps(merge_field) if merge_field is not None else None,
+        "now": now, "messages": json.dumps([
+            {"dedupe_key": m["dedupe_key"], "kind": m["kind"],
+             "execution_id": m["execution_id"], "payload": m["payload"]}
+            for m in messages])}).one()
+    return bool(found.ended), dict(found.queued or ())
+
+
+def lock_overdue(conn: Connection, now: datetime, limit: int) -> Sequence[Row[Any]]:
     """Waiting executions with a pending deadline due by ``now``, earliest deadline first,
     each locked for this transaction; at most one row per execution, for its earliest
     overdue deadline (columns of :func:`lock_execution`, plus ``timer_kind``).
@@ -363,28 +393,27 @@ def claim_timers_to_arm(conn: Connection, now: datetime, until: datetime, limit:
         .order_by(timers.c.due_at).limit(limit)
         .with_for_update(skip_locked=True)
     ).all()
-    for r in rows:
+    if rows:
+        # One UPDATE for the batch (the rows are locked by the SELECT above); no answer
+        # needed, so on PostgreSQL it travels with the next statement or COMMIT.
         conn.execute(sa.update(timers).where(
-            timers.c.execution_id == r.execution_id, timers.c.kind == r.kind
-        ).values(armed_at=now))
+            sa.tuple_(timers.c.execution_id, timers.c.kind).in_(
+                [(r.execution_id, r.kind) for r in rows])
+        ).values(armed_at=now), execution_options=_DEFER)
     return [(r.execution_id, r.kind, r.due_at) for r in rows]
 
 
 # --- agent events (idempotency) -------------------------------------------------------------
 
-def stored_event_result(conn: Connection, agent_id: str, event_id: str
-                        ) -> dict[str, Any] | None:
-    return conn.execute(sa.select(agent_events.c.result).where(
-        agent_events.c.agent_id == agent_id, agent_events.c.event_id == event_id)).scalar()
-
-
 def store_event_result(conn: Connection, *, agent_id: str, event_id: str, action: str,
                        execution_id: str | None, result: Mapping[str, Any],
-                       now: datetime) -> None:
-    """Record the answer to a client event. A concurrent twin raises IntegrityError here."""
-    conn.execute(agent_events.insert().values(
+                       now: datetime, conversation_id: str | None = None) -> None:
+    """Record the answer to a client event. A concurrent twin makes the transaction fail
+    with IntegrityError (at this statement, or at COMMIT when it travelled with it)."""
+    conn.execute(agent_events.insert().inline().values(
         agent_id=agent_id, event_id=event_id, action=action, execution_id=execution_id,
-        result=dict(result), created_at=now))
+        conversation_id=conversation_id, result=dict(result), created_at=now),
+        execution_options=_DEFER)
 
 
 # --- audit, outbox, dead letters, heartbeats ------------------------------------------------
@@ -400,15 +429,16 @@ def audit_many(conn: Connection, execution_id: str, now: datetime,
                entries: Sequence[tuple[str, str | None, Mapping[str, Any] | None]]) -> None:
     """Several audit events of one transaction in one statement: (kind, agent id, detail)."""
     if entries:
-        conn.execute(audit_events.insert(), [
+        # ``inline()``: no implicit RETURNING of the new ids, so the insert needs no answer.
+        conn.execute(audit_events.insert().inline(), [
             {"execution_id": execution_id, "at": now, "kind": kind, "agent_id": agent_id,
              "detail": dict(detail) if detail else None}
-            for kind, agent_id, detail in entries])
+            for kind, agent_id, detail in entries], execution_options=_DEFER)
 
 
-def audit_trail(conn: Connection, execution_id: str) -> list[Row[Any]]:
-    return list(conn.execute(sa.select(audit_events).where(
-        audit_events.c.execution_id == execution_id).order_by(audit_events.c.id)))
+def audit_trail(conn: Connection, execution_id: str) -> Sequence[Row[Any]]:
+    return conn.execute(sa.select(audit_events).where(
+        audit_events.c.execution_id == execution_id).order_by(audit_events.c.id)).all()
 
 
 def add_outbox(conn: Connection, *, dedupe_key: str, kind: str, execution_id: str | None,
@@ -443,12 +473,40 @@ def relax_durability(conn: Connection) -> None:
     lost mark means the row is sent again, and delivery is at least once anyway).
     """
     if conn.dialect.name == "postgresql":
-        conn.exec_driver_sql("SET LOCAL synchronous_commit = off")
+        # Deferred: it travels with the transaction's next statement (see store.wire).
+        conn.exec_driver_sql("SET LOCAL synchronous_commit = off",
+                             execution_options={wire.DEFER: True})
 
 
-def unsent_outbox(conn: Connection, ids: Sequence[int]) -> list[Row[Any]]:
-    return list(conn.execute(sa.select(outbox).where(
-        outbox.c.id.in_(ids), outbox.c.sent_at.is_(None)).order_by(outbox.c.id)))
+MARK_SENT_SQL = """\
+WITH marks AS (
+    SELECT * FROM jsonb_to_recordset(%(marks)s::jsonb)
+        AS m(id bigint, at timestamptz, execution_id text, task text, queue text)
+), sent AS (
+    UPDATE outbox SET sent_at = marks.at, attempted_at = marks.at,
+                      attempts = outbox.attempts + 1, last_error = NULL
+    FROM marks WHERE outbox.id = marks.id AND outbox.sent_at IS NULL
+    RETURNING outbox.id
+)
+INSERT INTO audit_events (execution_id, at, kind, agent_id, detail)
+SELECT execution_id, at, 'exit_delivered', NULL,
+       jsonb_build_object('task', task, 'queue', queue)
+FROM marks WHERE task IS NOT NULL AND id IN (SELECT id FROM sent)"""
+
+
+def mark_sent_statement(marks: Sequence[Mapping[str, Any]]) -> tuple[str, dict[str, Any]]:
+    """One PostgreSQL statement marking many outbox rows sent and auditing the delivery of
+    the exits among them: each mark has ``id``, ``at`` (ISO time), ``execution_id`` and, for
+    an exit, ``task`` and ``queue``. A row already marked is left alone (and not audited
+    twice)."""
+    import json
+
+    return MARK_SENT_SQL, {"marks": json.dumps(list(marks))}
+
+
+def unsent_outbox(conn: Connection, ids: Sequence[int]) -> Sequence[Row[Any]]:
+    return conn.execute(sa.select(outbox).where(
+        outbox.c.id.in_(ids), outbox.c.sent_at.is_(None)).order_by(outbox.c.id)).all()
 
 
 def mark_outbox_sent(conn: Connection, ids: Sequence[int], now: datetime) -> None:
@@ -498,9 +556,9 @@ def ended_executions(conn: Connection, execution_ids: Iterable[str]) -> set[str]
         executions.c.execution_id.in_(ids), executions.c.state != "waiting")).scalars())
 
 
-def outbox_for_execution(conn: Connection, execution_id: str) -> list[Row[Any]]:
-    return list(conn.execute(sa.select(outbox).where(
-        outbox.c.execution_id == execution_id).order_by(outbox.c.id)))
+def outbox_for_execution(conn: Connection, execution_id: str) -> Sequence[Row[Any]]:
+    return conn.execute(sa.select(outbox).where(
+        outbox.c.execution_id == execution_id).order_by(outbox.c.id)).all()
 
 
 def add_dead_letter(conn: Connection, *, task_name: str, task_id: str | None, payload: str,

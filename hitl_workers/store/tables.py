@@ -60,6 +60,10 @@ class UTCDateTime(sa.TypeDecorator[datetime]):
 
 
 JSONType = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
+AsSentJSON = sa.JSON().with_variant(postgresql.JSON(), "postgresql")
+"""JSON kept as written, key order included (``jsonb`` reorders keys): for what is shown or
+answered back exactly as it came in."""
+TagArray = sa.ARRAY(sa.String(128)).with_variant(sa.JSON(), "sqlite")
 
 ID_LEN = 128
 
@@ -80,13 +84,33 @@ agents = sa.Table(
     sa.CheckConstraint(one_of("status", AGENT_STATUSES), name="status"),
 )
 
+agent_rule_groups = sa.Table(
+    "agent_rule_groups",
+    metadata,
+    # ``agents.rule_groups`` one row per group, for the index: "who can see a conversation
+    # tagged T" is ``tags <@ T`` (every tag of the group among T), answered by the GIN index
+    # whatever the size of the directory. Written with the agent (services/agents.py).
+    sa.Column("agent_id", sa.String(ID_LEN),
+              sa.ForeignKey("agents.agent_id", ondelete="CASCADE"), primary_key=True),
+    sa.Column("position", sa.Integer, primary_key=True),
+    sa.Column("tags", TagArray, nullable=False),
+    # The group's tag that the fewest groups had when it was written ("" for an empty group):
+    # a group whose tags are all among T has its key tag among T, so dispatch looks groups up
+    # by key tag (btree) and re-checks ``tags <@ T``; a rare key keeps that lookup small.
+    sa.Column("key_tag", sa.String(ID_LEN), nullable=False, server_default=""),
+)
+sa.Index("ix_agent_rule_groups_key_tag", agent_rule_groups.c.key_tag)
+# GIN on the tags: counts "groups with tag t" (``tags @> {t}``) when choosing a key tag.
+sa.Index("ix_agent_rule_groups_tags", agent_rule_groups.c.tags,
+         postgresql_using="gin").ddl_if(dialect="postgresql")
+
 conversations = sa.Table(
     "conversations",
     metadata,
     sa.Column("conversation_id", sa.String(ID_LEN), primary_key=True),
     sa.Column("status", sa.String(16), nullable=False, server_default="open"),
     sa.Column("tags", JSONType, nullable=False),
-    sa.Column("contact", JSONType, nullable=True),
+    sa.Column("contact", AsSentJSON, nullable=True),
     sa.Column("claimed_by", JSONType, nullable=False),
     sa.Column("updated_at", UTCDateTime, nullable=False),
     sa.CheckConstraint(one_of("status", CONVERSATION_STATUSES), name="status"),
@@ -182,8 +206,10 @@ agent_events = sa.Table(
     sa.Column("event_id", sa.String(ID_LEN), primary_key=True),
     sa.Column("action", sa.String(16), nullable=False),
     sa.Column("execution_id", sa.String(ID_LEN), nullable=True),
-    sa.Column("result", JSONType, nullable=False),
+    sa.Column("result", AsSentJSON, nullable=False),
     sa.Column("created_at", UTCDateTime, nullable=False),
+    # Set when the event named its target by conversation: a repeat must name the same one.
+    sa.Column("conversation_id", sa.String(ID_LEN), nullable=True),
 )
 
 audit_events = sa.Table(
@@ -209,7 +235,7 @@ outbox = sa.Table(
     sa.Column("dedupe_key", sa.String(300), nullable=False, unique=True),
     sa.Column("kind", sa.String(16), nullable=False),
     sa.Column("execution_id", sa.String(ID_LEN), nullable=True),
-    sa.Column("payload", JSONType, nullable=False),
+    sa.Column("payload", AsSentJSON, nullable=False),
     sa.Column("created_at", UTCDateTime, nullable=False),
     sa.Column("attempted_at", UTCDateTime, nullable=True),
     sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),

@@ -9,6 +9,7 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 import redis
+from celery.signals import worker_process_shutdown
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
@@ -16,8 +17,9 @@ from hitl_workers.app import app
 from hitl_workers.clock import utcnow
 from hitl_workers.domain.names import TASK_QUEUES
 from hitl_workers.notify.streams import StreamPublisher
+from hitl_workers.observe import metrics, task_context
 from hitl_workers.services import delivery
-from hitl_workers.services.effects import Effects, timer_task_id
+from hitl_workers.services.effects import Effects, Observation, StepEnded, timer_task_id
 from hitl_workers.settings import get_settings
 from hitl_workers.store import repo
 from hitl_workers.store.db import transaction
@@ -103,6 +105,10 @@ def publisher() -> CeleryPublisher:
 def after_commit(effects: Effects) -> None:
     """Publish what the committed transaction queued. Failures here lose nothing: the
     reconciler re-sends outbox rows and fires deadlines whose wake-up never arrived."""
+    if effects.execution is not None:
+        task_context.learn(*effects.execution)  # for the task's own log lines from here on
+    for observation in effects.observations:
+        _count(observation)
     if effects.outbox:
         delivery.publish(effects.outbox, publisher(), utcnow)
     for execution_id, kind, due_at in effects.arm:
@@ -112,6 +118,27 @@ def after_commit(effects: Effects) -> None:
             app.control.revoke([timer_task_id(e, k) for e, k in effects.revoke])
         except Exception as exc:  # an optimisation only
             log.info("revoke of %s failed: %r", effects.revoke, exc)
+
+
+def _count(observation: Observation) -> None:
+    try:
+        if isinstance(observation, StepEnded):
+            metrics.count_step_ended(state=observation.state, exit=observation.exit,
+                                     merge_field=observation.merge_field,
+                                     dispatched_at=observation.dispatched_at,
+                                     now=observation.at)
+        else:
+            metrics.count_timer_fired(kind=observation.kind, due_at=observation.due_at,
+                                      now=observation.at)
+    except Exception:  # the data is committed; a failing metric must not undo the task
+        log.exception("metrics: %r not counted", observation)
+
+
+@worker_process_shutdown.connect
+def _mark_what_was_sent(**_: Any) -> None:
+    # A pool process stopping (warm shutdown, max-tasks-per-child) writes its pending "sent"
+    # marks, so what it published is not re-sent by the reconciler.
+    delivery.sent_marks.flush()
 
 
 def arm_timer(execution_id: str, kind: str, due_at: datetime) -> None:

@@ -77,7 +77,9 @@ def test_the_audit_trail_of_a_claimed_step(client, flow, agents, team):
     assert kinds.index("exit_delivered") > kinds.index("exit_recorded")
     trail = {e.kind: e for e in audit_trail(eid)}
     assert sorted(trail["notified"].detail["notified"]) == sorted([alice, bob])
-    assert trail["notified"].detail["skipped"] == {outsider: "not_eligible"}
+    # The outsider cannot see the conversation: not listed, counted among "others"
+    assert outsider not in trail["notified"].detail["skipped"]
+    assert trail["notified"].detail["others"] == "not_eligible"
     assert trail["popup_closed"].agent_id == bob
     assert trail["claimed"].agent_id == alice
     assert trail["claim_lost"].agent_id == bob

@@ -35,12 +35,22 @@ def _same_default(_context: Any, _inspected: Any, _column: Any, inspected_defaul
     return None
 
 
+def _for_this_dialect(dialect: str) -> Any:
+    """Alembic's ``include_object``: leave out what ``tables.py`` creates only on another
+    dialect (``.ddl_if(dialect="postgresql")``, such as a GIN index), as ``create_all`` does."""
+    def include(obj: Any, _name: Any, _type: str, _reflected: bool, _compare_to: Any) -> bool:
+        only_on = getattr(getattr(obj, "_ddl_if", None), "dialect", None)
+        return only_on is None or only_on == dialect
+    return include
+
+
 def differences(url: str) -> list[Any]:
     engine = sa.create_engine(url)
     try:
         with engine.connect() as conn:
             context = MigrationContext.configure(conn, opts={
-                "compare_type": True, "compare_server_default": _same_default})
+                "compare_type": True, "compare_server_default": _same_default,
+                "include_object": _for_this_dialect(engine.dialect.name)})
             return list(compare_metadata(context, metadata))
     finally:
         engine.dispose()

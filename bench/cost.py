@@ -1,0 +1,196 @@
+"""What a claimed step costs PostgreSQL, counted, not guessed: round trips and statements.
+
+    .venv/bin/python -m bench.cost [--steps 200] [--profile]
+
+Runs whole steps (``hitl.request_assistance`` then ``hitl.claim``, each through its task's own
+code, publishing after commit to a real broker and Redis) in this one process, with a counter
+on the database engine, and prints per claimed step:
+
+- **statements**: SQL statements the server runs (``BEGIN``/``COMMIT`` included; a string
+  carrying several statements counts each);
+- **round trips**: messages the client waits on — each cursor execute, each commit or
+  rollback the driver sends, and psycopg2's implicit ``BEGIN`` (sent on its own before the
+  first statement of a transaction unless the engine folds it into that statement);
+- **transactions**: commits.
+
+Deterministic (the same on a loaded machine), so it is the figure to watch while changing the
+engine; ``--profile`` adds a cProfile of the loop (CPU by function). The same counter runs
+inside the throughput benchmark's summary (:mod:`bench.engine`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import pstats
+import re
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from bench.common import configure, flush_redis, fresh_database
+
+_STATEMENT_SPLIT = re.compile(r";\s*(?=\S)")
+
+
+@dataclass
+class Counts:
+    statements: int = 0
+    round_trips: int = 0
+    commits: int = 0
+    kinds: dict[str, int] = field(default_factory=dict)
+
+    def per(self, steps: int) -> str:
+        return (f"{self.round_trips / steps:.1f} round trips, {self.statements / steps:.1f} "
+                f"statements, {self.commits / steps:.1f} transactions")
+
+
+class StatementCounter:
+    """Counts what an Engine sends PostgreSQL (see the module docstring for the rules)."""
+
+    def __init__(self) -> None:
+        self.counts = Counts()
+        self._engines: list[Any] = []
+
+    def attach(self, engine: Any) -> None:
+        import sqlalchemy as sa
+
+        sa.event.listen(engine, "before_cursor_execute", self._execute)
+        sa.event.listen(engine, "begin", self._begin)
+        sa.event.listen(engine, "commit", self._commit)
+        sa.event.listen(engine, "rollback", self._rollback)
+        self._engines.append(engine)
+
+    def reset(self) -> Counts:
+        counts, self.counts = self.counts, Counts()
+        try:
+            from hitl_workers.store import wire
+        except ImportError:  # an engine from before store.wire (a "before" run)
+            return counts
+        folded = wire.stats
+        counts.round_trips += folded.round_trips - self._folded[0]
+        counts.statements += folded.statements - self._folded[1]
+        counts.commits += folded.commits - self._folded[2]
+        self._folded = (folded.round_trips, folded.statements, folded.commits)
+        return counts
+
+    _folded = (0, 0, 0)
+
+    def _execute(self, conn: Any, cursor: Any, statement: str, parameters: Any,
+                 context: Any, executemany: bool) -> None:
+        if _autocommit(conn):
+            return  # a folded transaction: hitl_workers.store.wire counts what it sends
+        parts = [p for p in _STATEMENT_SPLIT.split(statement.strip()) if p.strip()]
+        many = len(parameters) if executemany and isinstance(parameters, list | tuple) else 1
+        self.counts.statements += len(parts) * many
+        self.counts.round_trips += many
+        for part in parts:
+            word = part.split(None, 1)[0].upper() if part.split() else "?"
+            self.counts.kinds[word] = self.counts.kinds.get(word, 0) + many
+
+    def _begin(self, conn: Any) -> None:
+        # psycopg2 outside autocommit sends BEGIN by itself before the first statement.
+        if not _autocommit(conn):
+            self.counts.statements += 1
+            self.counts.round_trips += 1
+            self.counts.kinds["BEGIN"] = self.counts.kinds.get("BEGIN", 0) + 1
+
+    def _commit(self, conn: Any) -> None:
+        if not _autocommit(conn):
+            self.counts.statements += 1
+            self.counts.round_trips += 1
+            self.counts.commits += 1
+            self.counts.kinds["COMMIT"] = self.counts.kinds.get("COMMIT", 0) + 1
+
+    def _rollback(self, conn: Any) -> None:
+        if not _autocommit(conn):
+            self.counts.statements += 1
+            self.counts.round_trips += 1
+
+
+def _autocommit(conn: Any) -> bool:
+    # An engine that manages BEGIN/COMMIT itself runs the driver in autocommit: its own
+    # statements are counted as they are executed.
+    if conn.dialect.name != "postgresql" or conn.invalidated:
+        return False
+    return bool(getattr(conn.connection.dbapi_connection, "autocommit", False))
+
+
+def run_steps(steps: int, *, counter: StatementCounter | None = None) -> tuple[Counts, float]:
+    """``steps`` claimed steps in this process; returns the counts and the CPU seconds."""
+    from hitl_workers.store.db import get_engine
+    from hitl_workers.tasks import agents as agent_tasks
+    from hitl_workers.tasks import events, requests
+
+    counter = counter or StatementCounter()
+    counter.attach(get_engine())
+    agent_tasks.upsert_agent.run(agent_id="cost-agent", status="available",
+                                 rule_groups=[["team:cost"]])
+    reply = {"task": "flow.exit", "queue": f"flow-cost-{uuid.uuid4().hex[:6]}"}
+
+    split = {"dispatch": Counts(), "claim": Counts()}
+
+    def add(into: Counts, counts: Counts) -> None:
+        into.round_trips += counts.round_trips
+        into.statements += counts.statements
+        into.commits += counts.commits
+
+    def one_step() -> None:
+        execution_id = f"cost-{uuid.uuid4().hex}"
+        add(total, counter.reset())
+        requests.request_assistance.run(
+            execution_id=execution_id, conversation_id=f"conv-{execution_id}",
+            conversation={"tags": ["team:cost"], "contact": {"name": "Ann"}},
+            settings={"timeout": "5m", "popup": {"text": "**Cost** step",
+                                                 "timer": {"auto_action_timeout": "2m"}}},
+            reply_to=reply)
+        add(split["dispatch"], counts := counter.reset())
+        add(total, counts)
+        answer = events.claim.run(execution_id=execution_id, agent_id="cost-agent")
+        add(split["claim"], counts := counter.reset())
+        add(total, counts)
+        if answer["outcome"] != "claimed":
+            raise SystemExit(f"claim answered {answer}")
+
+    total = Counts()
+    for _ in range(10):  # warm up: statement caches, connections
+        one_step()
+    total = Counts()
+    split.update(dispatch=Counts(), claim=Counts())
+    cpu = time.process_time()
+    for _ in range(steps):
+        one_step()
+    cpu = time.process_time() - cpu
+    add(total, counter.reset())  # what ran after the last claim (sent marks flushed by then)
+    total.split = split  # type: ignore[attr-defined]
+    return total, cpu
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--profile", action="store_true", help="print a cProfile of the loop")
+    args = parser.parse_args()
+    configure()
+    fresh_database()
+    flush_redis()
+    profiler = cProfile.Profile() if args.profile else None
+    if profiler:
+        profiler.enable()
+    counts, cpu_s = run_steps(args.steps)
+    if profiler:
+        profiler.disable()
+    print(f"per claimed step (request + claim, {args.steps} steps, this process): "
+          f"{counts.per(args.steps)}; {cpu_s / args.steps * 1000:.1f} ms CPU in this process")
+    for name, part in counts.split.items():  # type: ignore[attr-defined]
+        print(f"  {name:9} {part.per(args.steps)}")
+    if profiler:
+        out = io.StringIO()
+        pstats.Stats(profiler, stream=out).sort_stats("cumulative").print_stats(40)
+        print(out.getvalue())
+
+
+if __name__ == "__main__":
+    main()

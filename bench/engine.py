@@ -1,0 +1,153 @@
+"""What a step costs, in one run: the figures of issue 8 beside bare Celery.
+
+    .venv/bin/python -m bench.engine [--steps 2000] [--samples 200] [--concurrency 4]
+                                     [--dispatches 200] [--quick]
+
+Prints, on one machine, with a database and Redis databases of its own:
+
+1. bare Celery no-op tasks per second and whole-machine CPU per task (``/proc/stat``: every
+   process, PostgreSQL and Redis included), and its round trip (send → result);
+2. hitl_workers claimed steps per second (a flow engine sends requests, an agent claims each on
+   its notification, the exit arrives) and whole-machine CPU per claimed step; both ratios;
+3. PostgreSQL round trips and statements per claimed step, counted (:mod:`bench.cost`);
+4. dispatch p50 (``hitl.request_assistance`` run in this process, publishing included) with 100
+   and with 10,000 agents in the directory, each request eligible for 20 of them, and with a
+   fan-out of 1,000 eligible agents;
+5. claim → exit p50/p99 beside bare Celery's round trip.
+
+Whole-machine CPU counts whatever else runs on the machine: the run prints the load average
+before and after. The counted figures (3.) do not depend on load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+import uuid
+from pathlib import Path
+
+from bench.common import (
+    configure,
+    describe_machine,
+    flush_redis,
+    fresh_database,
+    loadavg,
+    percentile,
+)
+
+configure()
+
+
+def machine_busy_s() -> float:
+    """CPU seconds the whole machine spent busy since boot (``/proc/stat``, every core)."""
+    import os
+
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def dispatch_p50(directory: int, eligible: int, samples: int) -> tuple[float, float]:
+    """p50 and p99 (seconds) of one dispatch with ``directory`` agents, ``eligible`` of whom can
+    see the conversation (the others see other teams' conversations)."""
+    from hitl_workers.clock import utcnow
+    from hitl_workers.services import agents as directory_service
+    from hitl_workers.store.db import transaction
+    from hitl_workers.tasks import requests
+
+    team = f"team:d{uuid.uuid4().hex[:6]}"
+    with transaction() as conn:
+        for i in range(directory):
+            groups = [[team]] if i < eligible else [[f"team:other-{i % 50}"], ["lang:xx", team]]
+            directory_service.upsert_agent(conn, directory_service.UpsertAgentIn(
+                agent_id=f"{team}-agent-{i:05d}", status="available", rule_groups=groups),
+                utcnow())
+    with transaction() as conn:
+        # A directory in use has planner statistics (autovacuum analyzes it); the shared
+        # test server runs with autovacuum off, so take them here.
+        if conn.dialect.name == "postgresql":
+            conn.exec_driver_sql("ANALYZE")
+    reply = {"task": "flow.exit", "queue": f"flow-engine-{uuid.uuid4().hex[:6]}"}
+    times = []
+    for n in range(samples + 5):
+        execution_id = f"disp-{uuid.uuid4().hex}"
+        t0 = time.perf_counter()
+        answer = requests.request_assistance.run(
+            execution_id=execution_id, conversation_id=f"conv-{execution_id}",
+            conversation={"tags": [team, "lang:en"], "contact": {"name": "Ann"}},
+            settings={"timeout": "5m", "popup": {"text": "**Dispatch**",
+                                                 "timer": {"auto_action_timeout": "2m"}}},
+            reply_to=reply)
+        elapsed = time.perf_counter() - t0
+        if answer["state"] != "waiting":
+            raise SystemExit(f"dispatch answered {answer}")
+        if n >= 5:  # warm-up
+            times.append(elapsed)
+    with transaction() as conn:  # leave the directory as it was
+        conn.exec_driver_sql("DELETE FROM agents WHERE agent_id LIKE %(p)s"
+                             if conn.dialect.name == "postgresql" else
+                             "DELETE FROM agents WHERE agent_id LIKE :p", {"p": f"{team}-%"})
+    return percentile(times, 50), percentile(times, 99)
+
+
+def main() -> None:
+    from bench import claimed_throughput as throughput
+    from bench.cost import run_steps
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--steps", type=int, default=2000)
+    parser.add_argument("--samples", type=int, default=200)
+    parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument("--dispatches", type=int, default=200)
+    parser.add_argument("--quick", action="store_true",
+                        help="400 steps, 50 samples, 50 dispatches (a smoke run)")
+    args = parser.parse_args()
+    if args.quick:
+        args.steps, args.samples, args.dispatches = 400, 50, 50
+
+    fresh_database()
+    flush_redis()
+    print(f"machine: {describe_machine()}; load average {loadavg()}")
+    print(f"command: python -m bench.engine --steps {args.steps} --samples {args.samples} "
+          f"--concurrency {args.concurrency} --dispatches {args.dispatches}")
+
+    busy = machine_busy_s()
+    bare_tps, bare_rtt, bare_window = throughput.measure_bare(
+        args.concurrency, args.steps * 2, args.samples, cpu=machine_busy_s)
+    bare_cpu_ms = bare_window / (args.steps * 2) * 1000
+    hitl_sps, claim_lat, dups, hitl_window = throughput.measure_hitl(
+        args.concurrency, args.steps, args.samples, cpu=machine_busy_s)
+    hitl_cpu_ms = hitl_window / args.steps * 1000
+    del busy
+
+    counts, _cpu = run_steps(200)
+    split = counts.split  # type: ignore[attr-defined]
+
+    d100 = dispatch_p50(100, 20, args.dispatches)
+    d10k = dispatch_p50(10_000, 20, args.dispatches)
+    fan = dispatch_p50(1_000, 1_000, max(20, args.dispatches // 4))
+
+    print(f"bare Celery no-op:     {bare_tps:8.1f} tasks/s, {bare_cpu_ms:5.2f} ms CPU per task "
+          f"(whole machine)")
+    print(f"hitl claimed steps:    {hitl_sps:8.1f} steps/s, {hitl_cpu_ms:5.2f} ms CPU per step "
+          f"(whole machine), {dups} duplicate exits")
+    print(f"ratio throughput:      {hitl_sps / bare_tps:.2f}× bare (aim ≥ 0.25×, ceiling 0.5×)")
+    print(f"ratio CPU:             {hitl_cpu_ms / bare_cpu_ms:.2f}× a bare task (aim ≤ 4×)")
+    print(f"PostgreSQL per claimed step: {counts.per(200)}")
+    for name, part in split.items():
+        print(f"  {name:9} {part.per(200)}")
+    print(f"dispatch p50, eligible 20 of 100 agents:     {d100[0] * 1000:6.1f} ms "
+          f"(p99 {d100[1] * 1000:.1f})")
+    print(f"dispatch p50, eligible 20 of 10,000 agents:  {d10k[0] * 1000:6.1f} ms "
+          f"(p99 {d10k[1] * 1000:.1f}); {d10k[0] / d100[0]:.2f}× the 100 (aim ≤ 1.5×)")
+    print(f"dispatch p50, fan-out to 1,000 agents:       {fan[0] * 1000:6.1f} ms "
+          f"(p99 {fan[1] * 1000:.1f}; aim ≤ 40 ms)")
+    print(f"claim → exit:          p50 {percentile(claim_lat, 50) * 1000:.1f} ms, "
+          f"p99 {percentile(claim_lat, 99) * 1000:.1f} ms; bare round trip p50 "
+          f"{percentile(bare_rtt, 50) * 1000:.1f} ms, p99 {percentile(bare_rtt, 99) * 1000:.1f}"
+          " ms")
+    print(f"load average after: {loadavg()}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,147 @@
+"""Dispatch's reads and writes: one round trip to lock and read, one to write (plus COMMIT).
+
+Read (PostgreSQL), in the message that carries ``BEGIN``:
+
+    INSERT INTO conversations … ON CONFLICT DO UPDATE;      -- create it if new, and lock it
+    SELECT <the conversation, this execution if it exists, the conversation's waiting
+            execution, and the agents who can see the conversation>
+
+Two statements for the reason given in :mod:`hitl_workers.store.executions`: the read must
+start once the conversation's lock is held, so that a request for the same conversation that
+committed meanwhile is seen. "Who can see it" is answered by the btree index on
+``agent_rule_groups.key_tag`` (``key_tag = ANY(T) AND tags <@ T``, see store/tables.py), so a
+directory of any size costs about what the groups keyed by the conversation's tags cost.
+:func:`hitl_workers.domain.eligibility.select_agents` still decides, from those agents,
+who is offered the step and why the others are not.
+
+Write: :func:`create_with_messages` inserts the execution and its outbox rows in one statement;
+offers, timers, the conversation and the audit travel with ``COMMIT``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy.engine import Connection
+
+from hitl_workers.domain.eligibility import AgentView
+from hitl_workers.store import repo
+
+
+@dataclass(frozen=True)
+class DispatchRead:
+    conversation_status: str
+    tags: tuple[str, ...]
+    contact: Any
+    mine: tuple[str, str | None] | None
+    """(state, exit) of this execution id when it exists already (a retry)."""
+    busy_with: str | None
+    """Another execution waiting on this conversation."""
+    candidates: tuple[AgentView, ...]
+    """The agents who can see the conversation (or the specific agent, when one is named)."""
+
+
+_UPSERT = """\
+INSERT INTO conversations (conversation_id, status, tags, contact, claimed_by, updated_at)
+VALUES (%(conversation_id)s, 'open', '[]'::jsonb, NULL, '[]'::jsonb, %(now)s)
+ON CONFLICT (conversation_id) DO UPDATE SET updated_at = EXCLUDED.updated_at"""
+
+_READ = """\
+SELECT c.status, c.tags, c.contact,
+  (SELECT json_build_array(e.state, e.exit) FROM executions e
+    WHERE e.execution_id = %(execution_id)s) AS mine,
+  (SELECT e.execution_id FROM executions e
+    WHERE e.conversation_id = %(conversation_id)s AND e.state = 'waiting'
+      AND e.execution_id <> %(execution_id)s LIMIT 1) AS busy_with,
+  (SELECT json_agg(json_build_array(a.agent_id, a.status, a.rule_groups) ORDER BY a.agent_id)
+     FROM agents a
+    WHERE {candidates}
+  ) AS candidates
+FROM conversations c,
+     LATERAL (SELECT coalesce(%(tags)s::varchar[],
+                              ARRAY(SELECT jsonb_array_elements_text(c.tags))::varchar[])
+              AS tags) AS tagged
+WHERE c.conversation_id = %(conversation_id)s"""
+_SEEING = _READ.replace("{candidates}", """a.agent_id IN (
+        SELECT g.agent_id FROM agent_rule_groups g
+         WHERE g.key_tag = ANY(tagged.tags || ''::varchar) AND g.tags <@ tagged.tags)""")
+_SPECIFIC = _READ.replace("{candidates}", "a.agent_id = %(specific)s")
+
+
+def lock_and_read(conn: Connection, *, execution_id: str, conversation_id: str,
+                  tags: Sequence[str] | None, specific_agent_id: str | None,
+                  now: datetime) -> DispatchRead:
+    """Lock (creating if new) the conversation and read what dispatch decides from.
+
+    ``tags``: the request's conversation tags, or None to use the stored ones.
+    """
+    if conn.dialect.name != "postgresql":
+        return _portable(conn, execution_id, conversation_id, tags, specific_agent_id, now)
+    read = _SEEING if specific_agent_id is None else _SPECIFIC
+    row = conn.exec_driver_sql(f"{_UPSERT};\n{read}", {
+        "conversation_id": conversation_id, "execution_id": execution_id, "now": now,
+        "tags": list(tags) if tags is not None else None,
+        "specific": specific_agent_id}).one()
+    candidates = tuple(AgentView(a, s, tuple(tuple(g) for g in groups or ()))
+                       for a, s, groups in row.candidates or ())
+    return DispatchRead(row.status, tuple(row.tags or ()), row.contact,
+                        (row.mine[0], row.mine[1]) if row.mine else None,
+                        row.busy_with, candidates)
+
+
+def _portable(conn: Connection, execution_id: str, conversation_id: str,
+              tags: Sequence[str] | None, specific_agent_id: str | None,
+              now: datetime) -> DispatchRead:
+    # SQLite (one machine, a small directory): the same answers with plain queries; the
+    # directory is read whole and select_agents filters it.
+    conversation = repo.lock_conversation(conn, conversation_id, now)
+    mine, busy_with = repo.existing_or_waiting(conn, execution_id, conversation_id)
+    if specific_agent_id is not None:
+        agent = repo.get_agent(conn, specific_agent_id)
+        candidates: tuple[AgentView, ...] = (agent,) if agent else ()
+    else:
+        candidates = tuple(repo.all_agents(conn))
+    return DispatchRead(conversation.status, tuple(conversation.tags or ()),
+                        conversation.contact, (mine.state, mine.exit) if mine else None,
+                        busy_with, candidates)
+
+
+_CREATE = """\
+WITH created AS (
+    INSERT INTO executions
+    SELECT * FROM json_populate_record(NULL::executions, %(execution)s::json)
+    ON CONFLICT (execution_id) DO NOTHING
+    RETURNING execution_id
+), queued AS (
+    INSERT INTO outbox (dedupe_key, kind, execution_id, payload, created_at, attempts)
+    SELECT m.dedupe_key, m.kind, m.execution_id, m.payload, %(now)s, 0
+      FROM json_to_recordset(%(messages)s::json)
+           AS m(dedupe_key text, kind text, execution_id text, payload json)
+     WHERE EXISTS (SELECT 1 FROM created)
+    ON CONFLICT (dedupe_key) DO NOTHING
+    RETURNING id, dedupe_key
+)
+SELECT (SELECT count(*) FROM created) AS created,
+       (SELECT json_agg(json_build_array(dedupe_key, id)) FROM queued) AS queued"""
+
+
+def create_with_messages(conn: Connection, values: Mapping[str, Any],
+                         messages: Sequence[Mapping[str, Any]], now: datetime
+                         ) -> tuple[bool, dict[str, int]]:
+    """Insert the execution unless its id exists, and (only if it was inserted) its outbox
+    rows, in one statement. Returns (created, dedupe key → outbox id)."""
+    if conn.dialect.name != "postgresql":
+        if not repo.insert_execution(conn, values):
+            return False, {}
+        return True, repo.add_outbox_many(conn, messages, now)
+    row = {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in values.items()}
+    found = conn.exec_driver_sql(_CREATE, {
+        "execution": json.dumps(row), "now": now,
+        "messages": json.dumps([{"dedupe_key": m["dedupe_key"], "kind": m["kind"],
+                                 "execution_id": m["execution_id"], "payload": m["payload"]}
+                                for m in messages])}).one()
+    return bool(found.created), dict(found.queued or ())
