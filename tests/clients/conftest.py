@@ -23,8 +23,9 @@ from celery import Celery
 import celeryconfig
 from hitl_workers.settings import Settings
 from tests.rabbitmq.conftest import RABBITMQ_HOST, _rabbitmqctl
-from tests.scaleout.systems import EnvSystem, fresh_database
+from tests.support import databases
 from tests.support.fixtures import ARTIFACTS
+from tests.support.system import System
 
 CLIENTS = Path(__file__).parent
 _installed: set[Path] = set()
@@ -87,7 +88,7 @@ def run_node(client: str, script: str, scenario: dict[str, Any], tmp_path: Path,
 
 @pytest.fixture(scope="module", params=["quorum", "classic"])
 def rabbitmq_system(request: Any, database_url: str, redis_urls: dict[str, str]
-                    ) -> Iterator[tuple[str, str, EnvSystem]]:
+                    ) -> Iterator[tuple[str, str, System]]:
     """``(queue type, amqp URL, system)``: a worker and beat with HITL_RABBITMQ_QUEUE_TYPE set,
     on a vhost and a database of their own (RabbitMQ cannot hold one queue name under two
     types). Results and notifications stay on the session's Redis."""
@@ -98,9 +99,9 @@ def rabbitmq_system(request: Any, database_url: str, redis_urls: dict[str, str]
     app = system = None
     try:  # from here on the vhost is deleted whatever fails
         _rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
-        database = fresh_database(database_url, f"_clients_{queue_type}")
+        database = databases.fresh(databases.named(database_url, f"_clients_{queue_type}"))
         app = _rabbitmq_client_app(url, queue_type)
-        system = EnvSystem(app, ARTIFACTS / "logs" / f"rabbitmq-clients-{queue_type}",
+        system = System(app, ARTIFACTS / "logs" / f"rabbitmq-clients-{queue_type}",
                            {"HITL_BROKER_URL": url, "HITL_DATABASE_URL": database,
                             "HITL_RABBITMQ_QUEUE_TYPE": queue_type})
         system.start_worker("clients-worker", concurrency=4)
@@ -116,7 +117,7 @@ def rabbitmq_system(request: Any, database_url: str, redis_urls: dict[str, str]
 
 
 def _rabbitmq_client_app(url: str, queue_type: str) -> Celery:
-    """The project's configuration on ``url`` with ``queue_type`` queues (tests.scaleout's
+    """The project's configuration on ``url`` with ``queue_type`` queues (tests.support.system's
     ``app_for``, with the queue type of this system rather than this process's)."""
     app = Celery("hitl_workers_client", set_as_current=False)
     app.config_from_object("celeryconfig")

@@ -22,8 +22,8 @@ from typing import Any
 
 from tests.clients.celery_node_run import check_run, scenario
 from tests.clients.conftest import node_output, start_node
-from tests.scaleout.systems import EnvSystem
 from tests.support.schemas import assert_conforms
+from tests.support.system import System
 
 EXIT_FIELDS = {"execution_id", "conversation_id", "flow_id", "step_id", "exit", "merge_field",
                "exited_at"}
@@ -48,7 +48,7 @@ def _act_when_waiting(app: Any, task: str, execution_id: str, agent_id: str) -> 
         time.sleep(0.2)
 
 
-def test_a_raw_amqp_flow_engine_runs_every_exit(rabbitmq_system: tuple[str, str, EnvSystem],
+def test_a_raw_amqp_flow_engine_runs_every_exit(rabbitmq_system: tuple[str, str, System],
                                                 tmp_path: Path) -> None:
     queue_type, url, system = rabbitmq_system
     app = system.app
@@ -129,7 +129,7 @@ def test_a_raw_amqp_flow_engine_runs_every_exit(rabbitmq_system: tuple[str, str,
 
 
 def test_celery_node_needs_classic_queues_on_rabbitmq(
-        rabbitmq_system: tuple[str, str, EnvSystem], tmp_path: Path) -> None:
+        rabbitmq_system: tuple[str, str, System], tmp_path: Path) -> None:
     queue_type, url, _system = rabbitmq_system
     # Given the celery-node flow engine of test_celery_node.py, with RabbitMQ as its broker
     spec, ids = scenario(url, os.environ["HITL_RESULT_BACKEND_URL"])
