@@ -3,6 +3,9 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
+# `make run GATEWAY_PORT=8001 FLOWER_PORT=5556` (or HITL_GATEWAY_PORT / HITL_FLOWER_PORT)
+GATEWAY_PORT ?= $(or $(HITL_GATEWAY_PORT),8000)
+FLOWER_PORT ?= $(or $(HITL_FLOWER_PORT),5555)
 
 # The test tiers, by directory (tests/unit/test_test_tiers.py checks each directory is in one).
 UNIT_TESTS := tests/unit
@@ -30,7 +33,7 @@ venv: $(BIN)/hitl-workers
 
 ## The whole system on this machine (SQLite + local Redis), the simulator, then Ctrl-C to stop.
 run: venv
-	$(BIN)/hitl-workers run
+	$(BIN)/hitl-workers run --gateway-port $(GATEWAY_PORT) --flower-port $(FLOWER_PORT)
 
 ## The test suite against real PostgreSQL, Redis, worker processes and headless Chromium.
 test: venv services browser

@@ -9,7 +9,11 @@ task modules import ``app`` from here, and nothing here imports them back.
 
 from __future__ import annotations
 
+import os
+
 from celery import Celery
+
+from hitl_workers.settings import get_settings
 
 # The tasks: each module registers its tasks under their contract names (``hitl.claim`` …).
 TASK_MODULES = (
@@ -32,3 +36,10 @@ HOOK_MODULES = (
 
 app = Celery("hitl_workers", include=[*TASK_MODULES, *HOOK_MODULES])
 app.config_from_object("celeryconfig")
+
+# Flower reads its options from FLOWER_* variables; give it the project's one, so a plain
+# ``celery -A hitl_workers.app flower`` asks for the same password as the Procfile, deploy/ and
+# ``hitl-workers run`` (which also pass --basic-auth). An explicit FLOWER_BASIC_AUTH wins.
+_flower_auth = get_settings().flower_basic_auth
+if _flower_auth:
+    os.environ.setdefault("FLOWER_BASIC_AUTH", _flower_auth)

@@ -108,8 +108,8 @@ def simulate(leave_waiting: bool, timeout: float) -> None:
 
 
 @main.command()
-@click.option("--gateway-port", default=8000, show_default=True)
-@click.option("--flower-port", default=5555, show_default=True)
+@click.option("--gateway-port", default=8000, show_default=True, envvar="HITL_GATEWAY_PORT")
+@click.option("--flower-port", default=5555, show_default=True, envvar="HITL_FLOWER_PORT")
 @click.option("--no-simulate", is_flag=True, help="Start the system without the simulator.")
 @click.option("--log-dir", default="run/logs", show_default=True, type=click.Path())
 def run(gateway_port: int, flower_port: int, no_simulate: bool, log_dir: str) -> None:

@@ -66,8 +66,9 @@ class CeleryPublisher:
         self.probe_client = probe_client
 
     def send_exit(self, *, task: str, queue: str, kwargs: dict[str, Any]) -> None:
-        app.send_task(task, kwargs=kwargs, queue=queue,
-                      task_id=f"exit:{kwargs['execution_id']}")
+        task_id = f"exit:{kwargs['execution_id']}"
+        app.send_task(task, kwargs=kwargs, queue=queue, task_id=task_id)
+        announce_exit_sent(task_id, task, queue, kwargs)
 
     def notify(self, agent_ids: Sequence[str], event: dict[str, Any]) -> None:
         self.streams.publish(agent_ids, event)
@@ -78,6 +79,26 @@ class CeleryPublisher:
             return bool((self.probe_client or self.streams.client).ping())
         except redis.RedisError:
             return False
+
+
+def announce_exit_sent(task_id: str, task: str, queue: str, kwargs: dict[str, Any]) -> None:
+    """A ``task-sent`` event for the exit message, so Flower shows every step's exit (state
+    PENDING until a flow-engine worker with task events reports it), whatever runs the flow
+    engine: a celery-node or raw AMQP consumer sends no events of its own.
+
+    Only exits: ``task_send_sent_event`` stays off for everything else (a sent event for each
+    wake-up and notification publish would double the messages of the hot path). Best effort:
+    the exit is already published; a lost event only hides it from Flower.
+    """
+    if not app.conf.worker_send_task_events:
+        return
+    try:
+        with app.events.default_dispatcher() as dispatcher:
+            dispatcher.send("task-sent", uuid=task_id, root_id=task_id, parent_id=None,
+                            name=task, args="()", kwargs=repr(kwargs), retries=0, eta=None,
+                            expires=None, queue=queue, exchange=queue, routing_key=queue)
+    except Exception as exc:
+        log.info("task-sent event for %s not published: %r", task_id, exc)
 
 
 _publisher: CeleryPublisher | None = None

@@ -154,6 +154,49 @@ def test_a_request_sent_without_kwargsrepr_is_still_found(
     assert task["kwargs"].startswith(f"{{'execution_id': '{step['execution_id']}'")
 
 
+def test_an_exit_shows_in_flower_whatever_runs_the_flow_engine(
+        ops: Ops, flower: Flower, client: Any, agents: Callable[..., str], team: str) -> None:
+    # Given a flow engine whose consumer sends no task events (celery-node, raw AMQP): here,
+    # nobody consumes its queue at all
+    agent = agents()
+    silent = {"task": "flow.step_exited", "queue": f"flow-silent-{uuid.uuid4().hex[:8]}"}
+    step = request(team, silent, timeout="60s")
+    assert client.call("hitl.request_assistance", **step)["state"] == "waiting"
+    # When the step is claimed
+    answer = client.call("hitl.claim", execution_id=step["execution_id"], agent_id=agent)
+    assert answer["outcome"] == "claimed"
+    # Then Flower shows its exit message, sent, with its arguments
+    exit_id = f"exit:{step['execution_id']}"
+    found = eventually(lambda: flower.search(step["execution_id"]).get(exit_id), timeout=20)
+    assert found["name"] == "flow.step_exited"
+    assert found["state"] == "PENDING"  # sent; no consumer has reported it
+    assert "'exit': 'claimed'" in found["kwargs"]
+
+
+def test_a_plain_celery_flower_takes_the_password_from_the_environment() -> None:
+    # Given HITL_FLOWER_BASIC_AUTH and a Flower started without --basic-auth
+    port = free_port()
+    cmd = celery_cmd("flower", f"--port={port}", "--address=127.0.0.1")
+    proc = Proc("flower-plain", cmd, env={"HITL_FLOWER_BASIC_AUTH": f"{USER}:{PASSWORD}"},
+                log_dir=ARTIFACTS / "logs", cwd=ROOT).start()
+    url = f"http://127.0.0.1:{port}"
+    try:
+        def up() -> bool:
+            assert proc.alive, proc.tail()
+            try:
+                return httpx.get(f"{url}/healthcheck", timeout=2).status_code == 200
+            except httpx.HTTPError:
+                return False
+        assert eventually(up, timeout=60), proc.tail()
+        # Then it asks for that password, on the dashboard too (Flower's API refuses anyone
+        # when no authentication is set at all, so the API alone would prove nothing)
+        assert httpx.get(f"{url}/", timeout=10).status_code == 401
+        assert httpx.get(f"{url}/", auth=(USER, "wrong"), timeout=10).status_code == 401
+        assert httpx.get(f"{url}/", auth=(USER, PASSWORD), timeout=10).status_code == 200
+    finally:
+        proc.stop()
+
+
 def test_flower_asks_for_the_password(flower: Flower) -> None:
     assert httpx.get(f"{flower.url}/api/tasks", timeout=10).status_code == 401
     assert httpx.get(f"{flower.url}/api/tasks", auth=(USER, "wrong"),
