@@ -180,7 +180,9 @@ def problems(status: Status) -> list[Problem]:
             f"{sum(ov.outbox_unsent.values())} outbox message(s) unsent, the oldest for "
             f"{_dur(unsent_age)}{error}",
             "exits go to the broker and notifications to HITL_REDIS_URL: check both; the "
-            "reconciler re-sends them once publishing works (workers on hitl.outbox)"))
+            "reconciler re-sends them once publishing works (workers on hitl.outbox); a "
+            "webhook exit is retried on its backoff until its receiver answers 2xx "
+            "(`hitl-workers show ID` lists its attempts)"))
     return found
 
 
