@@ -26,11 +26,13 @@ _client: httpx.Client | None = None
 
 def _http() -> httpx.Client:
     # One client per process (connections kept alive to receivers that answer often).
-    # Redirects are not followed: a 3xx is not a 2xx, so it is retried like any failure.
+    # Redirects are not followed: a 3xx is not a 2xx, so it is retried like any failure (and
+    # a redirect could lead past HITL_WEBHOOK_ALLOWED_HOSTS). HTTPS_PROXY / NO_PROXY from the
+    # environment are honoured, for workers whose egress goes through a proxy.
     global _client
     if _client is None:
         _client = httpx.Client(timeout=httpx.Timeout(webhooks.TIMEOUT_S),
-                               follow_redirects=False, trust_env=False)
+                               follow_redirects=False)
     return _client
 
 
