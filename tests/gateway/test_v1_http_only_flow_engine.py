@@ -117,7 +117,10 @@ def test_the_exit_of_a_claim_over_http_arrives_at_the_webhook(engine, http_agent
 
     from tests.support.webhook_receiver import Receiver
 
-    with Receiver(os.environ["HITL_WEBHOOK_SECRET"]) as receiver:
+    # A receiver that answers its first POST 500, then 200 (issue 11: delivered once, retried
+    # once)
+    with Receiver(os.environ["HITL_WEBHOOK_SECRET"],
+                  answer=lambda n: 500 if n == 1 else 200) as receiver:
         # Given a step started over /v1 whose reply_to is the flow engine's webhook
         alice = http_agent()
         step = {**_step(team), "reply_to": {"webhook": receiver.url()}}
@@ -127,11 +130,13 @@ def test_the_exit_of_a_claim_over_http_arrives_at_the_webhook(engine, http_agent
             claimed = agent_ui.post(f"/executions/{step['execution_id']}/claim",
                                     headers=bearer(alice))
         assert claimed.status_code == 200, claimed.text
-        # Then the exit is POSTed to the webhook, signed, once
+        # Then the exit is POSTed to the webhook, signed, and reaches its logic once
         exit_kwargs = receiver.wait_for(str(step["execution_id"]))
         assert (exit_kwargs["exit"], exit_kwargs["merge_field"]) == (
             "claimed", {"addClaimedBy": alice})
-        assert [p.signature_ok for p in receiver.posts] == [True]
+        assert [(p.answered, p.signature_ok) for p in receiver.posts] == [
+            (500, True), (200, True)]
+        assert receiver.handed_to_logic == 1
         # and a retry of the same start is still a retry (200), not a clash
         assert engine.start(step).status_code == 200
 
