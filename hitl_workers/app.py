@@ -22,6 +22,7 @@ TASK_MODULES = (
     "hitl_workers.tasks.maintenance",
     "hitl_workers.tasks.requests",
     "hitl_workers.tasks.timers",
+    "hitl_workers.tasks.webhooks",
 )
 
 # The worker hooks (Celery signal handlers, hitl_workers/observe/): task arguments Flower can

@@ -49,7 +49,8 @@ def messages() -> list[Message]:
                 "hitl.request_assistance result", out.RequestResult.__doc__ or ""),
         Message("exit.json", "§2", out.ExitMessage, "exit message",
                 "The keyword arguments of the exit message, a task named `reply_to.task` on "
-                "queue `reply_to.queue`, task id `exit:<execution_id>`."),
+                "queue `reply_to.queue`, task id `exit:<execution_id>`; for a `reply_to.webhook`, "
+                "the JSON body POSTed there (§10)."),
         *[Message(f"hitl.{action}.json", "§3", AgentEventIn, f"hitl.{action}",
                   event.format(task=f"hitl.{action}")) for action in ("claim", "reject", "close")],
         Message("agent_event.result.json", "§3", out.EventResult, "agent event result",

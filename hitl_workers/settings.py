@@ -16,6 +16,8 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from hitl_workers.domain.webhooks import WebhookPolicy
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="HITL_", env_file=".env", extra="ignore")
@@ -86,6 +88,19 @@ class Settings(BaseSettings):
     streams. Each new entry costs its reader one XREAD over its share, so more readers make
     many streams cheaper (docs/gateway.md, "Scale")."""
 
+    webhook_secret: str | None = None
+    """Signs webhook exits (``Hitl-Signature``, docs/contract.md §10); at least 32
+    characters. Unset: a request whose ``reply_to`` is a webhook fails validation."""
+    webhook_allowed_hosts: str = ""
+    """Comma-separated host names a ``reply_to.webhook`` may name (``*``: any, https only);
+    checked when the request is validated. Empty: no webhook is accepted."""
+    webhook_retry_base_s: float = Field(2.0, gt=0)
+    """Wait after a webhook's first failed attempt; it doubles with each failure (with
+    jitter), up to ``webhook_retry_max_s``."""
+    webhook_retry_max_s: float = Field(3600.0, gt=0)
+    webhook_give_up_s: float = Field(24 * 3600.0, gt=0)
+    """A webhook exit not delivered this long after it was recorded is given up (§10: 24 h)."""
+
     log_json: bool = False
     """Worker and beat log lines as JSON objects, one a line (task lines carry the ids)."""
     log_level: str = "INFO"
@@ -143,6 +158,10 @@ class Settings(BaseSettings):
         if self.visibility_timeout_s is not None:
             return self.visibility_timeout_s
         return self.timer_horizon_s * 2 + 60
+
+    def webhook_policy(self) -> WebhookPolicy:
+        """Which ``reply_to.webhook`` URLs requests may name here (validation context)."""
+        return WebhookPolicy.from_settings(self.webhook_allowed_hosts, self.webhook_secret)
 
     @property
     def effective_metrics_dir(self) -> Path:

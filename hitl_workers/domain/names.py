@@ -13,7 +13,8 @@ from typing import Literal, get_args
 
 # --- Queues and the tasks on them (docs/contract.md §3–§5) --------------------------------------
 
-QueueName = Literal["hitl.requests", "hitl.events", "hitl.timers", "hitl.outbox"]
+QueueName = Literal["hitl.requests", "hitl.events", "hitl.timers", "hitl.outbox",
+                    "hitl.webhooks"]
 QUEUE_NAMES: tuple[QueueName, ...] = get_args(QueueName)
 
 TASK_QUEUES: dict[str, QueueName] = {
@@ -29,6 +30,7 @@ TASK_QUEUES: dict[str, QueueName] = {
     "hitl.reconcile": "hitl.timers",
     "hitl.fire_overdue": "hitl.timers",
     "hitl.deliver_outbox": "hitl.outbox",
+    "hitl.deliver_webhook": "hitl.webhooks",
     "hitl.purge": "hitl.timers",
 }
 """Each task name → the queue it is routed to."""

@@ -18,10 +18,15 @@ from pydantic import (
     ConfigDict,
     Field,
     StringConstraints,
+    ValidationError,
+    ValidationInfo,
     WithJsonSchema,
     field_validator,
+    model_validator,
 )
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
+from hitl_workers.domain import webhooks
 from hitl_workers.domain.timestrings import parse_duration
 
 DAY_S = 24 * 3600.0
@@ -182,9 +187,55 @@ class Conversation(_Strict):
         return value
 
 
+def _one_target(schema: dict[str, Any]) -> None:
+    schema["oneOf"] = [{"required": ["task", "queue"], "not": {"required": ["webhook"]}},
+                       {"required": ["webhook"], "not": {"anyOf": [
+                           {"required": ["task"]}, {"required": ["queue"]}]}}]
+
+
 class ReplyTo(_Strict):
-    task: TaskName
-    queue: TaskName
+    """Where the exit goes: a Celery task on a queue (§2), or a webhook URL (§10)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True,
+                              json_schema_extra=_one_target)
+    task: TaskName | None = None
+    queue: TaskName | None = None
+    webhook: Annotated[str, StringConstraints(min_length=1)] | None = Field(
+        None, description="An https:// URL (http:// for a host listed by name) whose host is "
+                          "in HITL_WEBHOOK_ALLOWED_HOSTS: the exit is POSTed there (§10).")
+
+    @field_validator("webhook")
+    @classmethod
+    def _allowed_webhook(cls, value: str | None, info: ValidationInfo) -> str | None:
+        # The allow-list is the process's setting, passed as validation context; without
+        # one (a caller that did not say) no webhook is accepted.
+        if value is None:
+            return None
+        policy = (info.context or {}).get(webhooks.CONTEXT_KEY)
+        return webhooks.check_url(value, policy)
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _task_and_queue_or_webhook(cls, data: Any, handler: Any) -> ReplyTo:
+        reply: ReplyTo = handler(data)
+        if reply.webhook is not None:
+            clash = [f for f in ("task", "queue") if getattr(reply, f) is not None]
+            if clash:
+                raise _field_errors(data, clash, "not accepted together with webhook: give "
+                                                 "either task and queue, or webhook")
+        else:
+            # Reported as the missing field's own error (``reply_to.queue: required``).
+            missing = [f for f in ("task", "queue") if getattr(reply, f) is None]
+            if missing:
+                raise _field_errors(data, missing, "required (or give webhook instead of "
+                                                   "task and queue)")
+        return reply
+
+
+def _field_errors(data: Any, fields: list[str], message: str) -> ValidationError:
+    return ValidationError.from_exception_data("ReplyTo", [
+        InitErrorDetails(type=PydanticCustomError("reply_target", message), loc=(field,),
+                         input=data) for field in fields])
 
 
 class AssistanceRequest(_Strict):

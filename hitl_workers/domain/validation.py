@@ -21,6 +21,7 @@ from hitl_workers.domain.request import (
     payload_size,
     too_many,
 )
+from hitl_workers.domain.webhooks import CONTEXT_KEY, WebhookPolicy
 
 _MAX_PART_CHARS = 64
 """A path part (an unknown key, say) longer than this is shortened in messages."""
@@ -103,11 +104,13 @@ def field_errors(
     )
 
 
-def validate_request(kwargs: dict[str, Any]) -> AssistanceRequest | Invalid:
+def validate_request(kwargs: dict[str, Any], *, webhooks: WebhookPolicy | None = None
+                     ) -> AssistanceRequest | Invalid:
     """Validate a ``hitl.request_assistance`` payload (size first, so nothing huge is parsed).
 
     Never raises for bad input, however large, deep or odd: every problem is an :class:`Invalid`
-    naming the field.
+    naming the field. ``webhooks``: which ``reply_to.webhook`` URLs this process accepts
+    (none without it).
     """
     try:
         size: int | None = payload_size(kwargs)
@@ -127,7 +130,7 @@ def validate_request(kwargs: dict[str, Any]) -> AssistanceRequest | Invalid:
         return Invalid((FieldError("(request)", "the request is not plain JSON; send a JSON "
                                                 "object of strings, numbers, lists and objects"),))
     try:
-        return AssistanceRequest.model_validate(kwargs)
+        return AssistanceRequest.model_validate(kwargs, context=_context(webhooks))
     except ValidationError as exc:
         return Invalid(_with_hidden_counts(kwargs, field_errors(exc, AssistanceRequest)))
 
@@ -140,12 +143,18 @@ def salvage_execution_id(kwargs: dict[str, Any]) -> str | None:
         return None
 
 
-def salvage_reply_to(kwargs: dict[str, Any]) -> ReplyTo | bool | None:
-    """The request's ``reply_to``: the model, None when absent, False when unusable."""
+def salvage_reply_to(kwargs: dict[str, Any], *, webhooks: WebhookPolicy | None = None
+                     ) -> ReplyTo | bool | None:
+    """The request's ``reply_to``: the model, None when absent, False when unusable (a
+    webhook whose host is not allowed included: nothing is ever sent to it)."""
     try:
-        return ReplyRef.model_validate(kwargs).reply_to
+        return ReplyRef.model_validate(kwargs, context=_context(webhooks)).reply_to
     except ValidationError:
         return False
+
+
+def _context(webhooks: WebhookPolicy | None) -> dict[str, Any]:
+    return {CONTEXT_KEY: webhooks}
 
 
 # --- helpers --------------------------------------------------------------------------------

@@ -36,6 +36,7 @@ from hitl_workers.gateway.v1_models import (
     StartRefused,
     StartResult,
 )
+from hitl_workers.settings import get_settings
 from hitl_workers.store import execution_status
 from hitl_workers.store.db import read_only
 
@@ -151,7 +152,7 @@ async def start(
 ) -> Any:
     # The gateway runs the worker's own validation too, only to word its answer: the request
     # is sent either way, so that an invalid one is recorded as failed (§1) by the worker.
-    checked = validate_request(body)
+    checked = validate_request(body, webhooks=get_settings().webhook_policy())
     answer = await request.app.state.bridge.call("hitl.request_assistance", **body)
     if not answer.get("duplicate"):
         if isinstance(checked, Invalid):

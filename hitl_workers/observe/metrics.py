@@ -90,6 +90,10 @@ class _WorkerMetrics:
         self.tasks = Counter(
             "hitl_tasks", "Task runs by task name and final state.", ["task", "state"],
             registry=None)
+        self.webhook_attempts = Counter(
+            "hitl_webhook_attempts", "Webhook exit POSTs by outcome: delivered (a 2xx), "
+            "failed (another status, a timeout, a refused connection; retried), gave_up (the "
+            "last one, 24 hours after the exit).", ["outcome"], registry=None)
         self.task_duration = Histogram(
             "hitl_task_duration_seconds", "Task run time, by task name.", ["task"],
             buckets=TASK_BUCKETS, registry=None)
@@ -143,6 +147,11 @@ def count_timer_fired(*, kind: str, due_at: datetime, now: datetime) -> None:
     via = TIMER_VIA.get(context.task_name, "other") if context else "other"
     lateness = max(0.0, (now - due_at).total_seconds())
     _m().timer_lateness.labels(_label(kind), via).observe(lateness)
+
+
+def count_webhook_attempt(outcome: str) -> None:
+    """Count a webhook exit POST (``delivered``, ``failed`` or ``gave_up``), once recorded."""
+    _m().webhook_attempts.labels(_label(outcome)).inc()
 
 
 _started: dict[str, float] = {}

@@ -44,8 +44,24 @@ def _describe(event: dict[str, Any]) -> str:
         return text
     if kind == "exit_recorded":
         return f"exit recorded: {detail.get('exit')} {json.dumps(detail.get('merge_field'))}"
+    if kind == "exit_delivered" and detail.get("webhook"):
+        return (f"exit delivered to webhook {detail.get('webhook')} "
+                f"(attempt {detail.get('attempts')})")
     if kind == "exit_delivered":
         return f"exit delivered to {detail.get('task')} on queue {detail.get('queue')}"
+    if kind == "webhook_attempt":
+        return f"webhook attempt {detail.get('attempt')}: POST {detail.get('url')}"
+    if kind in ("webhook_answered", "webhook_failed"):
+        how = (f"HTTP {detail.get('status')}" if detail.get("status") is not None
+               else detail.get("error"))
+        retry = (f"; next attempt {detail['next_attempt_at']}"
+                 if detail.get("next_attempt_at") else "")
+        return (f"webhook attempt {detail.get('attempt')} "
+                f"{'answered' if kind == 'webhook_answered' else 'failed'}: {how} "
+                f"in {detail.get('elapsed_ms')} ms{retry}")
+    if kind == "webhook_gave_up":
+        return (f"webhook exit given up after {detail.get('attempts')} attempts: "
+                f"{detail.get('reason')}")
     if kind in ("claim_refused", "reject_refused", "close_refused"):
         return f"{kind.split('_')[0]} refused{who}: {detail.get('reason')}"
     if kind in ("timer_fired", "timeout_fired"):
@@ -66,6 +82,7 @@ def format_text(story: Journal) -> str:
                                         if ex["exit"] else ""),
         f"requested   {_t(origin, origin)}",
         f"ended       {_t(ex['ended_at'], origin)}",
+        f"reply to    webhook {ex['reply_webhook']}" if ex.get("reply_webhook") else
         f"reply to    {ex['reply_task'] or '-'} on {ex['reply_queue'] or '-'}",
     ]
     if ex.get("errors"):
@@ -90,5 +107,9 @@ def format_text(story: Journal) -> str:
         for m in story.outbox:
             state = f"sent {_t(m['sent_at'], origin)}" if m["sent_at"] else \
                 f"NOT SENT (attempts {m['attempts']}, last error {m['last_error'] or '-'})"
+            if m["sent_at"] and m.get("last_error"):
+                state += f" ({m['last_error']})"  # superseded, or a webhook given up
+            elif not m["sent_at"] and m.get("next_attempt_at"):
+                state += f", next attempt {_t(m['next_attempt_at'], origin)}"
             lines.append(f"  {m['dedupe_key']:<40} {state}")
     return "\n".join(lines)

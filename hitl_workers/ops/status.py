@@ -131,7 +131,7 @@ def _short(exc: Exception) -> str:
 # --- the verdict ------------------------------------------------------------------------------
 
 WORKER_HINT = ("start one (`celery -A hitl_workers.app worker -Q hitl.requests,hitl.events,"
-               "hitl.timers,hitl.outbox`, or the Procfile's pools)")
+               "hitl.timers,hitl.outbox,hitl.webhooks`, or the Procfile's pools)")
 BEAT_HINT = ("make sure exactly one `celery -A hitl_workers.app beat` runs and a worker consumes "
              "hitl.timers; if both run, a long hitl.timers queue is delaying the reconciler")
 
@@ -180,7 +180,9 @@ def problems(status: Status) -> list[Problem]:
             f"{sum(ov.outbox_unsent.values())} outbox message(s) unsent, the oldest for "
             f"{_dur(unsent_age)}{error}",
             "exits go to the broker and notifications to HITL_REDIS_URL: check both; the "
-            "reconciler re-sends them once publishing works (workers on hitl.outbox)"))
+            "reconciler re-sends them once publishing works (workers on hitl.outbox); a "
+            "webhook exit is retried on its backoff until its receiver answers 2xx "
+            "(`hitl-workers show ID` lists its attempts)"))
     return found
 
 
@@ -189,6 +191,7 @@ _WHAT_WAITS: dict[QueueName, str] = {  # one line per queue of domain/names.py
     "hitl.events": "agents' claims, rejects and closes wait",
     "hitl.timers": "wake-ups and the reconciler wait (deadlines fire late)",
     "hitl.outbox": "re-sent exits and notifications wait",
+    "hitl.webhooks": "webhook exits wait (docs/contract.md §10)",
 }
 
 

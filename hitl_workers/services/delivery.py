@@ -38,6 +38,8 @@ class Publisher(Protocol):
 
     def notify(self, agent_ids: Sequence[str], event: dict[str, Any]) -> None: ...
 
+    def hand_off_webhook(self, outbox_id: int) -> None: ...
+
 
 class Breaker:
     """Remembers that a channel failed recently; while open, publishing that may skip the
@@ -193,6 +195,7 @@ def publish(messages: Sequence[OutboxMessage], publisher: Publisher,
     """
     if not messages:
         return 0, 0
+    messages = _hand_off_webhooks(messages, publisher)
     sent: list[OutboxMessage] = []
     failed: dict[int, str] = {}
     marked: list[OutboxMessage] = []
@@ -222,6 +225,28 @@ def publish(messages: Sequence[OutboxMessage], publisher: Publisher,
     if sent or failed:
         _record_now(sent, failed, now)
     return len(sent) + len(marked), len(failed)
+
+
+def is_webhook(message: OutboxMessage) -> bool:
+    return message.kind == "exit" and bool(message.payload.get("webhook"))
+
+
+def _hand_off_webhooks(messages: Sequence[OutboxMessage], publisher: Publisher
+                       ) -> list[OutboxMessage]:
+    """Hand webhook exits to the ``hitl.webhooks`` pool (services/webhooks.py marks them);
+    the rest, to publish here. A hand-off that fails loses nothing: the row stays unsent and
+    the reconciler hands it off again."""
+    rest = []
+    for message in messages:
+        if not is_webhook(message):
+            rest.append(message)
+            continue
+        try:
+            publisher.hand_off_webhook(message.id)
+        except Exception as exc:
+            log.warning("webhook exit %s (execution %s) not handed off: %r", message.id,
+                        message.execution_id, exc)
+    return rest
 
 
 def _record_now(sent: Sequence[OutboxMessage], failed: dict[int, str], now: datetime) -> None:

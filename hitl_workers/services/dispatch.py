@@ -19,6 +19,7 @@ from hitl_workers.domain.validation import (
     salvage_reply_to,
     validate_request,
 )
+from hitl_workers.domain.webhooks import WEBHOOK_REPLY_TASK, WebhookPolicy
 from hitl_workers.notify import events as notifications
 from hitl_workers.services.effects import Effects, OutboxMessage, StepEnded
 from hitl_workers.services.transitions import exit_message_for
@@ -33,6 +34,8 @@ class Defaults:
     reply_task: str
     reply_queue: str
     timer_horizon_s: float
+    webhooks: WebhookPolicy | None = None
+    """Which ``reply_to.webhook`` URLs are accepted (none when None)."""
 
 
 def result(execution_id: str | None, state: str, exit: str | None, duplicate: bool
@@ -50,7 +53,7 @@ def submit(conn: Connection, args: tuple[Any, ...], kwargs: dict[str, Any], *,
         if not kwargs:
             return _dead_letter(conn, args, kwargs, reason, task_id, now)
         return _record_invalid(conn, kwargs, reason, ["(args)"], now, defaults, problem)
-    checked = validate_request(kwargs)
+    checked = validate_request(kwargs, webhooks=defaults.webhooks)
     if isinstance(checked, Invalid):
         return _record_invalid(conn, kwargs, checked.message, checked.fields, now, defaults,
                                checked, task_id=task_id)
@@ -76,7 +79,7 @@ def _record_invalid(conn: Connection, kwargs: dict[str, Any], message: str, fiel
     execution_id = salvage_execution_id(kwargs)
     if execution_id is None:
         return _dead_letter(conn, (), kwargs, f"no usable execution_id: {message}", task_id, now)
-    reply = salvage_reply_to(kwargs)
+    reply = salvage_reply_to(kwargs, webhooks=defaults.webhooks)
     error = {"code": "invalid_request", "message": message, "fields": fields}
     return _fail(conn, execution_id, kwargs, error, reply, now, defaults,
                  errors=[{"field": e.field, "message": e.message} for e in problem.errors]
@@ -87,7 +90,7 @@ def _fail(conn: Connection, execution_id: str, kwargs: dict[str, Any], error: di
           reply: ReplyTo | bool | None, now: datetime, defaults: Defaults, *,
           errors: list[dict[str, str]]) -> tuple[dict[str, Any], Effects]:
     """Record a failed execution and queue its ``error`` exit (when a reply target is known)."""
-    reply_task, reply_queue = _reply_target(reply, defaults)
+    reply_task, reply_queue, reply_webhook = _reply_target(reply, defaults)
     conversation_id = kwargs.get("conversation_id") if isinstance(
         kwargs.get("conversation_id"), str) else None
     values = {
@@ -96,7 +99,7 @@ def _fail(conn: Connection, execution_id: str, kwargs: dict[str, Any], error: di
         "flow_id": _short_str(kwargs.get("flow_id")),
         "step_id": _short_str(kwargs.get("step_id")),
         "state": "failed", "exit": "error", "merge_field": {"error": error},
-        "reply_task": reply_task, "reply_queue": reply_queue,
+        "reply_task": reply_task, "reply_queue": reply_queue, "reply_webhook": reply_webhook,
         "requested_at": now, "ended_at": now, "errors": errors,
     }
     message = exit_message_for(SimpleNamespace(**values), "error", {"error": error}, now)
@@ -119,12 +122,15 @@ def _short_str(value: Any) -> str | None:
 
 
 def _reply_target(reply: ReplyTo | bool | None, defaults: Defaults
-                  ) -> tuple[str | None, str | None]:
+                  ) -> tuple[str | None, str | None, str | None]:
+    """(reply task, reply queue, webhook URL) as stored on the execution."""
     if reply is False:
-        return None, None  # unreadable reply_to: nowhere safe to answer
+        return None, None, None  # unreadable reply_to: nowhere safe to answer
+    if isinstance(reply, ReplyTo) and reply.webhook is not None:
+        return WEBHOOK_REPLY_TASK, None, reply.webhook
     if isinstance(reply, ReplyTo):
-        return reply.task, reply.queue
-    return defaults.reply_task, defaults.reply_queue
+        return reply.task, reply.queue, None
+    return defaults.reply_task, defaults.reply_queue, None
 
 
 def _duplicate(conn: Connection, execution_id: str) -> dict[str, Any]:
@@ -174,13 +180,12 @@ def _dispatch(conn: Connection, request: AssistanceRequest, now: datetime,
     skipped = {agent_id: reason for agent_id, reason in selection.skipped.items()
                if reason != "not_eligible" or agent_id == settings.specific_agent_id}
 
-    reply = request.reply_to
+    reply_task, reply_queue, reply_webhook = _reply_target(request.reply_to, defaults)
     values: dict[str, Any] = {
         "execution_id": execution_id, "conversation_id": request.conversation_id,
         "flow_id": request.flow_id, "step_id": request.step_id,
         "settings": settings.model_dump(mode="json"),
-        "reply_task": reply.task if reply else defaults.reply_task,
-        "reply_queue": reply.queue if reply else defaults.reply_queue,
+        "reply_task": reply_task, "reply_queue": reply_queue, "reply_webhook": reply_webhook,
         "conversation_prev_status": read.conversation_status,
         "requested_at": now, "dispatched_at": now,
         "request_digest": request_digest(request),

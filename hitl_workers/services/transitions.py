@@ -15,6 +15,7 @@ from typing import Any
 from sqlalchemy.engine import Connection
 
 from hitl_workers.domain.machine import LIVE_OFFERS, Decision, ExecutionView
+from hitl_workers.domain.webhooks import WEBHOOK_REPLY_TASK
 from hitl_workers.errors import HitlError
 from hitl_workers.notify import events as notifications
 from hitl_workers.services.effects import Effects, OutboxMessage, StepEnded, TimerFired
@@ -117,13 +118,19 @@ def exit_message_for(row: Any, exit: str, merge_field: Mapping[str, Any], now: d
     """The exit message for the flow engine, as an outbox entry (None: nowhere to send it).
 
     ``row`` is anything with the execution's columns as attributes. Its key
-    ``exit:<execution_id>`` is unique in the outbox: one exit message per execution.
+    ``exit:<execution_id>`` is unique in the outbox: one exit message per execution. A step
+    that answers to a webhook (§10) gets ``{"webhook": true, "kwargs": …}``: the URL is read
+    from the execution when the row is delivered (services/webhooks.py).
     """
-    if not row.reply_task or not row.reply_queue:
+    target: dict[str, Any]
+    if row.reply_task == WEBHOOK_REPLY_TASK:
+        target = {"webhook": True}
+    elif row.reply_task and row.reply_queue:
+        target = {"task": row.reply_task, "queue": row.reply_queue}
+    else:
         return None
     payload = {
-        "task": row.reply_task,
-        "queue": row.reply_queue,
+        **target,
         "kwargs": {
             "execution_id": row.execution_id,
             "conversation_id": row.conversation_id,

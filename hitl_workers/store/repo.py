@@ -526,13 +526,16 @@ def claim_stale_outbox(conn: Connection, older_than: datetime, now: datetime, li
     """Unsent rows nobody has tried since ``older_than``, marked as tried now.
 
     ``SKIP LOCKED`` keeps two reconcilers from re-sending the same rows at the same moment.
+    A row whose ``next_attempt_at`` is ahead (a webhook exit backing off, or with an attempt
+    in flight) waits for it: a dead receiver is retried on its backoff, not every tick.
     """
     tried_long_ago = sa.or_(
         sa.and_(outbox.c.attempted_at.is_(None), outbox.c.created_at <= older_than),
         outbox.c.attempted_at <= older_than,
     )
+    due = sa.or_(outbox.c.next_attempt_at.is_(None), outbox.c.next_attempt_at <= now)
     ids = list(conn.execute(
-        sa.select(outbox.c.id).where(outbox.c.sent_at.is_(None), tried_long_ago)
+        sa.select(outbox.c.id).where(outbox.c.sent_at.is_(None), tried_long_ago, due)
         .order_by(outbox.c.id).limit(limit).with_for_update(skip_locked=True)).scalars())
     if ids:
         conn.execute(sa.update(outbox).where(outbox.c.id.in_(ids)).values(attempted_at=now))

@@ -131,6 +131,8 @@ executions = sa.Table(
     sa.Column("settings", JSONType, nullable=True),
     sa.Column("reply_task", sa.String(200), nullable=True),
     sa.Column("reply_queue", sa.String(200), nullable=True),
+    # A webhook exit's URL (docs/contract.md §10); reply_task is then "(webhook)".
+    sa.Column("reply_webhook", sa.String(2000), nullable=True),
     sa.Column("conversation_prev_status", sa.String(16), nullable=True),
     sa.Column("requested_at", UTCDateTime, nullable=False),
     sa.Column("dispatched_at", UTCDateTime, nullable=True),
@@ -241,6 +243,8 @@ outbox = sa.Table(
     sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
     sa.Column("sent_at", UTCDateTime, nullable=True),
     sa.Column("last_error", sa.Text, nullable=True),
+    # Webhook exits: not tried again before this (backoff, or an attempt's lease); NULL: now.
+    sa.Column("next_attempt_at", UTCDateTime, nullable=True),
     sa.CheckConstraint(one_of("kind", OUTBOX_KINDS), name="kind"),
 )
 sa.Index(

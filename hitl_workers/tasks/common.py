@@ -73,6 +73,12 @@ class CeleryPublisher:
     def notify(self, agent_ids: Sequence[str], event: dict[str, Any]) -> None:
         self.streams.publish(agent_ids, event)
 
+    def hand_off_webhook(self, outbox_id: int) -> None:
+        # Expires: a copy still queued when the reconciler hands the row off again is
+        # dropped unread (it would only find the row not due).
+        app.send_task("hitl.deliver_webhook", kwargs={"id": outbox_id},
+                      queue=TASK_QUEUES["hitl.deliver_webhook"], expires=3600)
+
     def probe(self) -> bool:
         """Does the notification Redis answer a PING within half a second?"""
         try:

@@ -66,7 +66,7 @@ def _record(top_level: dict[str, Any], field: str, problem: str, task_id: Any) -
 
     settings = get_settings()
     defaults = dispatch.Defaults(settings.default_reply_task, settings.default_reply_queue,
-                                 settings.timer_horizon_s)
+                                 settings.timer_horizon_s, settings.webhook_policy())
     _answer, effects = in_transaction(lambda conn: dispatch.record_refused(
         conn, top_level, [field], problem, task_id=str(task_id), now=utcnow(),
         defaults=defaults))

@@ -15,7 +15,7 @@ from hitl_workers.tasks.guard import GuardedTask
 def _defaults() -> dispatch.Defaults:
     settings = get_settings()
     return dispatch.Defaults(settings.default_reply_task, settings.default_reply_queue,
-                             settings.timer_horizon_s)
+                             settings.timer_horizon_s, settings.webhook_policy())
 
 
 @app.task(name="hitl.request_assistance", base=GuardedTask, bind=True, **RETRY)

@@ -107,3 +107,45 @@ def test_not_available_and_error_are_answered_at_once(engine, http_agent, team):
     assert (view["state"], view["exit"]) == ("failed", "error")
     assert view["merge_field"]["error"]["fields"] == ["settings.timeout"]
     assert view["dispatched_at"] is None
+
+
+# --- webhook exits (§10): the exit comes to the flow engine instead of being polled ----------
+
+def test_the_exit_of_a_claim_over_http_arrives_at_the_webhook(engine, http_agent, team,
+                                                              gateway):
+    import os
+
+    from tests.support.webhook_receiver import Receiver
+
+    # A receiver that answers its first POST 500, then 200 (issue 11: delivered once, retried
+    # once)
+    with Receiver(os.environ["HITL_WEBHOOK_SECRET"],
+                  answer=lambda n: 500 if n == 1 else 200) as receiver:
+        # Given a step started over /v1 whose reply_to is the flow engine's webhook
+        alice = http_agent()
+        step = {**_step(team), "reply_to": {"webhook": receiver.url()}}
+        assert engine.start(step).status_code == 201
+        # When the agent claims over the §8 route
+        with httpx.Client(base_url=gateway.url, timeout=30) as agent_ui:
+            claimed = agent_ui.post(f"/executions/{step['execution_id']}/claim",
+                                    headers=bearer(alice))
+        assert claimed.status_code == 200, claimed.text
+        # Then the exit is POSTed to the webhook, signed, and reaches its logic once
+        exit_kwargs = receiver.wait_for(str(step["execution_id"]))
+        assert (exit_kwargs["exit"], exit_kwargs["merge_field"]) == (
+            "claimed", {"addClaimedBy": alice})
+        assert [(p.answered, p.signature_ok) for p in receiver.posts] == [
+            (500, True), (200, True)]
+        assert receiver.handed_to_logic == 1
+        # and a retry of the same start is still a retry (200), not a clash
+        assert engine.start(step).status_code == 200
+
+
+def test_a_webhook_host_not_allowed_is_a_422_naming_reply_to_webhook(engine, team):
+    step = {**_step(team), "reply_to": {"webhook": "https://hooks.example.com/exit"}}
+    refused = engine.start(step)
+    assert refused.status_code == 422, refused.text
+    assert refused.json()["fields"] == ["reply_to.webhook"]
+    assert "not allowed" in refused.json()["message"]
+    view = engine.status(str(step["execution_id"])).json()
+    assert (view["state"], view["exit"]) == ("failed", "error")

@@ -26,8 +26,9 @@ DOCKERFILE = DEPLOY / "Dockerfile"
 PROBE_SCRIPT = DEPLOY / "probes" / "hitl-worker-probe"
 PROBE_MODULE = DEPLOY / "probes" / "hitl_worker_probe.py"
 
-QUEUES = {"hitl.requests", "hitl.events", "hitl.timers", "hitl.outbox"}
-WORKER_DEPLOYMENTS = {"hitl-worker-requests", "hitl-worker-events", "hitl-worker-timers"}
+QUEUES = {"hitl.requests", "hitl.events", "hitl.timers", "hitl.outbox", "hitl.webhooks"}
+WORKER_DEPLOYMENTS = {"hitl-worker-requests", "hitl-worker-events", "hitl-worker-timers",
+                      "hitl-worker-webhooks"}
 # The only autoscaled pools, and the queue (Redis list) each one scales on.
 AUTOSCALED = {"hitl-worker-requests": "hitl.requests", "hitl-worker-events": "hitl.events"}
 SOFT_SHUTDOWN_TIMEOUT_S = 10  # worker_soft_shutdown_timeout in celeryconfig.py
@@ -124,7 +125,8 @@ def test_compose_depends_on_only_existing_services(path: Path) -> None:
 @pytest.mark.parametrize("path", COMPOSE_FILES, ids=lambda p: p.name)
 def test_compose_workers_name_their_queues_and_cover_every_queue(path: Path) -> None:
     workers = compose_workers(services_of(path))
-    assert set(workers) == {"requests-worker", "events-worker", "timers-worker"}
+    assert set(workers) == {"requests-worker", "events-worker", "timers-worker",
+                            "webhooks-worker"}
     for name, argv in workers.items():
         assert queues_of(argv), f"{name} names no queue (-Q)"
         assert queues_of(argv) <= QUEUES, f"{name} consumes unknown queues"

@@ -52,7 +52,7 @@ def test_only_the_gateway_and_worker_metrics_admit_traffic() -> None:
                 if selects(policy["spec"]["podSelector"], labels):
                     admitted.setdefault(name, []).append(rule)
     assert set(admitted) == {"hitl-gateway", "hitl-worker-requests", "hitl-worker-events",
-                             "hitl-worker-timers"}, set(admitted)
+                             "hitl-worker-timers", "hitl-worker-webhooks"}, set(admitted)
     for name, rules in admitted.items():
         if name != "hitl-gateway":  # metrics: from Prometheus only, on the metrics port only
             assert all(rule.get("from") for rule in rules), name

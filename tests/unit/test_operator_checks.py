@@ -39,7 +39,8 @@ def test_a_healthy_system_has_no_problems() -> None:
 
 def test_no_worker_and_a_queue_nobody_consumes_are_problems() -> None:
     assert whats(healthy(workers={})) == ["no worker answered"]
-    partial = healthy(workers={"w@h": ["hitl.requests", "hitl.timers", "hitl.outbox"]})
+    partial = healthy(workers={"w@h": ["hitl.requests", "hitl.timers", "hitl.outbox",
+                                       "hitl.webhooks"]})
     (problem,) = status.problems(partial)
     assert problem.what.startswith("no worker consumes hitl.events")
     assert "-Q hitl.events" in problem.do

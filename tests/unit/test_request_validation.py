@@ -418,7 +418,7 @@ def test_a_megabyte_anywhere_is_the_size_error(where: str) -> None:
         ("settings.popup.timer.auto_action", "auto_action_timeout"),
         ("settings.popup.additional_timers.0.lable", "label, since"),
         ("conversation.tag", "tags, contact"),
-        ("reply_to.exchange", "task, queue"),
+        ("reply_to.exchange", "task, queue, webhook"),
     ],
 )
 def test_an_unknown_field_anywhere_is_refused_listing_what_is_accepted(path: str,
@@ -559,7 +559,7 @@ def test_reply_to_names_follow_the_id_characters(path: str) -> None:
     base = minimal(reply_to={"task": "flow.step_exited", "queue": "flow"})
     assert "A-Z a-z 0-9 . _ : @ -" in error_at(path, "no spaces allowed", base)
     assert only_error(minimal(reply_to={"task": "flow.step_exited"})) == FieldError(
-        "reply_to.queue", "required")
+        "reply_to.queue", "required (or give webhook instead of task and queue)")
 
 
 # --- fields: dotted paths, list indices as numbers ------------------------------------------
