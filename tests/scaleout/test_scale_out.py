@@ -190,12 +190,11 @@ def test_three_hosts_share_the_load_and_a_killed_one_loses_nothing(scale, scale_
     finally:
         engine.dispose()
 
-    # The work was spread: each node's log shows claims it ran, and so do the results.
+    # The work was spread: each node's log shows claims it ran.
     logs = {host: scale.log(host).read_text(errors="replace") for host in HOSTS}
     claims_by_log = {host: len(_tasks(text, SUCCEEDED, "hitl.claim"))
                      for host, text in logs.items()}
     claim_ids = [claim_id for r in results for _agent, claim_id, _answer in r["claims"]]
-    claims_by_result = Counter(app.AsyncResult(claim_id).worker for claim_id in claim_ids)
     # What the killed worker had received and not finished: redelivered and run elsewhere (or
     # by itself after its restart), since every client got its answer above.
     before_kill = logs[KILLED].encode()[:offset_at_kill].decode(errors="replace")
@@ -214,7 +213,7 @@ def test_three_hosts_share_the_load_and_a_killed_one_loses_nothing(scale, scale_
                    "restarted_at_s": round(restarted_at - began, 1),
                    "in_flight": _names(before_kill, in_flight),
                    "in_flight_finished_later": len(in_flight & finished_later)},
-        "claims_by_log": claims_by_log, "claims_by_result": dict(claims_by_result),
+        "claims_by_log": claims_by_log,
         "exit_copies": {str(k): v for k, v in sorted(copies.items())},
         "client_retries": [{**r, "ran_later": r["unanswered"] in every_finished}
                            for r in retried],
@@ -224,8 +223,8 @@ def test_three_hosts_share_the_load_and_a_killed_one_loses_nothing(scale, scale_
     print("scale-out:", json.dumps(summary, indent=1))
 
     for host in HOSTS:  # host-b ran for 40% of the load only; the others share the rest
+        # (from the workers' own logs: results do not name their worker, result_extended is off)
         assert claims_by_log[host] >= len(claim_ids) * 0.05, summary
-        assert claims_by_result[scale.hosts[host]] >= len(claim_ids) * 0.05, summary
     assert in_flight, f"the kill found {KILLED} idle, so it proved nothing: {summary}"
     assert in_flight <= finished_later, summary
     if scale.addresses:  # separate hosts: each reached PostgreSQL and Redis over the network
