@@ -23,6 +23,9 @@ os.environ.update(
     HITL_SECRET="tests-only-Zq7mW2xK9pL4vN8rT3yB6cF1hJ5dG0sA",
     HITL_RECONCILE_INTERVAL_S="0.5",
     HITL_OUTBOX_RETRY_AFTER_S="2",
+    # No retention in the shared session: its purge would delete removed agents' streams
+    # while a test still reads them (tests/faults/test_retention_under_load.py tests it).
+    HITL_RETENTION_DAYS="0",
     # Webhook exits (§10) to receivers the tests run on this machine.
     HITL_WEBHOOK_SECRET="tests-only-webhook-Hk3Lm9Qp2Rs7Tv4Wx8Yz1Ab6",
     HITL_WEBHOOK_ALLOWED_HOSTS="127.0.0.1,localhost",
