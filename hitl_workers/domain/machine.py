@@ -9,6 +9,7 @@ event with ``already_resolved`` (or ``already_claimed`` to the winner's repeat).
     ---------  ---------------  -----------------------------------------------------------
     waiting    claim (may act)  exited claimed            outcome claimed
     waiting    claim (may not)  unchanged                 outcome not_eligible
+    waiting    claim (at capacity) unchanged              outcome at_capacity
     waiting    reject, any      exited not_claimed        outcome rejected
     waiting    reject, all      exited when every agent notified at dispatch has rejected
                                 (outcome rejected), else recorded (reject_recorded)
@@ -39,7 +40,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal, cast
 
-from hitl_workers.domain.eligibility import AgentView, Audience, refusal
+from hitl_workers.domain.eligibility import AT_CAPACITY, AgentView, Audience, refusal
 from hitl_workers.domain.names import ExecutionState as State
 from hitl_workers.domain.names import ExitName, TimerKind
 
@@ -168,6 +169,10 @@ def _after_the_end(view: ExecutionView, event: Event) -> Decision:
 
 def _claim(view: ExecutionView, event: Claim) -> Decision:
     reason = refusal(event.agent, view.tags, view.audience)
+    if reason == AT_CAPACITY:
+        # §9: the capacity check is part of this decision, taken under the agent's lock (see
+        # store/executions.py), so two claims for an agent's last slot never both win.
+        return _unchanged(view, "at_capacity", "claim_refused", reason=reason)
     if reason is not None:
         return _unchanged(view, "not_eligible", "claim_refused", reason=reason)
     return Decision("claimed", "exited", "claimed", {"addClaimedBy": event.agent_id},
@@ -179,7 +184,9 @@ def _may_answer(view: ExecutionView, agent_id: str, agent: AgentView | None) -> 
     anyone who may claim now. Returns the refusal reason, or None."""
     if agent is not None and view.offers.get(agent_id) in LIVE_OFFERS:
         return None
-    return refusal(agent, view.tags, view.audience)
+    reason = refusal(agent, view.tags, view.audience)
+    # Declining is not taking: an agent at capacity may still reject or close.
+    return None if reason == AT_CAPACITY else reason
 
 
 def _reject(view: ExecutionView, event: Reject) -> Decision:

@@ -77,7 +77,7 @@ def handle_event(conn: Connection, action: Action, event: AgentEventIn, now: dat
         assert event.conversation_id is not None
         execution_id = repo.waiting_execution_id(conn, event.conversation_id)
     found = executions.lock(conn, execution_id, agent_id=event.agent_id,
-                            event_id=event.event_id)
+                            event_id=event.event_id, claiming=action == "claim")
 
     if found.stored is not None:
         if _same_event(found.stored, action, event):

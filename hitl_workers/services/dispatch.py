@@ -221,9 +221,12 @@ def _dispatch(conn: Connection, request: AssistanceRequest, now: datetime,
     values.update(state="waiting", countdown_at=countdown_at, timeout_at=timeout_at)
     event = notifications.requested(request, contact=contact, dispatched_at=now,
                                     countdown_at=countdown_at, display_until=display_until)
+    # Nobody notified: every agent who could take it is at capacity and the step allows busy
+    # agents (§9), so it waits for a slot to free.
     messages = [{"dedupe_key": f"requested:{execution_id}", "kind": "notify",
                  "execution_id": execution_id,
-                 "payload": {"agents": list(selection.notified), "event": dict(event)}}]
+                 "payload": {"agents": list(selection.notified), "event": dict(event)}}
+                ] if selection.notified else []
     created, ids = dispatching.create_with_messages(conn, values, messages, now)
     if not created:
         # The same execution_id sent for another conversation at this very moment: the other

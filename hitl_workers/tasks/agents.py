@@ -45,3 +45,16 @@ def remove_agent(self: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
     answer, effects = in_transaction(lambda conn: agents.remove_agent(conn, parsed, utcnow()))
     after_commit(effects)
     return answer
+
+
+@app.task(name="hitl.release", base=GuardedTask, bind=True, **RETRY)
+def release(self: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
+    parsed = parse_kwargs(agents.ReleaseIn, args, kwargs)
+    if isinstance(parsed, Invalid):
+        dead_letter("hitl.release", self.request.id, args, kwargs, parsed.message)
+        conversation_id = kwargs.get("conversation_id")
+        return {"conversation_id": conversation_id if isinstance(conversation_id, str) else None,
+                "claimed_by": None, "error": {"code": "invalid_request",
+                                              "message": parsed.message,
+                                              "fields": parsed.fields}}
+    return in_transaction(lambda conn: agents.release(conn, parsed, utcnow()))

@@ -92,6 +92,34 @@ def rejected(*by: str, change: tuple[str, str] | None, **detail: Any) -> Decisio
 # --- waiting + claim ------------------------------------------------------------------------
 
 
+def test_a_claim_by_an_agent_at_capacity_answers_at_capacity_and_changes_nothing() -> None:
+    view = waiting()
+    full = AgentView("alice", "available", BILLING, capacity=2, load=2)
+    assert decide(view, Claim("alice", full), NOW) == Decision(
+        "at_capacity", "waiting", audit="claim_refused", detail={"reason": "at_capacity"})
+
+
+def test_a_claim_by_an_agent_with_a_free_slot_wins() -> None:
+    view = waiting()
+    free = AgentView("alice", "available", BILLING, capacity=2, load=1)
+    assert decide(view, Claim("alice", free), NOW) == claimed_by("alice")
+
+
+def test_an_agent_not_allowed_to_act_is_not_eligible_even_at_capacity() -> None:
+    view = waiting()
+    full = AgentView("alice", "offline", BILLING, capacity=1, load=1)
+    assert decide(view, Claim("alice", full), NOW) == refused(
+        view, "claim_refused", "status_not_allowed:offline")
+
+
+@pytest.mark.parametrize("offers", [{"alice": "offered"}, {}], ids=["offered", "not offered"])
+def test_an_agent_at_capacity_may_still_reject_and_close(offers: dict[str, str]) -> None:
+    full = AgentView("alice", "available", BILLING, capacity=1, load=1)
+    view = waiting(offers=offers)
+    assert decide(view, Reject("alice", full), NOW).outcome == "rejected"
+    assert decide(view, Close("alice", full), NOW).outcome == "closed"
+
+
 def test_an_eligible_agent_claims_and_the_step_exits_claimed() -> None:
     # Given a waiting execution, When an eligible, available agent claims
     decision = decide(waiting(), Claim("alice", agent("alice")), NOW)
