@@ -92,8 +92,14 @@ def remove_agent(conn: Connection, removal: RemoveAgentIn, now: datetime
     return {"agent_id": agent_id, "status": "removed"}, effects
 
 
-def release(conn: Connection, release: ReleaseIn, now: datetime) -> dict[str, Any]:
+def release(conn: Connection, release: ReleaseIn, now: datetime
+            ) -> tuple[dict[str, Any], list[str]]:
     """Take the agent (None: every agent) out of the conversation's ``claimed_by`` (§9),
-    freeing its capacity. An unknown conversation answers ``claimed_by: null``."""
-    claimed_by = repo.release_conversation(conn, release.conversation_id, release.agent_id, now)
-    return {"conversation_id": release.conversation_id, "claimed_by": claimed_by}
+    freeing its capacity. An unknown conversation answers ``claimed_by: null``. Also returns
+    the agents released (whose waiting offers may now follow, services/routing.py)."""
+    released = repo.release_conversation(conn, release.conversation_id, release.agent_id, now)
+    if released is None:
+        return {"conversation_id": release.conversation_id, "claimed_by": None}, []
+    before, after = released
+    return ({"conversation_id": release.conversation_id, "claimed_by": after},
+            [a for a in before if a not in after])

@@ -55,12 +55,16 @@ class Effects:
     """Metrics to count once the transaction committed (never for one rolled back)."""
     execution: tuple[str, str | None] | None = None
     """(execution id, conversation id) the task turned out to be about, for its log lines."""
+    reassess: list[tuple[str, str]] = field(default_factory=list)
+    """(agent id, what changed): agents whose ability to claim may have changed, so that
+    waiting steps' offers follow it (services/routing.py, §9), each in its own transaction."""
 
     def merge(self, other: Effects) -> None:
         self.outbox += other.outbox
         self.arm += other.arm
         self.revoke += other.revoke
         self.observations += other.observations
+        self.reassess += other.reassess
 
     def __bool__(self) -> bool:
         return bool(self.outbox or self.arm or self.revoke or self.observations)

@@ -107,6 +107,7 @@ def view_of(row: LockedExecution, offer_pairs: Sequence[Sequence[str]],
         offers={agent_id: status for agent_id, status in offer_pairs},  # noqa: C416 (typed pairs)
         rejected_by=tuple(a for a, status in offer_pairs if status == "rejected"),
         timers={kind: TimerView(due_at, state) for kind, due_at, state in timer_rows},
+        routed=settings.get("priority") is not None or settings.get("offer") is not None,
     )
 
 

@@ -191,10 +191,10 @@ def add_claimer(conn: Connection, conversation_id: str, claimed_by: Sequence[str
 
 
 def release_conversation(conn: Connection, conversation_id: str, agent_id: str | None,
-                         now: datetime) -> list[str] | None:
+                         now: datetime) -> tuple[list[str], list[str]] | None:
     """Remove ``agent_id`` (None: everyone) from the conversation's ``claimed_by``; return
-    what it holds now, or None when there is no such conversation. The row lock serializes
-    this with a claim's write of ``claimed_by`` (no update is lost)."""
+    what it held before and holds now, or None when there is no such conversation. The row
+    lock serializes this with a claim's write of ``claimed_by`` (no update is lost)."""
     found = conn.execute(sa.select(conversations.c.claimed_by)
                          .where(conversations.c.conversation_id == conversation_id)
                          .with_for_update()).first()
@@ -204,7 +204,7 @@ def release_conversation(conn: Connection, conversation_id: str, agent_id: str |
     after = [] if agent_id is None else [a for a in before if a != agent_id]
     if after != before:
         update_conversation(conn, conversation_id, now, claimed_by=after)
-    return after
+    return before, after
 
 
 def get_conversation(conn: Connection, conversation_id: str) -> Row[Any] | None:
@@ -302,6 +302,17 @@ def executions_offered_to(conn: Connection, agent_id: str) -> list[str]:
         .join(executions, executions.c.execution_id == offers.c.execution_id)
         .where(offers.c.agent_id == agent_id, executions.c.state == "waiting",
                offers.c.status != "withdrawn")
+        .order_by(offers.c.execution_id)
+    ).scalars())
+
+
+def executions_open_to(conn: Connection, agent_id: str) -> list[str]:
+    """Waiting executions with an open (``offered``) offer to ``agent_id``."""
+    return list(conn.execute(
+        sa.select(offers.c.execution_id)
+        .join(executions, executions.c.execution_id == offers.c.execution_id)
+        .where(offers.c.agent_id == agent_id, executions.c.state == "waiting",
+               offers.c.status == "offered")
         .order_by(offers.c.execution_id)
     ).scalars())
 

@@ -111,7 +111,7 @@ def test_a_release_racing_a_claim_on_the_same_conversation_is_not_lost(team, rou
         with transaction() as conn:
             barrier.wait(timeout=30)
             return directory.release(conn, directory.ReleaseIn(
-                conversation_id=conversation_id, agent_id=bob), utcnow())
+                conversation_id=conversation_id, agent_id=bob), utcnow())[0]
 
     # When bob is released while carol claims the new step
     at_once([release, event_in_own_transaction("claim", execution_id=eid, agent_id=carol)])
