@@ -84,6 +84,10 @@ class _WorkerMetrics:
         self.wakeups = Counter(
             "hitl_timer_wakeups", "Timer wake-up tasks by outcome (fired, early, stale, …).",
             ["outcome"], registry=None)
+        self.offers = Counter(
+            "hitl_offers", "Offers made (at dispatch, or when an agent became able to claim) "
+            "and withdrawn (the agent could no longer claim, §9), by why.",
+            ["change", "reason"], registry=None)
         self.agent_events = Counter(
             "hitl_agent_events", "Claim, reject and close tasks by outcome.",
             ["action", "outcome"], registry=None)
@@ -143,6 +147,12 @@ def count_timer_fired(*, kind: str, due_at: datetime, now: datetime) -> None:
     via = TIMER_VIA.get(context.task_name, "other") if context else "other"
     lateness = max(0.0, (now - due_at).total_seconds())
     _m().timer_lateness.labels(_label(kind), via).observe(lateness)
+
+
+def count_offers(*, change: str, reason: str, count: int = 1) -> None:
+    """Count offers made or withdrawn (after the transaction that wrote them committed)."""
+    # status_not_allowed:<status> keeps its status: three values at most.
+    _m().offers.labels(_label(change), _label(reason)).inc(count)
 
 
 _started: dict[str, float] = {}

@@ -20,7 +20,7 @@ from hitl_workers.domain.validation import (
     validate_request,
 )
 from hitl_workers.notify import events as notifications
-from hitl_workers.services.effects import Effects, OutboxMessage, StepEnded
+from hitl_workers.services.effects import Effects, OffersChanged, OutboxMessage, StepEnded
 from hitl_workers.services.transitions import exit_message_for
 from hitl_workers.store import dispatching, repo
 
@@ -236,6 +236,9 @@ def _dispatch(conn: Connection, request: AssistanceRequest, now: datetime,
     repo.update_conversation(conn, request.conversation_id, now, status="needs_action",
                              tags=tags, contact=contact)
     repo.insert_offers(conn, execution_id, selection.notified, now)
+    if selection.notified:
+        effects.observations.append(OffersChanged("made", "at_dispatch",
+                                                  len(selection.notified)))
 
     horizon = now + timedelta(seconds=defaults.timer_horizon_s)
     deadlines = [("timeout", timeout_at)]

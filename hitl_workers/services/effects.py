@@ -40,7 +40,17 @@ class TimerFired:
     at: datetime
 
 
-Observation = StepEnded | TimerFired
+@dataclass(frozen=True)
+class OffersChanged:
+    """Offers made or withdrawn (§9), and why: for the offer metrics."""
+
+    change: str
+    """``made`` or ``withdrawn``."""
+    reason: str
+    count: int = 1
+
+
+Observation = StepEnded | TimerFired | OffersChanged
 
 
 @dataclass

@@ -26,7 +26,7 @@ from hitl_workers.domain.request import AssistanceRequest
 from hitl_workers.domain.validation import validate_request
 from hitl_workers.notify import events as notifications
 from hitl_workers.services import outbox
-from hitl_workers.services.effects import Effects
+from hitl_workers.services.effects import Effects, OffersChanged
 from hitl_workers.services.transitions import apply
 from hitl_workers.store import bell, executions, repo
 
@@ -41,10 +41,9 @@ def candidates(conn: Connection, agent_id: str) -> list[str]:
     agent = repo.get_agent(conn, agent_id)
     with_capacity = agent is not None and agent.capacity is not None
     found = repo.executions_open_to(conn, agent_id)
-    for row in bell.claimable(conn, agent_id, MAX_STEPS_PER_CHANGE):
-        settings = row.settings or {}
-        routed = settings.get("priority") is not None or settings.get("offer") is not None
-        if (routed or with_capacity) and row.execution_id not in found:
+    for row in bell.claimable(conn, agent_id, MAX_STEPS_PER_CHANGE,
+                              routed_only=not with_capacity):
+        if row.execution_id not in found:
             found.append(row.execution_id)
     return found
 
@@ -60,6 +59,10 @@ def reassess(conn: Connection, execution_id: str, agent_id: str, why: str, now: 
     decision = machine.decide(view, machine.Reassess(agent_id, found.agent, why), now)
     effects = apply(conn, row, view, decision, now, agent_id=agent_id)
     stamp = now.isoformat()
+    if decision.offer_change is not None:
+        change = "made" if decision.offer_change[1] == "offered" else "withdrawn"
+        reason = str(decision.detail.get("reason", "rejected_by_all"))
+        effects.observations.append(OffersChanged(change, reason))
     if decision.offer_change == (agent_id, "offered"):
         event = _requested(conn, row, view)
         if event is not None:

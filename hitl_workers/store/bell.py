@@ -78,11 +78,12 @@ def _tag_prefilter(conn: Connection, groups: tuple[tuple[str, ...], ...]) -> Any
     return sa.or_(*(tags.contains(list(group)) for group in groups))
 
 
-def claimable(conn: Connection, agent_id: str, limit: int = MAX_BELL_ENTRIES
-              ) -> list[Any]:
+def claimable(conn: Connection, agent_id: str, limit: int = MAX_BELL_ENTRIES, *,
+              routed_only: bool = False) -> list[Any]:
     """The rows (execution, settings, conversation tags and contact) of the waiting executions
     ``agent_id`` may claim now by status and visibility, higher priority first, then the
-    oldest. Capacity is left to the claim (and to the offers of services/routing.py)."""
+    oldest. Capacity is left to the claim (and to the offers of services/routing.py).
+    ``routed_only``: only steps that gave ``priority`` or ``offer`` (§9)."""
     agent = get_agent(conn, agent_id)
     if agent is None or not agent.rule_groups:
         return []  # unknown, or sees nothing (§5)
@@ -104,6 +105,11 @@ def claimable(conn: Connection, agent_id: str, limit: int = MAX_BELL_ENTRIES
     narrowed = _tag_prefilter(conn, agent.rule_groups)
     if narrowed is not None:
         query = query.where(narrowed)
+    if routed_only:
+        # A plain agent's status change must not read every plain waiting step (§9 follows
+        # only routed steps for it): the database drops them.
+        query = query.where(sa.or_(executions.c.settings["priority"].as_integer().is_not(None),
+                                   executions.c.settings["offer"].as_string().is_not(None)))
     rows: list[Any] = []
     for row in conn.execute(query):
         if refusal(agent.view, row.tags or (), _audience(row.settings)) is not None:
