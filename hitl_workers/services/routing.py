@@ -8,10 +8,11 @@ machine decides whether the step follows eligibility at all (``priority`` or ``o
 or the agent has a capacity); a step with neither keeps the §1–§5 behaviour.
 
 Why a transaction per step, after the change committed: the change itself (an UPDATE of the
-agent, a release) then never holds an execution's lock, and each reassessment locks the agent
-before the execution, the order a claim takes (store/executions.py), so none of them can
-deadlock with a claim, and a claim that fills the agent's last slot is either seen by the
-reassessment (no offer) or reassesses after it (the offer is withdrawn).
+agent, a release) then never holds an execution's lock. Each reassessment locks an agent that
+has a capacity before the execution, the order a claim takes (store/executions.py), so none of
+them can deadlock with a claim, and a claim that fills the agent's last slot is either seen by
+the reassessment (no offer) or reassesses after it (the offer is withdrawn). An agent without
+a capacity has no slot to race for: its row is not locked.
 """
 
 from __future__ import annotations
