@@ -37,7 +37,12 @@ def messages() -> list[Message]:
     from hitl_workers.domain import messages as out
     from hitl_workers.domain.request import AssistanceRequest
     from hitl_workers.services.agent_events import AgentEventIn, CancelIn
-    from hitl_workers.services.agents import RemoveAgentIn, SetStatusIn, UpsertAgentIn
+    from hitl_workers.services.agents import (
+        ReleaseIn,
+        RemoveAgentIn,
+        SetStatusIn,
+        UpsertAgentIn,
+    )
 
     event = ("The keyword arguments of `{task}` (queue `hitl.events`): give exactly one of "
              "`execution_id` and `conversation_id`.")
@@ -68,6 +73,11 @@ def messages() -> list[Message]:
                 "The keyword arguments of `hitl.remove_agent` (queue `hitl.requests`)."),
         Message("directory.result.json", "§5", out.DirectoryResult, "agent directory result",
                 out.DirectoryResult.__doc__ or ""),
+        Message("hitl.release.json", "§9", ReleaseIn, "hitl.release",
+                "The keyword arguments of `hitl.release` (queue `hitl.requests`): take the "
+                "agent (null: every agent) out of the conversation's `claimed_by`."),
+        Message("hitl.release.result.json", "§9", out.ReleaseResult, "hitl.release result",
+                out.ReleaseResult.__doc__ or ""),
         Message("notification.json", "§6", out.Notification, "agent notification",
                 out.Notification.__doc__ or ""),
         Message("assistance.requested.json", "§6", out.AssistanceRequested,

@@ -13,6 +13,15 @@ class AgentView:
     agent_id: str
     status: str
     rule_groups: tuple[tuple[str, ...], ...]
+    capacity: int | None = None
+    """How many conversations it may hold claimed at once (None: unlimited, §9)."""
+    load: int = 0
+    """How many it holds now (other than the one being decided on): conversations whose
+    ``claimed_by`` holds it."""
+
+    @property
+    def at_capacity(self) -> bool:
+        return self.capacity is not None and self.load >= self.capacity
 
 
 @dataclass(frozen=True)
@@ -56,7 +65,14 @@ def refusal(agent: AgentView | None, tags: Iterable[str], audience: Audience) ->
         return "not_eligible"
     if agent.status not in audience.allowed_statuses:
         return f"status_not_allowed:{agent.status}"
+    if agent.at_capacity:
+        return AT_CAPACITY
     return None
+
+
+AT_CAPACITY = "at_capacity"
+"""The refusal of an agent whose load has reached its capacity (§9): at dispatch it counts as
+busy; its claim answers outcome ``at_capacity``."""
 
 
 @dataclass(frozen=True)
@@ -74,19 +90,22 @@ def select_agents(
     notified: list[str] = []
     skipped: dict[str, str] = {}
     seeing = 0
+    waits_for_a_slot = False
     for agent in agents:
         reason = refusal(agent, tags, audience)
         if reason is None:
             notified.append(agent.agent_id)
             seeing += 1
-        elif reason.startswith("status_not_allowed"):
+        elif reason.startswith("status_not_allowed") or reason == AT_CAPACITY:
             skipped[agent.agent_id] = reason
             seeing += 1
+            # At capacity counts as busy (§9): a step that allows busy agents waits for a slot.
+            waits_for_a_slot |= reason == AT_CAPACITY and audience.allow_busy
         elif audience.specific_agent_id in (None, agent.agent_id):
             # With a specific agent, every other agent is trivially "not the one": not worth
             # a row each in the audit trail. The specific agent's own reason is.
             skipped[agent.agent_id] = reason
-    if notified:
+    if notified or waits_for_a_slot:
         return Selection(tuple(notified), skipped)
     if seeing == 0:
         if audience.specific_agent_id is not None:

@@ -9,6 +9,7 @@ event with ``already_resolved`` (or ``already_claimed`` to the winner's repeat).
     ---------  ---------------  -----------------------------------------------------------
     waiting    claim (may act)  exited claimed            outcome claimed
     waiting    claim (may not)  unchanged                 outcome not_eligible
+    waiting    claim (at capacity) unchanged              outcome at_capacity
     waiting    reject, any      exited not_claimed        outcome rejected
     waiting    reject, all      exited when every agent notified at dispatch has rejected
                                 (outcome rejected), else recorded (reject_recorded)
@@ -25,11 +26,24 @@ event with ``already_resolved`` (or ``already_claimed`` to the winner's repeat).
     waiting    cancel           cancelled                 outcome cancelled
     waiting    agent removed    offer withdrawn; under reject_policy=all the step may now
                                 be rejected by everyone left (outcome rejected) else withdrawn
+    waiting    reassess, routed, agent became able (no offer, or a withdrawn one)
+                                offer made                outcome offered
+    waiting    reassess, routed, agent became unable (offer open)
+                                offer withdrawn, as for agent removed   outcome withdrawn
+                                (or rejected under reject_policy=all)
+    waiting    reassess, routed, otherwise (still able with an offer; rejected or closed
+                                before; unable without an open offer)   outcome stale
+    waiting    reassess, not routed   unchanged (§1–§5 as before)     outcome stale
     exited     claim by winner  unchanged                 outcome already_claimed
     final      agent event      unchanged                 outcome already_resolved
     final      timer            unchanged                 outcome stale
     final      cancel           unchanged                 outcome already_resolved
     final      agent removed    unchanged                 outcome stale
+    final      reassess         unchanged                 outcome stale
+
+*Routed* (``ExecutionView.follows``): the step gave ``priority`` or ``offer`` (§9), or the
+agent has a capacity. A step with neither, and agents without capacity, keep the §1–§5
+behaviour: offered once at dispatch, an offer kept whatever its agent's status does.
 """
 
 from __future__ import annotations
@@ -39,7 +53,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal, cast
 
-from hitl_workers.domain.eligibility import AgentView, Audience, refusal
+from hitl_workers.domain.eligibility import AT_CAPACITY, AgentView, Audience, refusal
 from hitl_workers.domain.names import ExecutionState as State
 from hitl_workers.domain.names import ExitName, TimerKind
 
@@ -69,6 +83,12 @@ class ExecutionView:
     rejected_by: tuple[str, ...] = ()
     """Agents who rejected, in the order they did."""
     timers: Mapping[str, TimerView] = field(default_factory=dict)
+    routed: bool = False
+    """The step gave ``priority`` or ``offer`` (§9): its offers follow eligibility."""
+
+    def follows(self, agent: AgentView | None) -> bool:
+        """Whether offers of this step to ``agent`` follow its eligibility (§9)."""
+        return self.routed or (agent is not None and agent.capacity is not None)
 
     @property
     def winner(self) -> str | None:
@@ -111,7 +131,19 @@ class AgentRemoved:
     agent_id: str
 
 
-Event = Claim | Reject | Close | TimerFired | Cancel | AgentRemoved
+@dataclass(frozen=True)
+class Reassess:
+    """The agent's ability to claim may have changed (§9): its status or directory entry
+    changed, a slot freed (``hitl.release``) or filled (a claim elsewhere)."""
+
+    agent_id: str
+    agent: AgentView | None
+    why: str
+    """What changed, for the audit of an offer made: status_changed, directory_changed,
+    slot_freed."""
+
+
+Event = Claim | Reject | Close | TimerFired | Cancel | AgentRemoved | Reassess
 
 
 @dataclass(frozen=True)
@@ -150,6 +182,8 @@ def decide(view: ExecutionView, event: Event, now: datetime) -> Decision:
                             detail={"reason": event.reason})
         case AgentRemoved():
             return _agent_removed(view, event)
+        case Reassess():
+            return _reassess(view, event)
 
 
 def _unchanged(view: ExecutionView, outcome: str, audit: str | None = None,
@@ -168,6 +202,10 @@ def _after_the_end(view: ExecutionView, event: Event) -> Decision:
 
 def _claim(view: ExecutionView, event: Claim) -> Decision:
     reason = refusal(event.agent, view.tags, view.audience)
+    if reason == AT_CAPACITY:
+        # §9: the capacity check is part of this decision, taken under the agent's lock (see
+        # store/executions.py), so two claims for an agent's last slot never both win.
+        return _unchanged(view, "at_capacity", "claim_refused", reason=reason)
     if reason is not None:
         return _unchanged(view, "not_eligible", "claim_refused", reason=reason)
     return Decision("claimed", "exited", "claimed", {"addClaimedBy": event.agent_id},
@@ -179,7 +217,9 @@ def _may_answer(view: ExecutionView, agent_id: str, agent: AgentView | None) -> 
     anyone who may claim now. Returns the refusal reason, or None."""
     if agent is not None and view.offers.get(agent_id) in LIVE_OFFERS:
         return None
-    return refusal(agent, view.tags, view.audience)
+    reason = refusal(agent, view.tags, view.audience)
+    # Declining is not taking: an agent at capacity may still reject or close.
+    return None if reason == AT_CAPACITY else reason
 
 
 def _reject(view: ExecutionView, event: Reject) -> Decision:
@@ -242,18 +282,42 @@ def _timer(view: ExecutionView, event: TimerFired, now: datetime) -> Decision:
                     timer=cast(TimerKind, kind))
 
 
+def _reassess(view: ExecutionView, event: Reassess) -> Decision:
+    if not view.follows(event.agent):
+        return _unchanged(view, "stale")
+    reason = refusal(event.agent, view.tags, view.audience)
+    current = view.offers.get(event.agent_id)
+    if reason is None:
+        # Became able. Not again to an agent who rejected or closed it (§9), nor twice.
+        if current is not None and current != "withdrawn":
+            return _unchanged(view, "stale")
+        return Decision("offered", "waiting", offer_change=(event.agent_id, "offered"),
+                        audit="offered", detail={"reason": event.why})
+    # Became unable: only an open offer is withdrawn. A reject stands; a closed popup is
+    # already gone (and stays closed, so that it is not offered again).
+    if current != "offered":
+        return _unchanged(view, "stale")
+    return _withdraw(view, event.agent_id, reason)
+
+
 def _agent_removed(view: ExecutionView, event: AgentRemoved) -> Decision:
     if view.offers.get(event.agent_id) not in LIVE_OFFERS:
         return _unchanged(view, "stale")
-    # A removed agent no longer counts among those who must reject (§5).
-    remaining = {a: s for a, s in view.offers.items() if a != event.agent_id}
+    return _withdraw(view, event.agent_id, "agent_removed")
+
+
+def _withdraw(view: ExecutionView, agent_id: str, reason: str) -> Decision:
+    # An agent removed, or no longer able to claim (§9), no longer counts among those who
+    # must reject (§5).
+    remaining = {a: s for a, s in view.offers.items() if a != agent_id}
     rejected = view.rejected_by  # a reject made before the removal still stands
     after = ExecutionView(view.execution_id, view.state, offers=remaining, rejected_by=rejected)
-    change = (event.agent_id, "withdrawn")
+    change = (agent_id, "withdrawn")
     if view.reject_policy == "all" and _everyone_rejected(after, rejected):
+        completed = ({"completed_by_removal_of": agent_id} if reason == "agent_removed"
+                     else {"completed_by_withdrawal_from": agent_id, "reason": reason})
         return Decision("rejected", "exited", "not_claimed",
                         {"reason": "REJECTED", "rejectedBy": list(rejected)},
-                        offer_change=change, audit="rejected",
-                        detail={"completed_by_removal_of": event.agent_id})
+                        offer_change=change, audit="rejected", detail=completed)
     return Decision("withdrawn", "waiting", offer_change=change, audit="offer_withdrawn",
-                    detail={"reason": "agent_removed"})
+                    detail={"reason": reason})

@@ -19,7 +19,8 @@ from hitl_workers.domain.request import Identifier
 ExecutionState = Literal["waiting", "exited", "cancelled", "failed"]
 ExitName = Literal["claimed", "not_claimed", "timer_action", "timeout", "error"]
 Outcome = Literal["claimed", "already_claimed", "rejected", "reject_recorded", "closed",
-                  "already_resolved", "not_eligible", "not_found", "cancelled", "invalid"]
+                  "already_resolved", "not_eligible", "at_capacity", "not_found", "cancelled",
+                  "invalid"]
 AgentStatus = Literal["available", "busy", "offline"]
 
 
@@ -69,6 +70,16 @@ class DirectoryResult(_Out):
     agent_id: str | None
     status: AgentStatus | Literal["removed", "not_found", "invalid"]
     error: ErrorDetail | None = Field(None, description="Present only for status `invalid`.")
+
+
+class ReleaseResult(_Out):
+    """The result of ``hitl.release`` (§9): who holds the conversation now."""
+
+    conversation_id: str | None
+    claimed_by: list[str] | None = Field(description="The agents the conversation is claimed "
+                                                     "by after the release; null for an "
+                                                     "unknown conversation (nothing changed).")
+    error: ErrorDetail | None = Field(None, description="Present only for an invalid request.")
 
 
 # --- §2: the exit message --------------------------------------------------------------------

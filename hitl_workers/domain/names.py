@@ -23,6 +23,7 @@ TASK_QUEUES: dict[str, QueueName] = {
     "hitl.upsert_agent": "hitl.requests",
     "hitl.set_agent_status": "hitl.requests",
     "hitl.remove_agent": "hitl.requests",
+    "hitl.release": "hitl.requests",
     "hitl.claim": "hitl.events",
     "hitl.reject": "hitl.events",
     "hitl.close": "hitl.events",
@@ -69,5 +70,6 @@ OUTBOX_KINDS: tuple[OutboxKind, ...] = get_args(OutboxKind)
 # --- What an agent event answers (docs/contract.md §3, the gateway's HTTP status in §8) ----------
 
 EventOutcome = Literal["claimed", "already_claimed", "rejected", "reject_recorded", "closed",
-                       "already_resolved", "not_eligible", "not_found", "invalid"]
+                       "already_resolved", "not_eligible", "at_capacity", "not_found",
+                       "invalid"]
 EVENT_OUTCOMES: tuple[EventOutcome, ...] = get_args(EventOutcome)

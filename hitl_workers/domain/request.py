@@ -170,6 +170,10 @@ class StepSettings(_Strict):
     popup: PopupSettings | None = None
     timeout: TimeoutSeconds = 300.0
     reject_policy: Literal["any", "all"] = "any"
+    priority: Annotated[int, Field(ge=0, le=9, description=(
+        "§9: 0–9, higher first in the bell list and in what a freed agent is offered; "
+        "absent means 0. A step that gives it (or `offer`) has its offers follow "
+        "eligibility while it waits."))] | None = None
 
 
 class Conversation(_Strict):

@@ -60,11 +60,12 @@ TASK_ERRORS: dict[int | str, dict[str, Any]] = {
 # Outcome → HTTP status (§8). 200 for everything that went through.
 EVENT_STATUS = {"claimed": 200, "already_claimed": 200, "rejected": 200,
                 "reject_recorded": 200, "closed": 200, "already_resolved": 409,
-                "not_eligible": 403, "not_found": 404, "invalid": 422}
+                "not_eligible": 403, "at_capacity": 409, "not_found": 404, "invalid": 422}
 EVENT_DETAIL = {
     "already_resolved": "the step has already ended ({how})",
     "not_eligible": "agent {agent} may not act on this conversation (not eligible, not the "
                     "specific agent, or not in an allowed status)",
+    "at_capacity": "agent {agent} is at its capacity; release a conversation first (§9)",
     "not_found": "no execution {execution}, or it is not waiting",
     "invalid": "the event was refused as invalid",
 }
@@ -197,7 +198,9 @@ EVENT_RESPONSES: dict[int | str, dict[str, Any]] = {
     404: {"model": EventError, "description": "`not_found`: no such waiting execution."},
     409: {"model": EventError,
           "description": "`already_resolved`: the step already ended; `exit` and "
-                         "`merge_field` say how (a lost claim: `merge_field.addClaimedBy`)."},
+                         "`merge_field` say how (a lost claim: `merge_field.addClaimedBy`). "
+                         "`at_capacity` (a claim): the agent holds as many conversations as "
+                         "its capacity allows; nothing changed."},
 }
 
 

@@ -33,6 +33,8 @@ from hitl_workers.gateway.v1_models import (
     DirectoryStatus,
     ExecutionView,
     OfferView,
+    ReleaseAnswer,
+    ReleaseBody,
     StartRefused,
     StartResult,
 )
@@ -241,7 +243,7 @@ async def upsert_agent(request: Request, agent_id: AgentId, _service: CurrentSer
                            f"{agent_id!r}; leave it out or make them the same")
     answer = await request.app.state.bridge.call(
         "hitl.upsert_agent", agent_id=agent_id, name=agent.name, status=agent.status,
-        rule_groups=agent.rule_groups)
+        rule_groups=agent.rule_groups, capacity=agent.capacity)
     return _directory_answer(agent_id, answer)
 
 
@@ -261,6 +263,33 @@ async def set_agent_status(request: Request, agent_id: AgentId, _service: Curren
 async def remove_agent(request: Request, agent_id: AgentId, _service: CurrentService) -> Any:
     answer = await request.app.state.bridge.call("hitl.remove_agent", agent_id=agent_id)
     return _directory_answer(agent_id, answer)
+
+
+ConversationId = Annotated[str, Path(pattern=ID_PATTERN, max_length=128,
+                                     description="The conversation's id (percent-decoded).")]
+
+
+@router.post(
+    "/conversations/{conversation_id}/release", response_model=ReleaseAnswer,
+    tags=["agent directory"],
+    summary="Release: take an agent (or everyone) out of the conversation's claimed_by, "
+            "freeing capacity (hitl.release, §9)",
+    responses={404: _error("No such conversation: nothing changed."), **TASK_ERRORS},
+)
+async def release(
+    request: Request, conversation_id: ConversationId, _service: CurrentService,
+    body: Annotated[ReleaseBody | None, Body(
+        description="Optional: {\"agent_id\": \"…\"}; without it every agent is released.")
+    ] = None,
+) -> Any:
+    answer = await request.app.state.bridge.call(
+        "hitl.release", conversation_id=conversation_id,
+        agent_id=body.agent_id if body else None)
+    if answer.get("error"):
+        raise Refused(422, str(answer["error"].get("message") or "invalid release"))
+    if answer.get("claimed_by") is None:
+        raise Refused(404, f"no conversation {conversation_id!r}")
+    return {"conversation_id": conversation_id, "claimed_by": answer["claimed_by"]}
 
 
 # --- wiring -----------------------------------------------------------------------------------

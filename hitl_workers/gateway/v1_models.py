@@ -111,6 +111,8 @@ class AgentIn(_Input):
     rule_groups: list[list[Tag]] = Field(
         [], description="Tag groups; the agent sees a conversation whose tags include every "
                         "tag of one group (`[]` matches all; no groups: sees nothing).")
+    capacity: int | None = Field(None, ge=1, le=1000, description=(
+        "How many conversations the agent may hold claimed at once (§9); null: unlimited."))
 
 
 DirectoryStatus = Literal["available", "busy", "offline", "removed"]
@@ -121,3 +123,15 @@ class AgentAnswer(BaseModel):
 
     agent_id: str
     status: DirectoryStatus
+
+
+class ReleaseBody(_Input):
+    agent_id: Identifier | None = Field(None, description="The agent to take out of "
+                                                          "`claimed_by`; null: every agent.")
+
+
+class ReleaseAnswer(BaseModel):
+    """The §9 ``hitl.release`` result."""
+
+    conversation_id: str
+    claimed_by: list[str] = Field(description="Who holds the conversation now.")

@@ -84,6 +84,10 @@ class _WorkerMetrics:
         self.wakeups = Counter(
             "hitl_timer_wakeups", "Timer wake-up tasks by outcome (fired, early, stale, …).",
             ["outcome"], registry=None)
+        self.offers = Counter(
+            "hitl_offers", "Offers made (at dispatch, or when an agent became able to claim) "
+            "and withdrawn (the agent could no longer claim, §9), by why.",
+            ["change", "reason"], registry=None)
         self.agent_events = Counter(
             "hitl_agent_events", "Claim, reject and close tasks by outcome.",
             ["action", "outcome"], registry=None)
@@ -152,6 +156,12 @@ def count_timer_fired(*, kind: str, due_at: datetime, now: datetime) -> None:
 def count_webhook_attempt(outcome: str) -> None:
     """Count a webhook exit POST (``delivered``, ``failed`` or ``gave_up``), once recorded."""
     _m().webhook_attempts.labels(_label(outcome)).inc()
+
+
+def count_offers(*, change: str, reason: str, count: int = 1) -> None:
+    """Count offers made or withdrawn (after the transaction that wrote them committed)."""
+    # status_not_allowed:<status> keeps its status: three values at most.
+    _m().offers.labels(_label(change), _label(reason)).inc(count)
 
 
 _started: dict[str, float] = {}

@@ -30,6 +30,47 @@ def _t(value: datetime | None, origin: datetime) -> str:
     return f"{value:%H:%M:%S.%f}"[:-3] + f" (+{offset:.3f}s)"
 
 
+MADE_BECAUSE = {
+    "at_dispatch": "at dispatch",
+    "directory_changed": "became eligible (directory changed)",
+    "status_changed": "became eligible (status changed)",
+    "slot_freed": "became eligible (a slot freed)",
+}
+
+
+def withdrawn_because(reason: str) -> str:
+    """An ``offer_withdrawn`` reason in words (docs/contract.md §9)."""
+    if reason.startswith("status_not_allowed:"):
+        return f"status changed to {reason.split(':', 1)[1]}"
+    return {"at_capacity": "at capacity", "agent_removed": "removed from the directory",
+            "not_eligible": "no longer sees the conversation",
+            "unknown_agent": "no longer in the directory"}.get(reason, reason)
+
+
+def offer_history(story: Journal) -> dict[str, list[str]]:
+    """Agent id → why each offer to it was made or withdrawn, in order (from the audit)."""
+    history: dict[str, list[str]] = {}
+    for event in story.audit:
+        kind, detail, agent = event["kind"], event.get("detail") or {}, event.get("agent_id")
+        if kind == "notified":
+            for notified in detail.get("notified", []):
+                history.setdefault(notified, []).append("made at dispatch")
+        elif kind == "offered" and agent:
+            reason = str(detail.get("reason"))
+            history.setdefault(agent, []).append("made: " + MADE_BECAUSE.get(reason, reason))
+        elif kind == "offer_withdrawn" and agent:
+            history.setdefault(agent, []).append(
+                "withdrawn: " + withdrawn_because(str(detail.get("reason"))))
+        elif kind == "rejected" and detail.get("completed_by_withdrawal_from"):
+            history.setdefault(detail["completed_by_withdrawal_from"], []).append(
+                "withdrawn: " + withdrawn_because(str(detail.get("reason"))))
+        elif kind == "rejected" and agent:
+            history.setdefault(agent, []).append("rejected")
+        elif kind == "popup_closed" and agent:
+            history.setdefault(agent, []).append("closed")
+    return history
+
+
 def _describe(event: dict[str, Any]) -> str:
     kind, detail, agent = event["kind"], event.get("detail") or {}, event.get("agent_id")
     who = f" by {agent}" if agent else ""
@@ -42,13 +83,31 @@ def _describe(event: dict[str, Any]) -> str:
             more = detail.get("skipped_total", len(skipped)) - len(skipped)
             text += f"; skipped: {reasons}" + (f" and {more} more" if more > 0 else "")
         return text
+    if kind == "offered":
+        reason = str(detail.get("reason"))
+        return f"offered to {agent}: {MADE_BECAUSE.get(reason, reason)}"
+    if kind == "offer_withdrawn":
+        return f"offer withdrawn from {agent}: {withdrawn_because(str(detail.get('reason')))}"
     if kind == "exit_recorded":
         return f"exit recorded: {detail.get('exit')} {json.dumps(detail.get('merge_field'))}"
-    if kind == "exit_delivered" and detail.get("webhook"):
-        return (f"exit delivered to webhook {detail.get('webhook')} "
-                f"(attempt {detail.get('attempts')})")
+    if kind.startswith("webhook_") or (kind == "exit_delivered" and detail.get("webhook")):
+        return _describe_webhook(kind, detail)
     if kind == "exit_delivered":
         return f"exit delivered to {detail.get('task')} on queue {detail.get('queue')}"
+    if kind in ("claim_refused", "reject_refused", "close_refused"):
+        return f"{kind.split('_')[0]} refused{who}: {detail.get('reason')}"
+    if kind in ("timer_fired", "timeout_fired"):
+        due, late = detail.get("due_at"), detail.get("late_ms")
+        return f"{kind.replace('_', ' ')} (due {due}, {late} ms late)"
+    rest = f" {json.dumps(detail)}" if detail else ""
+    return f"{kind.replace('_', ' ')}{who}{rest}"
+
+
+def _describe_webhook(kind: str, detail: dict[str, Any]) -> str:
+    """A webhook exit's delivery events (docs/contract.md §10)."""
+    if kind == "exit_delivered":
+        return (f"exit delivered to webhook {detail.get('webhook')} "
+                f"(attempt {detail.get('attempts')})")
     if kind == "webhook_attempt":
         return f"webhook attempt {detail.get('attempt')}: POST {detail.get('url')}"
     if kind in ("webhook_answered", "webhook_failed"):
@@ -62,13 +121,7 @@ def _describe(event: dict[str, Any]) -> str:
     if kind == "webhook_gave_up":
         return (f"webhook exit given up after {detail.get('attempts')} attempts: "
                 f"{detail.get('reason')}")
-    if kind in ("claim_refused", "reject_refused", "close_refused"):
-        return f"{kind.split('_')[0]} refused{who}: {detail.get('reason')}"
-    if kind in ("timer_fired", "timeout_fired"):
-        due, late = detail.get("due_at"), detail.get("late_ms")
-        return f"{kind.replace('_', ' ')} (due {due}, {late} ms late)"
-    rest = f" {json.dumps(detail)}" if detail else ""
-    return f"{kind.replace('_', ' ')}{who}{rest}"
+    return f"{kind.replace('_', ' ')} {json.dumps(detail)}"
 
 
 def format_text(story: Journal) -> str:
@@ -98,8 +151,10 @@ def format_text(story: Journal) -> str:
                   + (f" at {_t(t['fired_at'], origin)}" if t["fired_at"] else "")
                   for t in story.timers]
     if story.offers:
-        lines.append("offers")
-        lines += [f"  {o['agent_id']:<24} {o['status']}" for o in story.offers]
+        lines.append("offers (why each was made or withdrawn)")
+        history = offer_history(story)
+        lines += [f"  {o['agent_id']:<24} {o['status']:<10} "
+                  f"{'; '.join(history.get(o['agent_id'], [])) or '-'}" for o in story.offers]
     lines.append("events")
     lines += [f"  {_t(e['at'], origin)}  {_describe(e)}" for e in story.audit]
     if story.outbox:

@@ -26,6 +26,9 @@ AGENTS: list[dict[str, Any]] = [
     {"agent_id": "bob", "name": "Bob", "status": "available", "rule_groups": BILLING},
     {"agent_id": "carol", "name": "Carol", "status": "busy", "rule_groups": BILLING},
     {"agent_id": "dave", "name": "Dave", "status": "offline", "rule_groups": SALES},
+    # §9: Erin handles one support conversation at a time.
+    {"agent_id": "erin", "name": "Erin", "status": "available", "rule_groups": [["team:support"]],
+     "capacity": 1},
 ]
 CONTACT = {"id": "contact-1", "name": "Ada Lovelace", "phone": "+15550100"}
 POPUP = {
@@ -94,6 +97,31 @@ class Simulator:
         self.say("flow engine", f"<- exit {message['exit']} {json.dumps(message['merge_field'])}")
         return message
 
+    def capacity_limited(self, done: Callable[[dict[str, Any]], None]) -> None:
+        """§9: an agent at capacity is busy at dispatch (with allow_busy the step waits), its
+        claim answers at_capacity, and a release offers it the waiting step."""
+        first = self.request("support-1", ["team:support"])
+        self.agent("erin", "claim", first)
+        self.exit(first)
+        second = self.request("support-2", ["team:support"], allow_busy=True, priority=5)
+        self.notifications("erin", second)
+        self.say("erin", "holds 1 of 1: not offered support-2")
+        self.agent("erin", "claim", second)
+        answer = self.call("hitl.release", conversation_id=f"conv-{self.run_id}-support-1",
+                           agent_id="erin")
+        self.say("flow engine", f"hitl.release -> claimed_by={answer['claimed_by']}")
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and not self._offered("erin", second):
+            time.sleep(0.05)
+        self.notifications("erin", second)
+        self.agent("erin", "claim", second)
+        done(self.exit(second))
+
+    def _offered(self, agent_id: str, execution_id: str) -> bool:
+        entries = cast(list[tuple[str, dict[str, str]]],
+                       self.streams.xrange(stream_key(agent_id)))
+        return any(json.loads(f["event"]).get("execution_id") == execution_id for _i, f in entries)
+
     def run(self, *, leave_waiting: bool = False) -> list[tuple[str, str, str]]:
         summary: list[tuple[str, str, str]] = []
         with self.listener:
@@ -145,6 +173,10 @@ class Simulator:
 
             done = scenario("7. A misspelt setting is refused, not ignored", "error")
             done(self.exit(self.request("invalid", ["team:billing"], timeuot="5m")))
+
+            done = scenario("8. Erin, capacity 1, is offered the next step when released",
+                            "claimed")
+            self.capacity_limited(done)
 
             if leave_waiting:
                 self.echo("\nLeft waiting for a human (10 minutes, countdown 5 minutes)")

@@ -77,7 +77,7 @@ def handle_event(conn: Connection, action: Action, event: AgentEventIn, now: dat
         assert event.conversation_id is not None
         execution_id = repo.waiting_execution_id(conn, event.conversation_id)
     found = executions.lock(conn, execution_id, agent_id=event.agent_id,
-                            event_id=event.event_id)
+                            event_id=event.event_id, claiming=action == "claim")
 
     if found.stored is not None:
         if _same_event(found.stored, action, event):
@@ -88,6 +88,10 @@ def handle_event(conn: Connection, action: Action, event: AgentEventIn, now: dat
         return event_result("not_found", event.execution_id), Effects()
     decision = machine.decide(found.view, _EVENTS[action](event.agent_id, found.agent), now)
     effects = apply(conn, found.row, found.view, decision, now, agent_id=event.agent_id)
+    if decision.outcome == "claimed" and found.agent is not None \
+            and found.agent.capacity is not None:
+        # §9: one more conversation held; at capacity its open offers are withdrawn.
+        effects.reassess.append((event.agent_id, "slot_filled"))
     answer = event_result(decision.outcome, found.row.execution_id, decision.state,
                           decision.exit, decision.merge_field)
     if event.event_id is not None:

@@ -17,6 +17,7 @@ from hitl_workers.services import outbox
 from hitl_workers.services.effects import Effects
 from hitl_workers.services.transitions import apply
 from hitl_workers.store import executions, repo
+from hitl_workers.store.tables import MAX_CAPACITY
 
 Status = AgentStatus  # domain/names.py
 
@@ -27,6 +28,8 @@ class UpsertAgentIn(_Strict):
     status: Status = "offline"
     rule_groups: Annotated[list[Annotated[list[Tag], Field(max_length=50)]],
                            Field(max_length=100)] = []
+    capacity: Annotated[int, Field(ge=1, le=MAX_CAPACITY)] | None = None
+    """How many conversations it may hold claimed at once; None: unlimited (§9)."""
 
 
 class SetStatusIn(_Strict):
@@ -38,6 +41,11 @@ class RemoveAgentIn(_Strict):
     agent_id: Identifier
 
 
+class ReleaseIn(_Strict):
+    conversation_id: Identifier
+    agent_id: Identifier | None = None
+
+
 def invalid_result(problem: Invalid, kwargs: dict[str, Any]) -> dict[str, Any]:
     agent_id = kwargs.get("agent_id")
     return {"agent_id": agent_id if isinstance(agent_id, str) else None, "status": "invalid",
@@ -47,7 +55,8 @@ def invalid_result(problem: Invalid, kwargs: dict[str, Any]) -> dict[str, Any]:
 
 def upsert_agent(conn: Connection, agent: UpsertAgentIn, now: datetime) -> dict[str, Any]:
     repo.upsert_agent(conn, agent_id=agent.agent_id, name=agent.name, status=agent.status,
-                      rule_groups=[list(g) for g in agent.rule_groups], now=now)
+                      rule_groups=[list(g) for g in agent.rule_groups], now=now,
+                      capacity=agent.capacity)
     return {"agent_id": agent.agent_id, "status": agent.status}
 
 
@@ -81,3 +90,16 @@ def remove_agent(conn: Connection, removal: RemoveAgentIn, now: datetime
             outbox.notify(conn, effects, key=f"withdrawn:{execution_id}:{agent_id}",
                           execution_id=execution_id, agents=[agent_id], event=event, now=now)
     return {"agent_id": agent_id, "status": "removed"}, effects
+
+
+def release(conn: Connection, release: ReleaseIn, now: datetime
+            ) -> tuple[dict[str, Any], list[str]]:
+    """Take the agent (None: every agent) out of the conversation's ``claimed_by`` (§9),
+    freeing its capacity. An unknown conversation answers ``claimed_by: null``. Also returns
+    the agents released (whose waiting offers may now follow, services/routing.py)."""
+    released = repo.release_conversation(conn, release.conversation_id, release.agent_id, now)
+    if released is None:
+        return {"conversation_id": release.conversation_id, "claimed_by": None}, []
+    before, after = released
+    return ({"conversation_id": release.conversation_id, "claimed_by": after},
+            [a for a in before if a not in after])

@@ -21,7 +21,7 @@ from hitl_workers.domain.validation import (
 )
 from hitl_workers.domain.webhooks import WEBHOOK_REPLY_TASK, WebhookPolicy
 from hitl_workers.notify import events as notifications
-from hitl_workers.services.effects import Effects, OutboxMessage, StepEnded
+from hitl_workers.services.effects import Effects, OffersChanged, OutboxMessage, StepEnded
 from hitl_workers.services.transitions import exit_message_for
 from hitl_workers.store import dispatching, repo
 
@@ -226,9 +226,12 @@ def _dispatch(conn: Connection, request: AssistanceRequest, now: datetime,
     values.update(state="waiting", countdown_at=countdown_at, timeout_at=timeout_at)
     event = notifications.requested(request, contact=contact, dispatched_at=now,
                                     countdown_at=countdown_at, display_until=display_until)
+    # Nobody notified: every agent who could take it is at capacity and the step allows busy
+    # agents (§9), so it waits for a slot to free.
     messages = [{"dedupe_key": f"requested:{execution_id}", "kind": "notify",
                  "execution_id": execution_id,
-                 "payload": {"agents": list(selection.notified), "event": dict(event)}}]
+                 "payload": {"agents": list(selection.notified), "event": dict(event)}}
+                ] if selection.notified else []
     created, ids = dispatching.create_with_messages(conn, values, messages, now)
     if not created:
         # The same execution_id sent for another conversation at this very moment: the other
@@ -238,6 +241,9 @@ def _dispatch(conn: Connection, request: AssistanceRequest, now: datetime,
     repo.update_conversation(conn, request.conversation_id, now, status="needs_action",
                              tags=tags, contact=contact)
     repo.insert_offers(conn, execution_id, selection.notified, now)
+    if selection.notified:
+        effects.observations.append(OffersChanged("made", "at_dispatch",
+                                                  len(selection.notified)))
 
     horizon = now + timedelta(seconds=defaults.timer_horizon_s)
     deadlines = [("timeout", timeout_at)]

@@ -40,7 +40,17 @@ class TimerFired:
     at: datetime
 
 
-Observation = StepEnded | TimerFired
+@dataclass(frozen=True)
+class OffersChanged:
+    """Offers made or withdrawn (§9), and why: for the offer metrics."""
+
+    change: str
+    """``made`` or ``withdrawn``."""
+    reason: str
+    count: int = 1
+
+
+Observation = StepEnded | TimerFired | OffersChanged
 
 
 @dataclass
@@ -55,12 +65,16 @@ class Effects:
     """Metrics to count once the transaction committed (never for one rolled back)."""
     execution: tuple[str, str | None] | None = None
     """(execution id, conversation id) the task turned out to be about, for its log lines."""
+    reassess: list[tuple[str, str]] = field(default_factory=list)
+    """(agent id, what changed): agents whose ability to claim may have changed, so that
+    waiting steps' offers follow it (services/routing.py, §9), each in its own transaction."""
 
     def merge(self, other: Effects) -> None:
         self.outbox += other.outbox
         self.arm += other.arm
         self.revoke += other.revoke
         self.observations += other.observations
+        self.reassess += other.reassess
 
     def __bool__(self) -> bool:
         return bool(self.outbox or self.arm or self.revoke or self.observations)

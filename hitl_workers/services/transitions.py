@@ -103,11 +103,7 @@ def _release_conversation(conn: Connection, row: LockedExecution, now: datetime,
     if row.conversation_id is None or row.conversation_status is None:
         return
     if winner:
-        claimed_by = list(row.claimed_by)
-        if winner not in claimed_by:
-            claimed_by.append(winner)
-        repo.update_conversation(conn, row.conversation_id, now, status="claimed",
-                                 claimed_by=claimed_by)
+        repo.add_claimer(conn, row.conversation_id, row.claimed_by, winner, now)
     else:
         repo.update_conversation(conn, row.conversation_id, now,
                                  status=row.conversation_prev_status or "open")

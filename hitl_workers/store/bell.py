@@ -78,9 +78,12 @@ def _tag_prefilter(conn: Connection, groups: tuple[tuple[str, ...], ...]) -> Any
     return sa.or_(*(tags.contains(list(group)) for group in groups))
 
 
-def bell_list(conn: Connection, agent_id: str, limit: int = MAX_BELL_ENTRIES
-              ) -> list[dict[str, Any]]:
-    """The waiting executions ``agent_id`` may claim now, oldest first (docs/contract.md §8)."""
+def claimable(conn: Connection, agent_id: str, limit: int = MAX_BELL_ENTRIES, *,
+              routed_only: bool = False) -> list[Any]:
+    """The rows (execution, settings, conversation tags and contact) of the waiting executions
+    ``agent_id`` may claim now by status and visibility, higher priority first, then the
+    oldest. Capacity is left to the claim (and to the offers of services/routing.py).
+    ``routed_only``: only steps that gave ``priority`` or ``offer`` (§9)."""
     agent = get_agent(conn, agent_id)
     if agent is None or not agent.rule_groups:
         return []  # unknown, or sees nothing (§5)
@@ -94,20 +97,34 @@ def bell_list(conn: Connection, agent_id: str, limit: int = MAX_BELL_ENTRIES
             conversations, conversations.c.conversation_id == executions.c.conversation_id))
         .where(executions.c.state == "waiting",
                sa.or_(specific.is_(None), specific == agent_id))
-        .order_by(sa.func.coalesce(executions.c.dispatched_at, executions.c.requested_at),
+        # §9: higher priority first (a step without one is 0), then the oldest.
+        .order_by(sa.func.coalesce(executions.c.settings["priority"].as_integer(), 0).desc(),
+                  sa.func.coalesce(executions.c.dispatched_at, executions.c.requested_at),
                   executions.c.execution_id)
     )
     narrowed = _tag_prefilter(conn, agent.rule_groups)
     if narrowed is not None:
         query = query.where(narrowed)
-    entries: list[dict[str, Any]] = []
+    if routed_only:
+        # A plain agent's status change must not read every plain waiting step (§9 follows
+        # only routed steps for it): the database drops them.
+        query = query.where(sa.or_(executions.c.settings["priority"].as_integer().is_not(None),
+                                   executions.c.settings["offer"].as_string().is_not(None)))
+    rows: list[Any] = []
     for row in conn.execute(query):
         if refusal(agent.view, row.tags or (), _audience(row.settings)) is not None:
             continue
-        entries.append(_entry(row))
-        if len(entries) >= limit:
+        rows.append(row)
+        if len(rows) >= limit:
             break
-    return entries
+    return rows
+
+
+def bell_list(conn: Connection, agent_id: str, limit: int = MAX_BELL_ENTRIES
+              ) -> list[dict[str, Any]]:
+    """The waiting executions ``agent_id`` may claim now, higher priority first, then the
+    oldest (docs/contract.md §8, §9)."""
+    return [_entry(row) for row in claimable(conn, agent_id, limit)]
 
 
 def _entry(row: Any) -> dict[str, Any]:

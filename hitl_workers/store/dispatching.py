@@ -30,6 +30,7 @@ from sqlalchemy.engine import Connection
 
 from hitl_workers.domain.eligibility import AgentView
 from hitl_workers.store import repo
+from hitl_workers.store.executions import LOAD_SQL
 
 
 @dataclass(frozen=True)
@@ -57,7 +58,8 @@ SELECT c.status, c.tags, c.contact,
   (SELECT e.execution_id FROM executions e
     WHERE e.conversation_id = %(conversation_id)s AND e.state = 'waiting'
       AND e.execution_id <> %(execution_id)s LIMIT 1) AS busy_with,
-  (SELECT json_agg(json_build_array(a.agent_id, a.status, a.rule_groups) ORDER BY a.agent_id)
+  (SELECT json_agg(json_build_array(a.agent_id, a.status, a.rule_groups, a.capacity, {load})
+                   ORDER BY a.agent_id)
      FROM agents a
     WHERE {candidates}
   ) AS candidates
@@ -65,7 +67,8 @@ FROM conversations c,
      LATERAL (SELECT coalesce(%(tags)s::varchar[],
                               ARRAY(SELECT jsonb_array_elements_text(c.tags))::varchar[])
               AS tags) AS tagged
-WHERE c.conversation_id = %(conversation_id)s"""
+WHERE c.conversation_id = %(conversation_id)s""".replace(
+    "{load}", LOAD_SQL.format(a="a", conversation="c.conversation_id"))
 _SEEING = _READ.replace("{candidates}", """a.agent_id IN (
         SELECT g.agent_id FROM agent_rule_groups g
          WHERE g.key_tag = ANY(tagged.tags || ''::varchar) AND g.tags <@ tagged.tags)""")
@@ -86,8 +89,9 @@ def lock_and_read(conn: Connection, *, execution_id: str, conversation_id: str,
         "conversation_id": conversation_id, "execution_id": execution_id, "now": now,
         "tags": list(tags) if tags is not None else None,
         "specific": specific_agent_id}).one()
-    candidates = tuple(AgentView(a, s, tuple(tuple(g) for g in groups or ()))
-                       for a, s, groups in row.candidates or ())
+    candidates = tuple(AgentView(a, s, tuple(tuple(g) for g in groups or ()), capacity,
+                                 int(load or 0))
+                       for a, s, groups, capacity, load in row.candidates or ())
     return DispatchRead(row.status, tuple(row.tags or ()), row.contact,
                         (row.mine[0], row.mine[1]) if row.mine else None,
                         row.busy_with, candidates)
@@ -100,11 +104,9 @@ def _portable(conn: Connection, execution_id: str, conversation_id: str,
     # directory is read whole and select_agents filters it.
     conversation = repo.lock_conversation(conn, conversation_id, now)
     mine, busy_with = repo.existing_or_waiting(conn, execution_id, conversation_id)
-    if specific_agent_id is not None:
-        agent = repo.get_agent(conn, specific_agent_id)
-        candidates: tuple[AgentView, ...] = (agent,) if agent else ()
-    else:
-        candidates = tuple(repo.all_agents(conn))
+    everyone = repo.all_agents(conn, except_conversation=conversation_id)
+    candidates = tuple(a for a in everyone
+                       if specific_agent_id is None or a.agent_id == specific_agent_id)
     return DispatchRead(conversation.status, tuple(conversation.tags or ()),
                         conversation.contact, (mine.state, mine.exit) if mine else None,
                         busy_with, candidates)

@@ -107,14 +107,31 @@ def view_of(row: LockedExecution, offer_pairs: Sequence[Sequence[str]],
         offers={agent_id: status for agent_id, status in offer_pairs},  # noqa: C416 (typed pairs)
         rejected_by=tuple(a for a, status in offer_pairs if status == "rejected"),
         timers={kind: TimerView(due_at, state) for kind, due_at, state in timer_rows},
+        routed=settings.get("priority") is not None or settings.get("offer") is not None,
     )
 
 
 _LOCK = "SELECT 1 FROM executions WHERE execution_id = %(execution_id)s FOR UPDATE"
 
+# A claim by an agent with a capacity locks the agent first (§9): two claims by one agent on
+# two different executions would each hold only their own execution's lock, read the same
+# load and both take the last slot. Under the agent's lock the second reads the first's
+# ``claimed_by`` once it commits. Agent before execution, the order every path that holds
+# both takes (the directory changes lock the agent row by writing it, then executions).
+_LOCK_AGENT = """SELECT 1 FROM agents WHERE agent_id = %(agent_id)s AND capacity IS NOT NULL
+FOR UPDATE"""
+
+# Load (§9): the conversations whose claimed_by holds the agent, other than this one (claiming
+# a conversation it already holds adds nothing). The GIN index on claimed_by answers @>.
+LOAD_SQL = """CASE WHEN {a}.capacity IS NULL THEN 0 ELSE (
+    SELECT count(*) FROM conversations held
+     WHERE held.claimed_by @> jsonb_build_array({a}.agent_id)
+       AND held.conversation_id IS DISTINCT FROM {conversation}) END"""
+
 _READ = """\
 SELECT x.*,
-  (SELECT json_build_array(a.agent_id, a.status, a.rule_groups)
+  (SELECT json_build_array(a.agent_id, a.status, a.rule_groups, a.capacity,
+                           {load})
      FROM agents a WHERE a.agent_id = %(agent_id)s) AS agent_json,
   (SELECT json_build_array(ev.action, ev.execution_id, ev.conversation_id, ev.result)
      FROM agent_events ev
@@ -131,18 +148,21 @@ FROM (SELECT 1) AS one LEFT JOIN (
     FROM executions e
     LEFT JOIN conversations c ON c.conversation_id = e.conversation_id
    WHERE e.execution_id = %(execution_id)s
-) AS x ON true"""
+) AS x ON true""".replace("{load}", LOAD_SQL.format(a="a", conversation="x.conversation_id"))
 
 
 def lock(conn: Connection, execution_id: str | None, *, agent_id: str | None = None,
-         event_id: str | None = None) -> Locked:
+         event_id: str | None = None, claiming: bool = False) -> Locked:
     """Lock the execution and read everything a transition on it needs (module docstring).
 
     ``agent_id`` reads that agent; with ``event_id`` too, the answer stored for that event.
+    ``claiming``: the agent is about to claim, so its row is locked first when it has a
+    capacity (see ``_LOCK_AGENT``).
     """
     if conn.dialect.name != "postgresql":
         return _lock_portable(conn, execution_id, agent_id, event_id)
-    found = conn.exec_driver_sql(f"{_LOCK};\n{_READ}", {
+    statements = f"{_LOCK_AGENT};\n{_LOCK};\n{_READ}" if claiming else f"{_LOCK};\n{_READ}"
+    found = conn.exec_driver_sql(statements, {
         "execution_id": execution_id, "agent_id": agent_id, "event_id": event_id}).one()
     m = found._mapping
     agent = _agent(m["agent_json"])
@@ -158,8 +178,9 @@ def lock(conn: Connection, execution_id: str | None, *, agent_id: str | None = N
 def _agent(found: Sequence[Any] | None) -> AgentView | None:
     if not found:
         return None
-    agent_id, status, groups = found
-    return AgentView(agent_id, status, tuple(tuple(g) for g in groups or ()))
+    agent_id, status, groups, capacity, load = found
+    return AgentView(agent_id, status, tuple(tuple(g) for g in groups or ()), capacity,
+                     int(load or 0))
 
 
 def _lock_portable(conn: Connection, execution_id: str | None, agent_id: str | None,
@@ -170,9 +191,13 @@ def _lock_portable(conn: Connection, execution_id: str | None, agent_id: str | N
     agent = None
     if agent_id is not None:
         found = conn.execute(sa.select(agents.c.agent_id, agents.c.status,
-                                       agents.c.rule_groups)
+                                       agents.c.rule_groups, agents.c.capacity)
                              .where(agents.c.agent_id == agent_id)).first()
-        agent = _agent(tuple(found) if found else None)
+        if found is not None:
+            # SQLite runs one writer at a time (BEGIN IMMEDIATE): the load read here holds.
+            load = (repo.loads(conn, row.conversation_id if row is not None else None)
+                    .get(agent_id, 0) if found.capacity is not None else 0)
+            agent = _agent((*found, load))
     stored = None
     if agent_id is not None and event_id is not None:
         hit = conn.execute(sa.select(agent_events.c.action, agent_events.c.execution_id,

@@ -165,6 +165,48 @@ def update_conversation(conn: Connection, conversation_id: str, now: datetime,
                  execution_options=_DEFER)
 
 
+_ADD_CLAIMER = sa.text("""\
+UPDATE conversations SET status = 'claimed', updated_at = :now,
+       claimed_by = CASE WHEN claimed_by @> jsonb_build_array(CAST(:agent AS text))
+                         THEN claimed_by
+                         ELSE claimed_by || jsonb_build_array(CAST(:agent AS text)) END
+ WHERE conversation_id = :conversation_id""")
+
+
+def add_claimer(conn: Connection, conversation_id: str, claimed_by: Sequence[str],
+                agent_id: str, now: datetime) -> None:
+    """Mark the conversation claimed by ``agent_id`` too. ``claimed_by`` is the list as read
+    (SQLite writes it back with the agent added). On PostgreSQL the agent is added to the list
+    *as it is when the row is written*: a release committed since the claim read it
+    (``hitl.release`` locks only the conversation) must not be undone."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(_ADD_CLAIMER, {"now": now, "agent": agent_id,
+                                    "conversation_id": conversation_id},
+                     execution_options=_DEFER)
+        return
+    after = list(claimed_by)
+    if agent_id not in after:
+        after.append(agent_id)
+    update_conversation(conn, conversation_id, now, status="claimed", claimed_by=after)
+
+
+def release_conversation(conn: Connection, conversation_id: str, agent_id: str | None,
+                         now: datetime) -> tuple[list[str], list[str]] | None:
+    """Remove ``agent_id`` (None: everyone) from the conversation's ``claimed_by``; return
+    what it held before and holds now, or None when there is no such conversation. The row
+    lock serializes this with a claim's write of ``claimed_by`` (no update is lost)."""
+    found = conn.execute(sa.select(conversations.c.claimed_by)
+                         .where(conversations.c.conversation_id == conversation_id)
+                         .with_for_update()).first()
+    if found is None:
+        return None
+    before = list(found.claimed_by or ())
+    after = [] if agent_id is None else [a for a in before if a != agent_id]
+    if after != before:
+        update_conversation(conn, conversation_id, now, claimed_by=after)
+    return before, after
+
+
 def get_conversation(conn: Connection, conversation_id: str) -> Row[Any] | None:
     return conn.execute(sa.select(conversations).where(
         conversations.c.conversation_id == conversation_id)).first()
@@ -172,8 +214,9 @@ def get_conversation(conn: Connection, conversation_id: str) -> Row[Any] | None:
 
 # --- agents ---------------------------------------------------------------------------------
 
-def _agent_view(row: Row[Any]) -> AgentView:
-    return AgentView(row.agent_id, row.status, tuple(tuple(g) for g in row.rule_groups))
+def _agent_view(row: Row[Any], load: int = 0) -> AgentView:
+    return AgentView(row.agent_id, row.status, tuple(tuple(g) for g in row.rule_groups),
+                     row.capacity, load)
 
 
 def get_agent(conn: Connection, agent_id: str) -> AgentView | None:
@@ -183,18 +226,39 @@ def get_agent(conn: Connection, agent_id: str) -> AgentView | None:
     return _agent_view(row) if row else None
 
 
-def all_agents(conn: Connection) -> list[AgentView]:
-    return [_agent_view(r) for r in conn.execute(sa.select(agents).order_by(agents.c.agent_id))]
+def all_agents(conn: Connection, *, except_conversation: str | None = None) -> list[AgentView]:
+    """The whole directory (SQLite's dispatch), each agent with its load (§9)."""
+    found = list(conn.execute(sa.select(agents).order_by(agents.c.agent_id)))
+    load = loads(conn, except_conversation) if any(r.capacity for r in found) else {}
+    return [_agent_view(r, load.get(r.agent_id, 0)) for r in found]
+
+
+def loads(conn: Connection, except_conversation: str | None = None) -> dict[str, int]:
+    """Agent id → how many conversations (other than ``except_conversation``) it holds claimed.
+
+    Portable and whole-table: for SQLite's small directories. PostgreSQL counts one agent's
+    load with the GIN index on ``claimed_by`` (store/executions.py, store/dispatching.py)."""
+    counts: dict[str, int] = {}
+    for conversation_id, claimed_by in conn.execute(
+            sa.select(conversations.c.conversation_id, conversations.c.claimed_by)):
+        if conversation_id == except_conversation:
+            continue
+        for agent_id in set(claimed_by or ()):
+            counts[agent_id] = counts.get(agent_id, 0) + 1
+    return counts
 
 
 def upsert_agent(conn: Connection, *, agent_id: str, name: str, status: str,
-                 rule_groups: list[list[str]], now: datetime) -> None:
+                 rule_groups: list[list[str]], now: datetime,
+                 capacity: int | None = None) -> None:
     stmt = _insert(conn, agents).values(
-        agent_id=agent_id, name=name, status=status, rule_groups=rule_groups, updated_at=now)
+        agent_id=agent_id, name=name, status=status, rule_groups=rule_groups, updated_at=now,
+        capacity=capacity)
     stmt = stmt.on_conflict_do_update(
         index_elements=["agent_id"],
         set_={"name": stmt.excluded.name, "status": stmt.excluded.status,
-              "rule_groups": stmt.excluded.rule_groups, "updated_at": stmt.excluded.updated_at},
+              "rule_groups": stmt.excluded.rule_groups, "updated_at": stmt.excluded.updated_at,
+              "capacity": stmt.excluded.capacity},
     )
     conn.execute(stmt)
     # The index of who sees what (store/tables.py agent_rule_groups) follows the agent.
@@ -238,6 +302,17 @@ def executions_offered_to(conn: Connection, agent_id: str) -> list[str]:
         .join(executions, executions.c.execution_id == offers.c.execution_id)
         .where(offers.c.agent_id == agent_id, executions.c.state == "waiting",
                offers.c.status != "withdrawn")
+        .order_by(offers.c.execution_id)
+    ).scalars())
+
+
+def executions_open_to(conn: Connection, agent_id: str) -> list[str]:
+    """Waiting executions with an open (``offered``) offer to ``agent_id``."""
+    return list(conn.execute(
+        sa.select(offers.c.execution_id)
+        .join(executions, executions.c.execution_id == offers.c.execution_id)
+        .where(offers.c.agent_id == agent_id, executions.c.state == "waiting",
+               offers.c.status == "offered")
         .order_by(offers.c.execution_id)
     ).scalars())
 

@@ -66,6 +66,7 @@ answered back exactly as it came in."""
 TagArray = sa.ARRAY(sa.String(128)).with_variant(sa.JSON(), "sqlite")
 
 ID_LEN = 128
+MAX_CAPACITY = 1000
 
 
 def one_of(column: str, values: tuple[str, ...]) -> str:
@@ -81,7 +82,11 @@ agents = sa.Table(
     sa.Column("status", sa.String(16), nullable=False),
     sa.Column("rule_groups", JSONType, nullable=False),
     sa.Column("updated_at", UTCDateTime, nullable=False),
+    # How many conversations it may hold claimed at once; NULL: unlimited (§9, revision 0005).
+    sa.Column("capacity", sa.Integer, nullable=True),
     sa.CheckConstraint(one_of("status", AGENT_STATUSES), name="status"),
+    sa.CheckConstraint(f"capacity IS NULL OR (capacity >= 1 AND capacity <= {MAX_CAPACITY})",
+                       name="capacity"),
 )
 
 agent_rule_groups = sa.Table(
@@ -115,6 +120,9 @@ conversations = sa.Table(
     sa.Column("updated_at", UTCDateTime, nullable=False),
     sa.CheckConstraint(one_of("status", CONVERSATION_STATUSES), name="status"),
 )
+# An agent's load (§9) is ``count(*) WHERE claimed_by @> '["<agent>"]'``: GIN answers it.
+sa.Index("ix_conversations_claimed_by", conversations.c.claimed_by,
+         postgresql_using="gin").ddl_if(dialect="postgresql")
 # Retention finds idle conversations (store/retention.py).
 sa.Index("ix_conversations_updated_at", conversations.c.updated_at)
 

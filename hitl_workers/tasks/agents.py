@@ -11,6 +11,7 @@ from hitl_workers.services import agents
 from hitl_workers.services.effects import Effects
 from hitl_workers.tasks.common import RETRY, after_commit, dead_letter, in_transaction
 from hitl_workers.tasks.guard import GuardedTask
+from hitl_workers.tasks.routing import follow
 
 
 def _reject_invalid(task: Any, name: str, problem: Invalid, args: tuple[Any, ...],
@@ -24,7 +25,10 @@ def upsert_agent(self: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
     parsed = parse_kwargs(agents.UpsertAgentIn, args, kwargs)
     if isinstance(parsed, Invalid):
         return _reject_invalid(self, "hitl.upsert_agent", parsed, args, kwargs)
-    return in_transaction(lambda conn: agents.upsert_agent(conn, parsed, utcnow()))
+    answer: dict[str, Any] = in_transaction(
+        lambda conn: agents.upsert_agent(conn, parsed, utcnow()))
+    follow([(parsed.agent_id, "directory_changed")])  # §9: offers follow eligibility
+    return answer
 
 
 @app.task(name="hitl.set_agent_status", base=GuardedTask, bind=True, **RETRY)
@@ -32,7 +36,11 @@ def set_agent_status(self: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
     parsed = parse_kwargs(agents.SetStatusIn, args, kwargs)
     if isinstance(parsed, Invalid):
         return _reject_invalid(self, "hitl.set_agent_status", parsed, args, kwargs)
-    return in_transaction(lambda conn: agents.set_agent_status(conn, parsed, utcnow()))
+    answer: dict[str, Any] = in_transaction(
+        lambda conn: agents.set_agent_status(conn, parsed, utcnow()))
+    if answer["status"] != "not_found":
+        follow([(parsed.agent_id, "status_changed")])  # §9: offers follow eligibility
+    return answer
 
 
 @app.task(name="hitl.remove_agent", base=GuardedTask, bind=True, **RETRY)
@@ -44,4 +52,21 @@ def remove_agent(self: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
     effects: Effects
     answer, effects = in_transaction(lambda conn: agents.remove_agent(conn, parsed, utcnow()))
     after_commit(effects)
+    return answer
+
+
+@app.task(name="hitl.release", base=GuardedTask, bind=True, **RETRY)
+def release(self: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
+    parsed = parse_kwargs(agents.ReleaseIn, args, kwargs)
+    if isinstance(parsed, Invalid):
+        dead_letter("hitl.release", self.request.id, args, kwargs, parsed.message)
+        conversation_id = kwargs.get("conversation_id")
+        return {"conversation_id": conversation_id if isinstance(conversation_id, str) else None,
+                "claimed_by": None, "error": {"code": "invalid_request",
+                                              "message": parsed.message,
+                                              "fields": parsed.fields}}
+    answer: dict[str, Any]
+    released: list[str]
+    answer, released = in_transaction(lambda conn: agents.release(conn, parsed, utcnow()))
+    follow([(agent_id, "slot_freed") for agent_id in released])  # §9: a freed slot
     return answer

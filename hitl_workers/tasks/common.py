@@ -19,7 +19,13 @@ from hitl_workers.domain.names import TASK_QUEUES
 from hitl_workers.notify.streams import StreamPublisher
 from hitl_workers.observe import metrics, task_context
 from hitl_workers.services import delivery
-from hitl_workers.services.effects import Effects, Observation, StepEnded, timer_task_id
+from hitl_workers.services.effects import (
+    Effects,
+    Observation,
+    OffersChanged,
+    StepEnded,
+    timer_task_id,
+)
 from hitl_workers.settings import get_settings
 from hitl_workers.store import repo
 from hitl_workers.store.db import transaction
@@ -154,6 +160,9 @@ def _count(observation: Observation) -> None:
                                      merge_field=observation.merge_field,
                                      dispatched_at=observation.dispatched_at,
                                      now=observation.at)
+        elif isinstance(observation, OffersChanged):
+            metrics.count_offers(change=observation.change, reason=observation.reason,
+                                 count=observation.count)
         else:
             metrics.count_timer_fired(kind=observation.kind, due_at=observation.due_at,
                                       now=observation.at)

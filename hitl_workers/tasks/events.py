@@ -10,6 +10,7 @@ from hitl_workers.services import agent_events
 from hitl_workers.services.agent_events import Action
 from hitl_workers.tasks.common import RETRY, after_commit, dead_letter, in_transaction
 from hitl_workers.tasks.guard import GuardedTask
+from hitl_workers.tasks.routing import follow
 
 
 def _handle(task: Any, action: Action, args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -21,6 +22,7 @@ def _handle(task: Any, action: Action, args: tuple[Any, ...], kwargs: dict[str, 
     answer, effects = in_transaction(
         lambda conn: agent_events.handle_event(conn, action, parsed, utcnow()))
     after_commit(effects)
+    follow(effects.reassess)
     return answer
 
 

@@ -75,3 +75,15 @@ def test_an_agent_not_in_the_directory_has_no_bell_list(api):
     response = api.get("/agents/agent-nobody-here/requests",
                        headers=bearer("agent-nobody-here"))
     assert response.status_code == 401
+
+
+def test_higher_priority_first_then_the_oldest(api, agents, waiting):
+    # §9: settings.priority 0–9, absent is 0
+    alice = agents()
+    plain = waiting()
+    low = waiting(priority=1)
+    urgent = waiting(priority=9)
+    zero = waiting(priority=0)
+    also_urgent = waiting(priority=9)
+    assert [e["execution_id"] for e in bell(api, alice)] == [
+        s["execution_id"] for s in (urgent, also_urgent, low, plain, zero)]

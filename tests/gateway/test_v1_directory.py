@@ -83,7 +83,9 @@ def test_status_of_an_unknown_agent_is_404(service_api):
     ("/v1/agents/{agent}", {"agent_id": "someone-else"}, "agent_id"),
     ("/v1/agents/{agent}", {"status": "away"}, "status"),
     ("/v1/agents/{agent}", {"rule_groups": "team:a"}, "rule_groups"),
-    ("/v1/agents/{agent}", {"capacity": 2}, "capacity"),
+    ("/v1/agents/{agent}", {"capacity": 0}, "capacity"),
+    ("/v1/agents/{agent}", {"capacity": 1001}, "capacity"),
+    ("/v1/agents/{agent}", {"capacity": "2"}, "capacity"),
     ("/v1/agents/{agent}", {"rule_groups": [["t"] * 51]}, "rule_groups"),
     ("/v1/agents/{agent}/status", {"status": "away"}, "status"),
     ("/v1/agents/{agent}/status", {}, "status"),
@@ -99,3 +101,39 @@ def test_a_bad_directory_body_is_422_and_changes_nothing(api, service_api, agent
 def test_a_bad_agent_id_in_the_path_is_422(service_api):
     response = service_api.put("/v1/agents/not%20an%20id", json={})
     assert response.status_code == 422
+
+
+def test_capacity_and_release_over_http(api, service_api, agent_id, team, flow):
+    # Given an agent with capacity 1 (§9), holding one conversation
+    created = service_api.put(f"/v1/agents/{agent_id}", json={
+        "status": "available", "rule_groups": [[team]], "capacity": 1})
+    assert created.status_code == 200, created.text
+    first = request(team, flow.reply_to)
+    assert service_api.post("/v1/executions", json=first).status_code == 201
+    claimed = api.post(f"/executions/{first['execution_id']}/claim", headers=bearer(agent_id))
+    assert claimed.status_code == 200 and claimed.json()["outcome"] == "claimed"
+    # Then its claim of another step is 409 at_capacity, and changes nothing
+    second = request(team, flow.reply_to, allow_busy=True)
+    assert service_api.post("/v1/executions", json=second).status_code == 201
+    full = api.post(f"/executions/{second['execution_id']}/claim", headers=bearer(agent_id))
+    assert full.status_code == 409, full.text
+    assert (full.json()["outcome"], full.json()["state"]) == ("at_capacity", "waiting")
+    assert "capacity" in full.json()["detail"]
+    # When the flow engine releases it from the first conversation
+    released = service_api.post(f"/v1/conversations/{first['conversation_id']}/release",
+                                json={"agent_id": agent_id})
+    assert released.status_code == 200, released.text
+    assert released.json() == {"conversation_id": first["conversation_id"], "claimed_by": []}
+    # Then the claim wins
+    won = api.post(f"/executions/{second['execution_id']}/claim", headers=bearer(agent_id))
+    assert won.status_code == 200 and won.json()["outcome"] == "claimed"
+    # Releasing everyone (no body) and an unknown conversation
+    everyone = service_api.post(f"/v1/conversations/{second['conversation_id']}/release")
+    assert everyone.status_code == 200 and everyone.json()["claimed_by"] == []
+    unknown = service_api.post(f"/v1/conversations/no-{uuid.uuid4().hex}/release")
+    assert unknown.status_code == 404
+
+
+def test_release_needs_a_service_token(api, agent_id):
+    response = api.post("/v1/conversations/c-1/release", headers=bearer(agent_id))
+    assert response.status_code in (401, 403)

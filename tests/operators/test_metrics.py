@@ -111,3 +111,25 @@ def test_database_gauges_show_what_waits_now(
     assert total(after, "hitl_executions_waiting") <= waiting - 1
     assert total(after, "hitl_cancellations_total") - total(
         samples, "hitl_cancellations_total") == 1
+
+
+def test_offers_made_and_withdrawn_are_counted_by_why(
+        ops: Ops, client: Any, agents: Callable[..., str], team: str, flow: Any) -> None:
+    # Given two agents, one offline, and a routed step (§9: priority given)
+    alice, bob = agents(), agents(status="offline")
+    before = ops.gateway_metrics()
+
+    def delta(name: str, **labels: str) -> float:
+        return total(ops.gateway_metrics(), name, **labels) - total(before, name, **labels)
+
+    step = request(team, flow.reply_to, timeout="5m", priority=1)
+    assert client.call("hitl.request_assistance", **step)["state"] == "waiting"
+    # When bob comes online and alice goes busy
+    client.call("hitl.set_agent_status", agent_id=bob, status="available")
+    client.call("hitl.set_agent_status", agent_id=alice, status="busy")
+    # Then one offer made at dispatch, one made because a status changed, one withdrawn
+    assert eventually(lambda: delta("hitl_offers_total", change="withdrawn",
+                                    reason="status_not_allowed:busy") == 1)
+    assert delta("hitl_offers_total", change="made", reason="at_dispatch") == 1
+    assert delta("hitl_offers_total", change="made", reason="status_changed") == 1
+    client.call("hitl.cancel", execution_id=step["execution_id"])

@@ -216,3 +216,50 @@ def test_a_specific_agent_that_cannot_see_is_no_agents_whatever_its_status() -> 
     selection = select_agents([agent("bob", status="offline", groups=())], TAGS,
                               Audience(specific_agent_id="bob"))
     assert selection.not_claimed == "NO_AGENTS"
+
+
+# --- capacity (§9) --------------------------------------------------------------------------
+
+
+def full(agent_id: str = "alice", status: str = "available", *, load: int = 2,
+         capacity: int = 2) -> AgentView:
+    return AgentView(agent_id, status, BILLING, capacity, load)
+
+
+@pytest.mark.parametrize(("capacity", "load", "reason"), [
+    pytest.param(None, 50, None, id="no capacity is unlimited"),
+    pytest.param(3, 2, None, id="below capacity"),
+    pytest.param(3, 3, "at_capacity", id="at capacity"),
+    pytest.param(1, 4, "at_capacity", id="over capacity (capacity lowered)"),
+])
+def test_an_agent_at_its_capacity_may_not_claim(capacity: int | None, load: int,
+                                                reason: str | None) -> None:
+    who = AgentView("alice", "available", BILLING, capacity, load)
+    assert refusal(who, TAGS, Audience()) == reason
+
+
+def test_visibility_and_status_are_named_before_capacity() -> None:
+    assert refusal(full(status="offline"), TAGS, Audience()) == "status_not_allowed:offline"
+    assert refusal(AgentView("alice", "available", (("sales",),), 1, 1), TAGS,
+                   Audience()) == "not_eligible"
+
+
+def test_at_dispatch_an_agent_at_capacity_is_skipped_and_the_others_are_offered() -> None:
+    picked = select_agents([full("alice"), agent("bob")], TAGS, Audience())
+    assert picked == Selection(("bob",), {"alice": "at_capacity"})
+
+
+def test_at_dispatch_with_everyone_at_capacity_the_step_is_not_available() -> None:
+    picked = select_agents([full("alice"), agent("bob", "offline")], TAGS, Audience())
+    assert picked == Selection((), {"alice": "at_capacity",
+                                    "bob": "status_not_allowed:offline"}, "NOT_AVAILABLE")
+
+
+def test_with_allow_busy_a_step_whose_agents_are_all_at_capacity_waits_for_a_slot() -> None:
+    picked = select_agents([full("alice")], TAGS, Audience(allow_busy=True))
+    assert picked == Selection((), {"alice": "at_capacity"}, None)
+
+
+def test_with_allow_busy_a_busy_agent_below_capacity_is_offered() -> None:
+    picked = select_agents([full("alice", "busy", load=1)], TAGS, Audience(allow_busy=True))
+    assert picked == Selection(("alice",), {})

@@ -21,6 +21,7 @@ from hitl_workers.domain.machine import (
     Decision,
     Event,
     ExecutionView,
+    Reassess,
     Reject,
     TimerFired,
     TimerView,
@@ -90,6 +91,34 @@ def rejected(*by: str, change: tuple[str, str] | None, **detail: Any) -> Decisio
 
 
 # --- waiting + claim ------------------------------------------------------------------------
+
+
+def test_a_claim_by_an_agent_at_capacity_answers_at_capacity_and_changes_nothing() -> None:
+    view = waiting()
+    full = AgentView("alice", "available", BILLING, capacity=2, load=2)
+    assert decide(view, Claim("alice", full), NOW) == Decision(
+        "at_capacity", "waiting", audit="claim_refused", detail={"reason": "at_capacity"})
+
+
+def test_a_claim_by_an_agent_with_a_free_slot_wins() -> None:
+    view = waiting()
+    free = AgentView("alice", "available", BILLING, capacity=2, load=1)
+    assert decide(view, Claim("alice", free), NOW) == claimed_by("alice")
+
+
+def test_an_agent_not_allowed_to_act_is_not_eligible_even_at_capacity() -> None:
+    view = waiting()
+    full = AgentView("alice", "offline", BILLING, capacity=1, load=1)
+    assert decide(view, Claim("alice", full), NOW) == refused(
+        view, "claim_refused", "status_not_allowed:offline")
+
+
+@pytest.mark.parametrize("offers", [{"alice": "offered"}, {}], ids=["offered", "not offered"])
+def test_an_agent_at_capacity_may_still_reject_and_close(offers: dict[str, str]) -> None:
+    full = AgentView("alice", "available", BILLING, capacity=1, load=1)
+    view = waiting(offers=offers)
+    assert decide(view, Reject("alice", full), NOW).outcome == "rejected"
+    assert decide(view, Close("alice", full), NOW).outcome == "closed"
 
 
 def test_an_eligible_agent_claims_and_the_step_exits_claimed() -> None:
@@ -533,3 +562,81 @@ def test_an_agent_removed_after_the_end_is_stale(name: str) -> None:
 def test_only_a_claimed_exit_has_a_winner(name: str) -> None:
     assert final(name).winner is None
     assert waiting().winner is None
+
+
+# --- waiting + reassess (§9: offers follow eligibility) ---------------------------------------
+
+
+def routed(**kwargs: Any) -> ExecutionView:
+    return replace(waiting(**kwargs), routed=True)
+
+
+ABLE = agent("dave")
+BUSY = agent("dave", "busy")
+FULL = AgentView("dave", "available", BILLING, capacity=1, load=1)
+
+
+@pytest.mark.parametrize("offer", [None, "withdrawn"])
+def test_an_agent_that_became_able_is_offered_a_routed_step(offer: str | None) -> None:
+    offers = {"alice": "offered"} | ({"dave": offer} if offer else {})
+    view = routed(offers=offers)
+    assert decide(view, Reassess("dave", ABLE, "status_changed"), NOW) == Decision(
+        "offered", "waiting", offer_change=("dave", "offered"), audit="offered",
+        detail={"reason": "status_changed"})
+
+
+@pytest.mark.parametrize("offer", ["offered", "closed", "rejected"])
+def test_an_able_agent_holding_rejecting_or_closing_it_is_not_offered_again(offer: str) -> None:
+    view = routed(offers={"dave": offer})
+    assert decide(view, Reassess("dave", ABLE, "slot_freed"), NOW) == Decision(
+        "stale", "waiting")
+
+
+@pytest.mark.parametrize(("who", "reason"), [
+    (BUSY, "status_not_allowed:busy"), (FULL, "at_capacity"),
+    (agent("dave", groups=SALES), "not_eligible"), (None, "unknown_agent")])
+def test_an_agent_that_became_unable_has_its_open_offer_withdrawn(who: AgentView | None,
+                                                                   reason: str) -> None:
+    view = routed(offers={"alice": "offered", "dave": "offered"})
+    # A capacity makes the agent follow eligibility anyway; a routed step does for everyone.
+    assert decide(view, Reassess("dave", who, "status_changed"), NOW) == Decision(
+        "withdrawn", "waiting", offer_change=("dave", "withdrawn"), audit="offer_withdrawn",
+        detail={"reason": reason})
+
+
+@pytest.mark.parametrize("offer", [None, "withdrawn", "closed", "rejected"])
+def test_an_unable_agent_without_an_open_offer_changes_nothing(offer: str | None) -> None:
+    view = routed(offers={"dave": offer} if offer else {})
+    assert decide(view, Reassess("dave", BUSY, "status_changed"), NOW) == Decision(
+        "stale", "waiting")
+
+
+def test_under_all_withdrawing_the_last_agent_still_to_answer_completes_the_rejection() -> None:
+    view = routed(policy="all", offers={"alice": "rejected", "dave": "offered"},
+                  rejected_by=("alice",))
+    assert decide(view, Reassess("dave", BUSY, "status_changed"), NOW) == rejected(
+        "alice", change=("dave", "withdrawn"), completed_by_withdrawal_from="dave",
+        reason="status_not_allowed:busy")
+
+
+@pytest.mark.parametrize("who", [ABLE, BUSY])
+def test_a_step_without_routing_settings_and_an_agent_without_capacity_keep_their_offers(
+        who: AgentView) -> None:
+    # §1–§5 as before: offered once at dispatch, an offer kept whatever the status does
+    view = waiting(offers={"dave": "offered"} if who is BUSY else {})
+    assert decide(view, Reassess("dave", who, "status_changed"), NOW) == Decision(
+        "stale", "waiting")
+
+
+def test_an_agent_with_a_capacity_follows_eligibility_on_any_step() -> None:
+    view = waiting(offers={}, audience=Audience(allow_busy=True))
+    freed = AgentView("dave", "busy", BILLING, capacity=2, load=1)
+    assert decide(view, Reassess("dave", freed, "slot_freed"), NOW).outcome == "offered"
+    view = waiting(offers={"dave": "offered"})
+    assert decide(view, Reassess("dave", FULL, "slot_filled"), NOW).outcome == "withdrawn"
+
+
+@pytest.mark.parametrize("state", ["exited", "cancelled", "failed"])
+def test_a_reassessment_after_the_end_is_stale(state: str) -> None:
+    view = replace(routed(), state=state)  # type: ignore[arg-type]
+    assert decide(view, Reassess("dave", ABLE, "status_changed"), NOW).outcome == "stale"

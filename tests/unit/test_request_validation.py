@@ -411,7 +411,7 @@ def test_a_megabyte_anywhere_is_the_size_error(where: str) -> None:
         ("surprise", "execution_id, conversation_id, flow_id, step_id, conversation, settings, "
                      "reply_to"),
         ("settings.timout", "allow_busy, allow_offline, specific_agent_id, "
-                            "browser_notification, popup, timeout, reject_policy"),
+                            "browser_notification, popup, timeout, reject_policy, priority"),
         ("settings.popup.txt", "text, buttons, display_for, timer, additional_timers"),
         ("settings.popup.buttons.accept", "claim, close, reject"),
         ("settings.popup.buttons.claim.colour", "enabled, label"),
@@ -744,3 +744,20 @@ def test_salvage_execution_id(kwargs: dict[str, Any], execution_id: str | None) 
 def test_salvage_reply_to(kwargs: dict[str, Any], reply: ReplyTo | bool | None) -> None:
     # None: absent, use the default target; False: given but unusable, answer nowhere
     assert salvage_reply_to(kwargs) == reply
+
+
+@pytest.mark.parametrize("priority", [-1, 10, "5", True, 2.5])
+def test_a_priority_outside_0_to_9_or_not_an_integer_is_refused(priority: object) -> None:
+    checked = validate_request({"execution_id": "e-1", "conversation_id": "c-1",
+                                "settings": {"priority": priority}})
+    assert isinstance(checked, Invalid)
+    assert checked.fields == ["settings.priority"]
+
+
+@pytest.mark.parametrize("priority", [0, 9, None])
+def test_a_priority_0_to_9_is_accepted_and_absent_is_none(priority: object) -> None:
+    settings = {} if priority is None else {"priority": priority}
+    checked = validate_request({"execution_id": "e-1", "conversation_id": "c-1",
+                                "settings": settings})
+    assert not isinstance(checked, Invalid)
+    assert checked.settings.priority == priority

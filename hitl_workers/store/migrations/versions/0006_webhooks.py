@@ -1,7 +1,7 @@
 """webhook exits: where an execution answers over HTTP, and when its exit is tried again
 
 Revision ID: 0006
-Revises: 0004 (0005, the routing revision, once both are merged: see down_revision)
+Revises: 0005
 Create Date: 2026-12-05 01:40:00
 
 * ``executions.reply_webhook``: the URL of a request whose ``reply_to`` is a webhook
@@ -18,9 +18,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0006"
-# Written beside the routing branch's 0005_capacity; on this branch alone 0004 is the head.
-# At merge: down_revision = "0005".
-down_revision = "0004"
+down_revision = "0005"
 branch_labels = None
 depends_on = None
 
