@@ -15,24 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
-import nh3
-
-from hitl_workers.notify.markdown import (
-    ALLOWED_ATTRIBUTES,
-    ALLOWED_TAGS,
-    LINK_REL,
-    URL_SCHEMES,
-)
-
-_CLEANER = nh3.Cleaner(
-    tags=set(ALLOWED_TAGS),
-    clean_content_tags={"script", "style"},
-    attributes={tag: set(names) for tag, names in ALLOWED_ATTRIBUTES.items()},
-    url_schemes=set(URL_SCHEMES),
-    url_relative="deny",
-    link_rel=LINK_REL,
-    strip_comments=True,
-)
+from hitl_workers.notify.markdown import sanitize_html
 
 
 def sanitize_notification(event: Any) -> Any:
@@ -42,6 +25,6 @@ def sanitize_notification(event: Any) -> Any:
     popup = event.get("popup")
     if isinstance(popup, dict) and "html" in popup:
         html = popup["html"]
-        event["popup"] = {**popup, "html": _CLEANER.clean(html) if isinstance(html, str)
+        event["popup"] = {**popup, "html": sanitize_html(html) if isinstance(html, str)
                           else ""}
     return event

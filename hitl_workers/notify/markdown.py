@@ -63,4 +63,10 @@ def render_markdown(text: str) -> str:
     than absolute http, https, mailto and tel ones. Deterministic: the same text always gives
     the same HTML.
     """
-    return _CLEANER.clean(_MD.render(text))
+    return sanitize_html(_MD.render(text))
+
+
+def sanitize_html(html: str) -> str:
+    """``html`` reduced to what :func:`render_markdown` may produce: the one allow-list that
+    the workers (rendering) and the gateway (checking what the stream carries) both apply."""
+    return _CLEANER.clean(html)
