@@ -391,3 +391,20 @@ def api_as(gateway):
     yield make
     for client in clients:
         client.close()
+
+
+def test_an_offer_withdrawn_while_the_step_waits_comes_back_when_the_agent_can_take_it(
+        console, agents, put_up, client):
+    # Given a step that follows eligibility (it sets a priority), offered to Alice
+    alice = agents()
+    at_alice = console(alice)
+    step = put_up(popup=popup_settings(), priority=5)
+    expect(at_alice.bell_entry(step["execution_id"])).to_be_visible()
+    # When she goes busy, her offer is withdrawn (the step still waits)
+    client.call("hitl.set_agent_status", agent_id=alice, status="busy")
+    expect(at_alice.bell_entry(step["execution_id"])).to_have_count(0)
+    expect(at_alice.popup(step["execution_id"])).to_have_count(0)
+    # And when she is available again, the step is offered to her again, popup and all
+    client.call("hitl.set_agent_status", agent_id=alice, status="available")
+    expect(at_alice.bell_entry(step["execution_id"])).to_be_visible()
+    expect(at_alice.popup(step["execution_id"])).to_be_visible()

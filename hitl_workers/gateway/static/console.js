@@ -256,6 +256,16 @@
   }
 
   function onWithdrawn(event) {
+    // Already ended here: this agent's own claim or reject was answered first (its notice
+    // says what happened), or the withdrawal came twice. The answer and the withdrawal race:
+    // the worker publishes the withdrawal while the gateway is still answering the click.
+    if (state.ended.has(event.execution_id)) return;
+    if (event.state === "waiting") {
+      // Only this agent's offer was withdrawn (its status or load changed, docs/contract.md §9):
+      // the step goes on, and is offered again when the agent can take it.
+      removeOffer(event.execution_id);
+      return;
+    }
     endExecution(event.execution_id);
     const who = contactName(state.bell.get(event.execution_id)?.contact, event.conversation_id);
     const what = `${who} (${event.conversation_id || event.execution_id})`;
@@ -270,6 +280,13 @@
     } else if (event.exit === "not_claimed") {
       notice(`${what} was rejected.`);
     }
+  }
+
+  function removeOffer(executionId) {
+    removePopup(executionId);
+    state.bell.delete(executionId);
+    state.localAdds.delete(executionId);
+    renderBell();
   }
 
   function endExecution(executionId) {
