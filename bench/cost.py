@@ -168,6 +168,14 @@ def run_steps(steps: int, *, counter: StatementCounter | None = None) -> tuple[C
     return total, cpu
 
 
+def result_subscriptions() -> int | None:
+    """Channels this process's result consumer listens on (None: not a Redis result backend)."""
+    from hitl_workers.app import app
+
+    pubsub = getattr(getattr(app.backend, "result_consumer", None), "_pubsub", None)
+    return None if pubsub is None else len(pubsub.channels)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=200)
@@ -186,6 +194,11 @@ def main() -> None:
           f"{counts.per(args.steps)}; {cpu_s / args.steps * 1000:.1f} ms CPU in this process")
     for name, part in counts.split.items():  # type: ignore[attr-defined]
         print(f"  {name:9} {part.per(args.steps)}")
+    subscribed = result_subscriptions()
+    if subscribed is not None:
+        print(f"result-backend channels this process is still subscribed to: {subscribed} "
+              f"({subscribed / (args.steps + 10):.1f} per step; Celery's Redis result backend "
+              "subscribes to the result of each task sent without ignore_result)")
     if profiler:
         out = io.StringIO()
         pstats.Stats(profiler, stream=out).sort_stats("cumulative").print_stats(40)
