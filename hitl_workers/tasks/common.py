@@ -76,8 +76,7 @@ class CeleryPublisher:
     def hand_off_webhook(self, outbox_id: int) -> None:
         # Expires: a copy still queued when the reconciler hands the row off again is
         # dropped unread (it would only find the row not due).
-        # ignore_result: the task stores none; see arm_timer.
-        app.send_task("hitl.deliver_webhook", kwargs={"id": outbox_id}, ignore_result=True,
+        app.send_task("hitl.deliver_webhook", kwargs={"id": outbox_id},
                       queue=TASK_QUEUES["hitl.deliver_webhook"], expires=3600)
 
     def probe(self) -> bool:
@@ -177,11 +176,8 @@ def arm_timer(execution_id: str, kind: str, due_at: datetime) -> None:
         # message's own eta header instead: the worker holds it for that fraction of a second.
         when = {"headers": {"eta": due_at.isoformat()}}
     try:
-        # ignore_result: the wake-up stores none (its task says so), and without it Celery's
-        # Redis result backend SUBSCRIBEs this process to the result of every wake-up it
-        # publishes (docs/benchmarks.md, "one measured step").
         app.send_task("hitl.fire_timer", kwargs={"execution_id": execution_id, "kind": kind},
-                      task_id=timer_task_id(execution_id, kind), ignore_result=True,
+                      task_id=timer_task_id(execution_id, kind),
                       queue=TASK_QUEUES["hitl.fire_timer"], **when)
     except Exception as exc:
         # The row is the truth: the reconciler fires it when overdue.
