@@ -101,6 +101,9 @@ def main() -> None:
     parser.add_argument("--dispatches", type=int, default=200)
     parser.add_argument("--quick", action="store_true",
                         help="400 steps, 50 samples, 50 dispatches (a smoke run)")
+    parser.add_argument("--fan-out-only", action="store_true",
+                        help="only the dispatch with a fan-out of 1,000 (--dispatches samples): "
+                        "the figure to watch while changing the notification fan-out")
     args = parser.parse_args()
     if args.quick:
         args.steps, args.samples, args.dispatches = 400, 50, 50
@@ -108,6 +111,13 @@ def main() -> None:
     fresh_database()
     flush_redis()
     print(f"machine: {describe_machine()}; load average {loadavg()}")
+    if args.fan_out_only:
+        fan = dispatch_p50(1_000, 1_000, args.dispatches)
+        print(f"command: python -m bench.engine --fan-out-only --dispatches {args.dispatches}")
+        print(f"dispatch p50, fan-out to 1,000 agents:       {fan[0] * 1000:6.1f} ms "
+              f"(p99 {fan[1] * 1000:.1f}; aim ≤ 40 ms)")
+        print(f"load average after: {loadavg()}")
+        return
     print(f"command: python -m bench.engine --steps {args.steps} --samples {args.samples} "
           f"--concurrency {args.concurrency} --dispatches {args.dispatches}")
 
