@@ -118,15 +118,7 @@ WITH created AS (
     SELECT * FROM json_populate_record(NULL::executions, %(execution)s::json)
     ON CONFLICT (execution_id) DO NOTHING
     RETURNING execution_id
-), queued AS (
-    INSERT INTO outbox (dedupe_key, kind, execution_id, payload, created_at, attempts)
-    SELECT m.dedupe_key, m.kind, m.execution_id, m.payload, %(now)s, 0
-      FROM json_to_recordset(%(messages)s::json)
-           AS m(dedupe_key text, kind text, execution_id text, payload json)
-     WHERE EXISTS (SELECT 1 FROM created)
-    ON CONFLICT (dedupe_key) DO NOTHING
-    RETURNING id, dedupe_key
-)
+), """ + repo.queue_messages_cte("created") + """
 SELECT (SELECT count(*) FROM created) AS created,
        (SELECT json_agg(json_build_array(dedupe_key, id)) FROM queued) AS queued"""
 

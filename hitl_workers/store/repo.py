@@ -377,20 +377,27 @@ def finish_timers_later(conn: Connection, execution_id: str, *, fired: str | Non
         execution_options=_DEFER)
 
 
+def queue_messages_cte(only_if: str) -> str:
+    """The ``queued`` part of a transition's one write: insert the outbox rows of
+    ``%(messages)s`` (a JSON array) when the CTE ``only_if`` returned a row, and answer their
+    ids by dedupe key (``SELECT … FROM queued``). A message whose key exists is left alone."""
+    return f"""queued AS (
+    INSERT INTO outbox (dedupe_key, kind, execution_id, payload, created_at, attempts)
+    SELECT m.dedupe_key, m.kind, m.execution_id, m.payload, %(now)s, 0
+      FROM json_to_recordset(%(messages)s::json)
+           AS m(dedupe_key text, kind text, execution_id text, payload json)
+     WHERE EXISTS (SELECT 1 FROM {only_if})
+    ON CONFLICT (dedupe_key) DO NOTHING
+    RETURNING id, dedupe_key
+)"""
+
+
 _END_SQL = """WITH ended AS (
     UPDATE executions SET state = %(state)s, exit = %(exit)s,
                           merge_field = %(merge_field)s::jsonb, ended_at = %(now)s
      WHERE execution_id = %(execution_id)s AND state = 'waiting'
     RETURNING execution_id
-), queued AS (
-    INSERT INTO outbox (dedupe_key, kind, execution_id, payload, created_at, attempts)
-    SELECT m.dedupe_key, m.kind, m.execution_id, m.payload, %(now)s, 0
-      FROM json_to_recordset(%(messages)s::json)
-           AS m(dedupe_key text, kind text, execution_id text, payload json)
-     WHERE EXISTS (SELECT 1 FROM ended)
-    ON CONFLICT (dedupe_key) DO NOTHING
-    RETURNING id, dedupe_key
-)
+), """ + queue_messages_cte("ended") + """
 SELECT (SELECT count(*) FROM ended) AS ended,
        (SELECT json_agg(json_build_array(dedupe_key, id)) FROM queued) AS queued"""
 
