@@ -84,34 +84,35 @@ log = logging.getLogger(__name__)
 
 
 @contextmanager
+def _begin(engine: Engine) -> Iterator[Connection]:
+    """A connection in a transaction that commits on success: on PostgreSQL with its BEGIN
+    folded into the first statement (:mod:`hitl_workers.store.wire`), elsewhere SQLAlchemy's."""
+    if wire.folds(engine):
+        with engine.connect() as conn, wire.folded_transaction(conn):
+            yield conn
+    else:
+        with engine.begin() as conn:
+            yield conn
+
+
+@contextmanager
 def transaction() -> Iterator[Connection]:
     """One transaction: commits on success, rolls back on any exception.
 
     Callbacks registered with :func:`after_commit` run once the commit has succeeded.
     """
     callbacks: list[Callable[[], None]] = []
-    engine = get_engine()
-    if wire.folds(engine):
-        with engine.connect() as conn, wire.folded_transaction(conn):
-            conn.info[_AFTER_COMMIT] = callbacks
-            try:
-                yield conn
-            finally:
-                if not conn.invalidated:
-                    conn.info.pop(_AFTER_COMMIT, None)
-    else:
-        with engine.begin() as conn:
-            conn.info[_AFTER_COMMIT] = callbacks
-            try:
-                yield conn
-            finally:
-                # ``info`` belongs to the pooled DBAPI connection: never leave the list
-                # behind. An invalidated connection (PostgreSQL restarted under it) has none:
-                # touching ``conn.info`` would try to reconnect and replace the
-                # OperationalError that callers retry on with a PendingRollbackError that
-                # nobody retries.
-                if not conn.invalidated:
-                    conn.info.pop(_AFTER_COMMIT, None)
+    with _begin(get_engine()) as conn:
+        conn.info[_AFTER_COMMIT] = callbacks
+        try:
+            yield conn
+        finally:
+            # ``info`` belongs to the pooled DBAPI connection: never leave the list behind.
+            # An invalidated connection (PostgreSQL restarted under it) has none: touching
+            # ``conn.info`` would try to reconnect and replace the OperationalError that
+            # callers retry on with a PendingRollbackError that nobody retries.
+            if not conn.invalidated:
+                conn.info.pop(_AFTER_COMMIT, None)
     for callback in callbacks:
         try:
             callback()
