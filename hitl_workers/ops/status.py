@@ -223,6 +223,12 @@ def to_text(status: Status, found: list[Problem]) -> str:
         age = ov.age_s(ov.oldest_unsent_at)
         lines.append(f"outbox        {unsent} unsent" + (
             f", oldest {_dur(age)}, {ov.outbox_failing} failing" if age is not None else ""))
+        if ov.webhooks_backing_off:
+            ahead = ((ov.next_webhook_attempt_at - ov.at).total_seconds()
+                     if ov.next_webhook_attempt_at else 0.0)
+            error = f"; last error: {ov.webhook_error}" if ov.webhook_error else ""
+            lines.append(f"webhooks      {ov.webhooks_backing_off} exit(s) backing off, next "
+                         f"attempt in {_dur(max(0.0, ahead))}{error}")
         beat = ov.age_s(ov.heartbeat_at)
         lines.append("reconciler    " + ("never ran" if beat is None else
                                          f"last tick {_dur(beat)} ago (every "
@@ -279,6 +285,11 @@ def to_json(status: Status, found: list[Problem]) -> str:
             "outbox": {"unsent": ov.outbox_unsent, "failing": ov.outbox_failing,
                        "oldest_unsent_s": ov.age_s(ov.oldest_unsent_at),
                        "oldest_error": ov.oldest_unsent_error},
+            "webhooks_backing_off": {
+                "count": ov.webhooks_backing_off,
+                "next_attempt_at": (ov.next_webhook_attempt_at.isoformat()
+                                    if ov.next_webhook_attempt_at else None),
+                "last_error": ov.webhook_error},
             "reconciler": {"heartbeat_age_s": ov.age_s(ov.heartbeat_at),
                            "stale_after_s": heartbeat_stale_after_s(
                                status.reconcile_interval_s),

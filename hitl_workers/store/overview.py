@@ -39,6 +39,11 @@ class Overview:
     """Unsent rows whose last publish failed."""
     oldest_unsent_at: datetime | None = None
     oldest_unsent_error: str | None = None
+    webhooks_backing_off: int = 0
+    """Webhook exits waiting out their backoff (next attempt ahead): scheduled, not stuck."""
+    next_webhook_attempt_at: datetime | None = None
+    webhook_error: str | None = None
+    """The last error of the webhook exit backing off the longest."""
     heartbeat_at: datetime | None = None
     heartbeat_detail: dict[str, Any] | None = None
     dead_letters: int = 0
@@ -75,7 +80,10 @@ def load(conn: Connection, now: datetime, *, late_after_s: float) -> Overview:
                   sa.func.sum(sa.case((timers.c.due_at <= late_before, 1), else_=0)))
         .where(pending, timers.c.due_at <= now)).one()
 
-    unsent = outbox.c.sent_at.is_(None)
+    # A webhook exit backing off (its next attempt ahead) is on schedule: counted apart, so
+    # that a receiver that answers 500 is not reported as the outbox being stuck.
+    backing_off = outbox.c.next_attempt_at > now
+    unsent = sa.and_(outbox.c.sent_at.is_(None), sa.not_(backing_off))
     outbox_counts: dict[str, int] = dict(conn.execute(
         sa.select(outbox.c.kind, sa.func.count()).where(unsent)
         .group_by(outbox.c.kind)).tuples().all())
@@ -85,6 +93,13 @@ def load(conn: Connection, now: datetime, *, late_after_s: float) -> Overview:
     oldest_unsent = conn.execute(
         sa.select(outbox.c.created_at, outbox.c.last_error).where(unsent)
         .order_by(outbox.c.created_at).limit(1)).first()
+
+    webhooks = conn.execute(
+        sa.select(sa.func.count(), sa.func.min(outbox.c.next_attempt_at))
+        .where(outbox.c.sent_at.is_(None), backing_off)).one()
+    webhook_error = conn.execute(
+        sa.select(outbox.c.last_error).where(outbox.c.sent_at.is_(None), backing_off)
+        .order_by(outbox.c.created_at).limit(1)).scalar() if webhooks[0] else None
 
     beat = conn.execute(
         sa.select(heartbeats.c.beat_at, heartbeats.c.detail)
@@ -105,6 +120,9 @@ def load(conn: Connection, now: datetime, *, late_after_s: float) -> Overview:
         outbox_failing=failing,
         oldest_unsent_at=oldest_unsent.created_at if oldest_unsent else None,
         oldest_unsent_error=oldest_unsent.last_error if oldest_unsent else None,
+        webhooks_backing_off=int(webhooks[0] or 0),
+        next_webhook_attempt_at=webhooks[1],
+        webhook_error=webhook_error,
         heartbeat_at=beat.beat_at if beat else None,
         heartbeat_detail=beat.detail if beat else None,
         dead_letters=int(dead[0] or 0),

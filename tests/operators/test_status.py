@@ -5,10 +5,16 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import uuid
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import sqlalchemy as sa
+
 from hitl_workers.ops.processes import ALL_QUEUES
+from hitl_workers.store.db import transaction
+from hitl_workers.store.tables import outbox
 from tests.operators.conftest import OPS_NODE, Ops, cli
 from tests.support.steps import request
 
@@ -68,3 +74,27 @@ def test_an_unreachable_broker_is_a_problem(ops: Ops) -> None:
     assert any("broker does not answer" in p["what"] and "HITL_BROKER_URL" in p["do"]
                for p in found["problems"])
     assert found["executions"]["waiting"] >= 0  # the database part still answered
+
+
+def test_a_webhook_exit_backing_off_is_shown_on_schedule_not_as_a_stuck_outbox(
+        ops: Ops) -> None:
+    # Given a webhook exit whose receiver has failed for an hour, its next attempt ahead
+    now = datetime.now(UTC)
+    with transaction() as conn:
+        row_id = conn.execute(sa.insert(outbox).values(
+            dedupe_key=f"exit:status-{uuid.uuid4().hex[:8]}", kind="exit", execution_id=None,
+            payload={"webhook": True, "kwargs": {}}, created_at=now - timedelta(hours=1),
+            attempted_at=now - timedelta(minutes=1), attempts=9, last_error="HTTP 500",
+            next_attempt_at=now + timedelta(minutes=10)).returning(outbox.c.id)).scalar_one()
+    try:
+        # When the operator asks for the status
+        found = json.loads(status("--json").stdout)
+        text = status().stdout
+    finally:
+        with transaction() as conn:
+            conn.execute(sa.delete(outbox).where(outbox.c.id == row_id))
+    # Then it is not a problem: it waits on its own backoff, and the status says so
+    assert found["ok"] is True, found["problems"]
+    backing_off = found["webhooks_backing_off"]
+    assert backing_off["count"] >= 1 and backing_off["next_attempt_at"] is not None
+    assert "webhooks" in text and "backing off" in text and "HTTP 500" in text
