@@ -15,6 +15,7 @@ from typing import Any
 import redis
 
 from hitl_workers.notify.streams import stream_key
+from tests.clients.exits import assert_each_case_left_by_its_exit
 from tests.support.schemas import assert_conforms
 
 EXIT_FIELDS = {"execution_id", "conversation_id", "flow_id", "step_id", "exit", "merge_field",
@@ -100,17 +101,8 @@ def check_run(spec: dict[str, Any], ids: dict[str, str], out: dict[str, Any],
         message = exits[ids[name]][0]
         return message["exit"], message["merge_field"]
 
-    assert exit_of("claim") == ("claimed", {"addClaimedBy": ids["agent:claimer"]})
-    assert exit_of("none") == ("not_claimed", {"reason": "NO_AGENTS"})
-    assert exit_of("busy") == ("not_claimed", {"reason": "NOT_AVAILABLE"})
-    assert exit_of("reject") == ("not_claimed", {"reason": "REJECTED",
-                                                 "rejectedBy": [ids["agent:rejecter"]]})
-    assert exit_of("timer") == ("timer_action", {})
-    assert exit_of("timeout") == ("timeout", {})
-    kind, merge_field = exit_of("error")
-    assert kind == "error"
-    assert merge_field["error"]["code"] == "invalid_request"
-    assert merge_field["error"]["fields"] == ["settings.timeout"]
+    assert_each_case_left_by_its_exit(exit_of, claimer=ids["agent:claimer"],
+                                      rejecter=ids["agent:rejecter"])
 
     # and the task results are the §1 and §3 shapes
     claimed = cases["claimed"]

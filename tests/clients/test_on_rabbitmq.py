@@ -22,6 +22,7 @@ from typing import Any
 
 from tests.clients.celery_node_run import check_run, scenario
 from tests.clients.conftest import node_output, start_node
+from tests.clients.exits import assert_each_case_left_by_its_exit
 from tests.support.schemas import assert_conforms
 from tests.support.system import System
 
@@ -115,17 +116,7 @@ def test_a_raw_amqp_flow_engine_runs_every_exit(rabbitmq_system: tuple[str, str,
         kwargs = exits[ids[name]][0]["kwargs"]
         return kwargs["exit"], kwargs["merge_field"]
 
-    assert exit_of("claim") == ("claimed", {"addClaimedBy": agent["claimer"]})
-    assert exit_of("none") == ("not_claimed", {"reason": "NO_AGENTS"})
-    assert exit_of("busy") == ("not_claimed", {"reason": "NOT_AVAILABLE"})
-    assert exit_of("reject") == ("not_claimed", {"reason": "REJECTED",
-                                                 "rejectedBy": [agent["rejecter"]]})
-    assert exit_of("timer") == ("timer_action", {})
-    assert exit_of("timeout") == ("timeout", {})
-    kind, merge_field = exit_of("error")
-    assert kind == "error"
-    assert merge_field["error"]["code"] == "invalid_request"
-    assert merge_field["error"]["fields"] == ["settings.timeout"]
+    assert_each_case_left_by_its_exit(exit_of, claimer=agent["claimer"], rejecter=agent["rejecter"])
 
 
 def test_celery_node_needs_classic_queues_on_rabbitmq(
