@@ -35,7 +35,14 @@ MADE_BECAUSE = {
     "directory_changed": "became eligible (directory changed)",
     "status_changed": "became eligible (status changed)",
     "slot_freed": "became eligible (a slot freed)",
+    "became_eligible": "became eligible",
+    "next_in_sequence": "next in sequence",
 }
+
+
+def _round(detail: dict[str, Any]) -> str:
+    """A sequential offer's round, when it has one (§9)."""
+    return f" (round {detail['round']})" if detail.get("round") is not None else ""
 
 
 def withdrawn_because(reason: str) -> str:
@@ -43,6 +50,7 @@ def withdrawn_because(reason: str) -> str:
     if reason.startswith("status_not_allowed:"):
         return f"status changed to {reason.split(':', 1)[1]}"
     return {"at_capacity": "at capacity", "agent_removed": "removed from the directory",
+            "missed": "missed (its offer timeout passed)", "rejected": "rejected",
             "not_eligible": "no longer sees the conversation",
             "unknown_agent": "no longer in the directory"}.get(reason, reason)
 
@@ -57,18 +65,26 @@ def offer_history(story: Journal) -> dict[str, list[str]]:
                 history.setdefault(notified, []).append("made at dispatch")
         elif kind == "offered" and agent:
             reason = str(detail.get("reason"))
-            history.setdefault(agent, []).append("made: " + MADE_BECAUSE.get(reason, reason))
+            history.setdefault(agent, []).append(
+                "made: " + MADE_BECAUSE.get(reason, reason) + _round(detail))
         elif kind == "offer_withdrawn" and agent:
             history.setdefault(agent, []).append(
                 "withdrawn: " + withdrawn_because(str(detail.get("reason"))))
         elif kind == "rejected" and detail.get("completed_by_withdrawal_from"):
             history.setdefault(detail["completed_by_withdrawal_from"], []).append(
                 "withdrawn: " + withdrawn_because(str(detail.get("reason"))))
-        elif kind == "rejected" and agent:
+        elif kind == "rejected" and agent and not _sequential_reject(story, event):
             history.setdefault(agent, []).append("rejected")
         elif kind == "popup_closed" and agent:
             history.setdefault(agent, []).append("closed")
     return history
+
+
+def _sequential_reject(story: Journal, event: dict[str, Any]) -> bool:
+    """A holder's reject of a sequential offer, told by the ``offer_withdrawn`` beside it."""
+    return any(e["kind"] == "offer_withdrawn" and e.get("agent_id") == event.get("agent_id")
+               and (e.get("detail") or {}).get("reason") == "rejected" and e["at"] == event["at"]
+               for e in story.audit)
 
 
 def _describe(event: dict[str, Any]) -> str:
@@ -85,7 +101,11 @@ def _describe(event: dict[str, Any]) -> str:
         return text
     if kind == "offered":
         reason = str(detail.get("reason"))
-        return f"offered to {agent}: {MADE_BECAUSE.get(reason, reason)}"
+        expires = f", until {detail['expires_at']}" if detail.get("expires_at") else ""
+        return f"offered to {agent}: {MADE_BECAUSE.get(reason, reason)}{_round(detail)}{expires}"
+    if kind == "offer_missed":
+        return f"offer missed by {agent}: its status set to {detail.get('on_missed')}" \
+            if detail.get("on_missed") not in (None, "keep") else f"offer missed by {agent}"
     if kind == "offer_withdrawn":
         return f"offer withdrawn from {agent}: {withdrawn_because(str(detail.get('reason')))}"
     if kind == "exit_recorded":
