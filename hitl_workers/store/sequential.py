@@ -126,16 +126,15 @@ def offer_timer_done(conn: Connection, execution_id: str, now: datetime) -> None
 
 
 def stamp_offered(conn: Connection, agent_id: str, now: datetime) -> None:
-    conn.execute(sa.update(agents).where(agents.c.agent_id == agent_id)
-                 .values(last_offered_at=now), execution_options=_DEFER)
+    update_agent(conn, agent_id, {"last_offered_at": now})
 
 
 def stamp_claimed(conn: Connection, agent_id: str, now: datetime) -> None:
-    conn.execute(sa.update(agents).where(agents.c.agent_id == agent_id)
-                 .values(last_claimed_at=now), execution_options=_DEFER)
+    update_agent(conn, agent_id, {"last_claimed_at": now})
 
 
-def set_status(conn: Connection, agent_id: str, status: str, now: datetime) -> None:
-    """A missed holder's ``on_missed`` status, in the transaction that marked it missed."""
-    conn.execute(sa.update(agents).where(agents.c.agent_id == agent_id)
-                 .values(status=status, updated_at=now), execution_options=_DEFER)
+def update_agent(conn: Connection, agent_id: str, values: Mapping[str, Any]) -> None:
+    """An agent's idle stamps, or a missed holder's ``on_missed`` status, set in the
+    transition's transaction."""
+    conn.execute(sa.update(agents).where(agents.c.agent_id == agent_id).values(**values),
+                 execution_options=_DEFER)
