@@ -17,9 +17,10 @@ reads the same things with a few plain queries.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from functools import partial
 from typing import Any
 
 import sqlalchemy as sa
@@ -27,7 +28,14 @@ from sqlalchemy.engine import Connection, Row
 
 from hitl_workers.domain.eligibility import AgentView, Audience
 from hitl_workers.domain.machine import ExecutionView, TimerView
-from hitl_workers.store.sequential import is_sequential, read_pool, sequential_of
+from hitl_workers.domain.sequence import Candidate
+from hitl_workers.store.sequential import (
+    POOL_JSON,
+    is_sequential,
+    pool_candidate,
+    read_pool,
+    sequential_of,
+)
 from hitl_workers.store.tables import agent_events, agents, offers, timers
 
 
@@ -89,18 +97,17 @@ class Locked:
 
 
 def view_of(row: LockedExecution, offer_pairs: Sequence[Sequence[Any]],
-            timer_rows: Sequence[tuple[str, datetime, str]], conn: Connection | None = None
-            ) -> ExecutionView:
+            timer_rows: Sequence[tuple[str, datetime, str]],
+            pool: Callable[[], tuple[Candidate, ...]] | None = None) -> ExecutionView:
     """:func:`decide`'s view of a locked execution. ``offer_pairs`` (agent id, status, and
     the round of a sequential offer) come in the order the offers last changed
-    (``rejectedBy`` follows it). A sequential step also reads, on ``conn``, the agents who
-    can see it (store/sequential.py): the next-holder choice needs them."""
+    (``rejectedBy`` follows it). ``pool``: for a sequential step, the agents who can see it
+    (the next-holder choice needs them; store/sequential.py)."""
     settings = row.settings or {}
     rounds = {p[0]: int(p[2]) for p in offer_pairs if len(p) > 2 and p[2] is not None}
     sequential = None
-    if conn is not None and is_sequential(settings):
-        sequential = sequential_of(settings, rounds,
-                                   read_pool(conn, row.conversation_id, row.tags))
+    if is_sequential(settings):
+        sequential = sequential_of(settings, rounds, pool() if pool is not None else ())
     return ExecutionView(
         execution_id=row.execution_id,
         state=row.state,  # type: ignore[arg-type]
@@ -154,11 +161,13 @@ FROM (SELECT 1) AS one LEFT JOIN (
                           ORDER BY o.updated_at, o.agent_id)
             FROM offers o WHERE o.execution_id = e.execution_id) AS offers_json,
          (SELECT json_agg(json_build_array(t.kind, t.due_at, t.state))
-            FROM timers t WHERE t.execution_id = e.execution_id) AS timers_json
+            FROM timers t WHERE t.execution_id = e.execution_id) AS timers_json,
+         {pool} AS pool_json
     FROM executions e
     LEFT JOIN conversations c ON c.conversation_id = e.conversation_id
    WHERE e.execution_id = %(execution_id)s
-) AS x ON true""".replace("{load}", LOAD_SQL.format(a="a", conversation="x.conversation_id"))
+) AS x ON true""".replace(
+    "{load}", LOAD_SQL.format(a="a", conversation="x.conversation_id")).replace("{pool}", POOL_JSON)
 
 
 def lock(conn: Connection, execution_id: str | None, *, agent_id: str | None = None,
@@ -182,7 +191,9 @@ def lock(conn: Connection, execution_id: str | None, *, agent_id: str | None = N
     row = LockedExecution.from_row(m)
     timer_rows = [(kind, datetime.fromisoformat(due), state)
                   for kind, due, state in m["timers_json"] or ()]
-    return Locked(row, view_of(row, m["offers_json"] or (), timer_rows, conn), agent, stored)
+    pool = tuple(pool_candidate(*c) for c in m["pool_json"] or ())
+    return Locked(row, view_of(row, m["offers_json"] or (), timer_rows, lambda: pool),
+                  agent, stored)
 
 
 def _agent(found: Sequence[Any] | None) -> AgentView | None:
@@ -234,5 +245,8 @@ def views(conn: Connection, rows: Sequence[LockedExecution]) -> dict[str, Execut
     for t in conn.execute(sa.select(timers.c.execution_id, timers.c.kind, timers.c.due_at,
                                     timers.c.state).where(timers.c.execution_id.in_(ids))):
         timer_rows[t.execution_id].append((t.kind, t.due_at, t.state))
+    # A sequential step also reads who can see it (one query each; a broadcast step none).
     return {row.execution_id: view_of(row, offer_pairs[row.execution_id],
-                                      timer_rows[row.execution_id], conn) for row in rows}
+                                      timer_rows[row.execution_id], partial(
+                                          read_pool, conn, row.conversation_id, row.tags))
+            for row in rows}
