@@ -65,26 +65,29 @@ def offer_history(story: Journal) -> dict[str, list[str]]:
                 history.setdefault(notified, []).append("made at dispatch")
         elif kind == "offered" and agent:
             reason = str(detail.get("reason"))
-            history.setdefault(agent, []).append(
-                "made: " + MADE_BECAUSE.get(reason, reason) + _round(detail))
+            told = history.setdefault(agent, [])
+            if reason == "at_dispatch" and told[-1:] == ["made at dispatch"]:
+                told.pop()  # a sequential first holder: its own entry says the round
+            told.append("made: " + MADE_BECAUSE.get(reason, reason) + _round(detail))
         elif kind == "offer_withdrawn" and agent:
             history.setdefault(agent, []).append(
                 "withdrawn: " + withdrawn_because(str(detail.get("reason"))))
-        elif kind == "rejected" and detail.get("completed_by_withdrawal_from"):
+        elif kind == "rejected" and detail.get("completed_by_withdrawal_from") \
+                and not _withdrawn_at(story, detail["completed_by_withdrawal_from"], event):
             history.setdefault(detail["completed_by_withdrawal_from"], []).append(
                 "withdrawn: " + withdrawn_because(str(detail.get("reason"))))
-        elif kind == "rejected" and agent and not _sequential_reject(story, event):
+        elif kind == "rejected" and agent and not _withdrawn_at(story, agent, event):
             history.setdefault(agent, []).append("rejected")
         elif kind == "popup_closed" and agent:
             history.setdefault(agent, []).append("closed")
     return history
 
 
-def _sequential_reject(story: Journal, event: dict[str, Any]) -> bool:
-    """A holder's reject of a sequential offer, told by the ``offer_withdrawn`` beside it."""
-    return any(e["kind"] == "offer_withdrawn" and e.get("agent_id") == event.get("agent_id")
-               and (e.get("detail") or {}).get("reason") == "rejected" and e["at"] == event["at"]
-               for e in story.audit)
+def _withdrawn_at(story: Journal, agent_id: str, event: dict[str, Any]) -> bool:
+    """Whether ``agent_id``'s offer has its own ``offer_withdrawn`` entry written with
+    ``event`` (a sequential hold passing on, §9): that entry tells it."""
+    return any(e["kind"] == "offer_withdrawn" and e.get("agent_id") == agent_id
+               and e["at"] == event["at"] for e in story.audit)
 
 
 def _describe(event: dict[str, Any]) -> str:
@@ -171,7 +174,7 @@ def format_text(story: Journal) -> str:
                   + (f" at {_t(t['fired_at'], origin)}" if t["fired_at"] else "")
                   for t in story.timers]
     if story.offers:
-        lines.append("offers (why each was made or withdrawn)")
+        lines.append("offers (why each was made, missed or withdrawn)")
         history = offer_history(story)
         lines += [f"  {o['agent_id']:<24} {o['status']:<10} "
                   f"{'; '.join(history.get(o['agent_id'], [])) or '-'}" for o in story.offers]

@@ -246,9 +246,10 @@ def test_hitl_workers_show_says_why_each_sequential_offer_was_made_missed_or_wit
     client.call("hitl.reject", execution_id=eid, agent_id=second)
     text = CliRunner().invoke(main, ["show", eid]).output
     lines = {line.split()[0]: line for line in text.splitlines() if line.startswith("  agent-")}
-    assert ("made: at dispatch (round 1); withdrawn: missed (its offer timeout passed)"
-            in lines[first])
-    assert "made: next in sequence (round 1); withdrawn: rejected" in lines[second]
+    assert lines[first].split(None, 2)[1:] == [
+        "missed", "made: at dispatch (round 1); withdrawn: missed (its offer timeout passed)"]
+    assert lines[second].split(None, 2)[1:] == [
+        "rejected", "made: next in sequence (round 1); withdrawn: rejected"]
     assert f"offer missed by {first}: its status set to busy" in text
 
 

@@ -138,7 +138,7 @@ def test_offers_made_and_withdrawn_are_counted_by_why(
 def test_sequential_offers_count_missed_and_the_time_to_first_offer(
         ops: Ops, client: Any, agents: Callable[..., str], team: str, flow: Any) -> None:
     # Given two agents and a sequential step whose offers time out after a second (§9)
-    first, second = sorted(agents() for _ in range(2))
+    _first, second = sorted(agents() for _ in range(2))
     before = ops.gateway_metrics()
 
     def delta(name: str, **labels: str) -> float:
