@@ -29,13 +29,7 @@ from sqlalchemy.engine import Connection, Row
 from hitl_workers.domain.eligibility import AgentView, Audience
 from hitl_workers.domain.machine import ExecutionView, TimerView
 from hitl_workers.domain.sequence import Candidate
-from hitl_workers.store.sequential import (
-    POOL_JSON,
-    is_sequential,
-    pool_candidate,
-    read_pool,
-    sequential_of,
-)
+from hitl_workers.store.sequential import is_sequential, read_pool, sequential_of
 from hitl_workers.store.tables import agent_events, agents, offers, timers
 
 
@@ -161,13 +155,11 @@ FROM (SELECT 1) AS one LEFT JOIN (
                           ORDER BY o.updated_at, o.agent_id)
             FROM offers o WHERE o.execution_id = e.execution_id) AS offers_json,
          (SELECT json_agg(json_build_array(t.kind, t.due_at, t.state))
-            FROM timers t WHERE t.execution_id = e.execution_id) AS timers_json,
-         {pool} AS pool_json
+            FROM timers t WHERE t.execution_id = e.execution_id) AS timers_json
     FROM executions e
     LEFT JOIN conversations c ON c.conversation_id = e.conversation_id
    WHERE e.execution_id = %(execution_id)s
-) AS x ON true""".replace(
-    "{load}", LOAD_SQL.format(a="a", conversation="x.conversation_id")).replace("{pool}", POOL_JSON)
+) AS x ON true""".replace("{load}", LOAD_SQL.format(a="a", conversation="x.conversation_id"))
 
 
 def lock(conn: Connection, execution_id: str | None, *, agent_id: str | None = None,
@@ -191,9 +183,10 @@ def lock(conn: Connection, execution_id: str | None, *, agent_id: str | None = N
     row = LockedExecution.from_row(m)
     timer_rows = [(kind, datetime.fromisoformat(due), state)
                   for kind, due, state in m["timers_json"] or ()]
-    pool = tuple(pool_candidate(*c) for c in m["pool_json"] or ())
-    return Locked(row, view_of(row, m["offers_json"] or (), timer_rows, lambda: pool),
-                  agent, stored)
+    # A sequential step also reads who can see it: one more statement, for it only (folded
+    # into the read above, its planning would cost every broadcast transition ~0.1 ms).
+    pool = partial(read_pool, conn, row.conversation_id, row.tags)
+    return Locked(row, view_of(row, m["offers_json"] or (), timer_rows, pool), agent, stored)
 
 
 def _agent(found: Sequence[Any] | None) -> AgentView | None:

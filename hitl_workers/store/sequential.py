@@ -41,22 +41,6 @@ SELECT a.agent_id, a.status, a.rule_groups, a.capacity,
                          AND g.tags <@ %(tags)s::varchar[])"""
 
 
-# The same pool, as one JSON column of the transition's locked read (store/executions.py), for
-# a sequential step only: a broadcast step's read is unchanged.
-POOL_JSON = """CASE WHEN e.settings->'offer'->>'strategy' = 'sequential' THEN (
-  SELECT json_agg(json_build_array(a.agent_id, a.status, a.rule_groups, a.capacity,
-           (SELECT count(*) FROM conversations held
-             WHERE held.claimed_by @> jsonb_build_array(a.agent_id)
-               AND held.conversation_id IS DISTINCT FROM e.conversation_id),
-           a.last_offered_at, a.last_claimed_at))
-    FROM agents a
-   WHERE a.agent_id IN (
-     SELECT g.agent_id FROM agent_rule_groups g,
-            LATERAL (SELECT ARRAY(SELECT jsonb_array_elements_text(c.tags))::varchar[] AS t)
-              AS tagged
-      WHERE g.key_tag = ANY(tagged.t || ''::varchar) AND g.tags <@ tagged.t)) END"""
-
-
 def is_sequential(settings: Mapping[str, Any] | None) -> bool:
     offer = (settings or {}).get("offer")
     return isinstance(offer, Mapping) and offer.get("strategy") == "sequential"
@@ -92,17 +76,6 @@ def read_pool(conn: Connection, conversation_id: str | None, tags: Sequence[str]
     return tuple(_candidate(r.agent_id, r.status, r.rule_groups, r.capacity,
                             held.get(r.agent_id, 0), r.last_offered_at, r.last_claimed_at)
                  for r in found if can_see(r.rule_groups or (), tags))
-
-
-def pool_candidate(agent_id: str, status: str, groups: Any, capacity: int | None, held: int,
-                   last_offered_at: Any, last_claimed_at: Any) -> Candidate:
-    """A pool member from :data:`POOL_JSON` (its stamps as ISO strings)."""
-    return _candidate(agent_id, status, groups, capacity, held, _moment(last_offered_at),
-                      _moment(last_claimed_at))
-
-
-def _moment(value: Any) -> datetime | None:
-    return datetime.fromisoformat(value) if isinstance(value, str) else value
 
 
 def _candidate(agent_id: str, status: str, groups: Any, capacity: int | None, held: int,
