@@ -149,7 +149,7 @@ def fire_timer(conn: Connection, execution_id: str, kind: str, now: datetime, *,
         row = executions.LockedExecution.from_row(locked)
         view = executions.views(conn, [row])[execution_id]
     else:
-        found = executions.lock(conn, execution_id)
+        found = executions.lock(conn, execution_id, holder_first=kind == "offer")
         if found.row is None or found.view is None:
             return "not_found", Effects()
         row, view = found.row, found.view

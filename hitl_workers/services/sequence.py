@@ -36,24 +36,20 @@ def write(conn: Connection, row: LockedExecution, view: machine.ExecutionView,
           decision: machine.Decision, now: datetime, effects: Effects) -> None:
     """The sequential part of ``decision`` (see the module docstring)."""
     execution_id = view.execution_id
-    agent_rows: dict[str, dict[str, Any]] = {}
     for change in decision.offer_changes:
         sequential.set_offer(conn, execution_id, change.agent_id, change.status, change.round,
                              now)
         if change.status == "offered":
-            agent_rows.setdefault(change.agent_id, {})["last_offered_at"] = now
+            sequential.stamp_offered(conn, change.agent_id, now)
         if change.reason and change.status in _METRIC_CHANGE:
             effects.observations.append(OffersChanged(_METRIC_CHANGE[change.status],
                                                       change.reason))
     if decision.status_change is not None:
         agent_id, status = decision.status_change
-        agent_rows.setdefault(agent_id, {}).update(status=status, updated_at=now)
+        # The holder's row was locked before the execution (store/executions._LOCK_HOLDER).
+        sequential.update_agent(conn, agent_id, {"status": status, "updated_at": now})
         # As for any status change: its offers of other steps follow (services/routing.py).
         effects.reassess.append((agent_id, "status_changed"))
-    # Agents' rows in agent id order: two transitions that each write two agents (a missed
-    # holder's status, the next holder's stamp) then never wait for each other in a circle.
-    for agent_id in sorted(agent_rows):
-        sequential.update_agent(conn, agent_id, agent_rows[agent_id])
     if decision.offer_due is not None:
         arm(conn, effects, execution_id, decision.offer_due, now)
     elif decision.offer_timer_off:

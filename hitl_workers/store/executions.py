@@ -162,17 +162,33 @@ FROM (SELECT 1) AS one LEFT JOIN (
 ) AS x ON true""".replace("{load}", LOAD_SQL.format(a="a", conversation="x.conversation_id"))
 
 
+# An offer timeout (§9) may write its holder's status (on_missed): the holder is locked before
+# the execution, the order its own claim takes (``_LOCK_AGENT``), so that a holder claiming at
+# the very moment its offer times out waits for the timeout or makes it wait, and neither
+# deadlocks. Read before the execution's lock: should the hold pass meanwhile, the wake-up is
+# for an earlier hold and changes nothing (stale), so locking the earlier holder is harmless.
+_LOCK_HOLDER = """SELECT 1 FROM agents WHERE agent_id = (
+    SELECT o.agent_id FROM offers o
+     WHERE o.execution_id = %(execution_id)s AND o.round IS NOT NULL
+       AND o.status IN ('offered', 'closed')) FOR UPDATE"""
+
+
 def lock(conn: Connection, execution_id: str | None, *, agent_id: str | None = None,
-         event_id: str | None = None, claiming: bool = False) -> Locked:
+         event_id: str | None = None, claiming: bool = False,
+         holder_first: bool = False) -> Locked:
     """Lock the execution and read everything a transition on it needs (module docstring).
 
     ``agent_id`` reads that agent; with ``event_id`` too, the answer stored for that event.
     ``claiming``: the agent is about to claim, so its row is locked first when it has a
-    capacity (see ``_LOCK_AGENT``).
+    capacity (see ``_LOCK_AGENT``). ``holder_first``: an offer timeout; the sequential
+    holder's row is locked first (see ``_LOCK_HOLDER``).
     """
     if conn.dialect.name != "postgresql":
         return _lock_portable(conn, execution_id, agent_id, event_id)
-    statements = f"{_LOCK_AGENT};\n{_LOCK};\n{_READ}" if claiming else f"{_LOCK};\n{_READ}"
+    first = [_LOCK_AGENT] if claiming else []
+    if holder_first:
+        first.append(_LOCK_HOLDER)
+    statements = ";\n".join([*first, _LOCK, _READ])
     found = conn.exec_driver_sql(statements, {
         "execution_id": execution_id, "agent_id": agent_id, "event_id": event_id}).one()
     m = found._mapping

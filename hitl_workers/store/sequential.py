@@ -2,12 +2,15 @@
 and the writes a sequential decision adds (each needs no answer, so on PostgreSQL it travels
 with the transition's next statement or with ``COMMIT``: no extra round trip).
 
-Lock order. A transition that passes the hold writes another agent's row (its
-``last_offered_at``, or a missed holder's status) while holding the execution's lock. A claim
-by an agent with a capacity locks that agent first, then the execution (store/executions.py):
-the two can wait for each other only when that agent is claiming this very step at the moment
-it is passed to or from it. PostgreSQL then aborts one of them (deadlock detection); a claim is
-retried by its task, a wake-up is fired again by the reconciler: the outcome is the same.
+Lock order. A transition that passes the hold writes agents' rows while it holds the
+execution's lock: the next holder's ``last_offered_at`` and a missed holder's status. A claim by
+an agent with a capacity (and a reassessment of it) locks the agent first, then the execution
+(store/executions.py); a removal deletes the agent, then locks its executions. So: the idle
+stamps are written ``SKIP LOCKED`` (an ordering hint, never waited for), and an offer timeout's
+wake-up locks the holder's row before the execution (``executions._LOCK_HOLDER``), the order a
+claim takes. (The reconciler's batches, for a lost wake-up, lock executions first: should one
+then meet the holder's own claim, PostgreSQL's deadlock detection aborts one of the two, and
+the claim is retried or the deadline fired by the next tick; the outcome is the same.)
 """
 
 from __future__ import annotations
@@ -126,11 +129,30 @@ def offer_timer_done(conn: Connection, execution_id: str, now: datetime) -> None
 
 
 def stamp_offered(conn: Connection, agent_id: str, now: datetime) -> None:
-    update_agent(conn, agent_id, {"last_offered_at": now})
+    _stamp(conn, agent_id, "last_offered_at", now)
 
 
 def stamp_claimed(conn: Connection, agent_id: str, now: datetime) -> None:
-    update_agent(conn, agent_id, {"last_claimed_at": now})
+    _stamp(conn, agent_id, "last_claimed_at", now)
+
+
+_STAMP = """UPDATE agents SET {column} = %(now)s WHERE agent_id = (
+    SELECT agent_id FROM agents WHERE agent_id = %(agent_id)s FOR UPDATE SKIP LOCKED)"""
+
+
+def _stamp(conn: Connection, agent_id: str, column: str, now: datetime) -> None:
+    """An idle stamp (the ``longest_idle`` order), written unless the agent's row is locked.
+
+    ``SKIP LOCKED``: a stamp is an ordering hint, not worth a lock wait. The transition holds
+    the execution's lock; whoever holds the agent's (its status or directory entry changing, a
+    claim of its under a capacity) may be waiting for that very execution, and a plain UPDATE
+    would then deadlock. Such a stamp is lost; the next offer or claim writes it.
+    """
+    if conn.dialect.name != "postgresql":
+        update_agent(conn, agent_id, {column: now})  # SQLite: one writer, no lock to wait on
+        return
+    conn.exec_driver_sql(_STAMP.format(column=column), {"agent_id": agent_id, "now": now},
+                         execution_options=_DEFER)
 
 
 def update_agent(conn: Connection, agent_id: str, values: Mapping[str, Any]) -> None:
