@@ -164,3 +164,20 @@ def test_nobody_able_then_an_agent_coming_back_gets_it(store: str) -> None:
     assert rows(eid) == {alone: ("offered", 2)}  # it missed round 1: this is round 2
     assert offer_timer(eid).state == "pending"
     assert notified(effects)[0][2]["round"] == 2
+
+
+def test_the_reconciler_passes_an_overdue_offer_on_and_arms_the_next_hold(store: str) -> None:
+    from hitl_workers.services import reconcile
+    from hitl_workers.services.effects import Effects
+
+    team = f"team:{uuid.uuid4().hex[:8]}"
+    first, second = add_agents(team, 2)
+    eid, _ = start(team)
+    due = offer_timer(eid).due_at
+    published: list[Effects] = []
+    # Given the wake-up was lost, when the reconciler runs after the offer timeout
+    reconcile.fire_overdue(lambda: due + timedelta(seconds=1), published.append, budget_s=5)
+    # Then the hold passed on, and the next hold's wake-up is published with it
+    assert rows(eid) == {first: ("missed", 1), second: ("offered", 1)}
+    armed = [(e, kind, at) for effects in published for e, kind, at in effects.arm if e == eid]
+    assert armed == [(eid, "offer", offer_timer(eid).due_at)]
