@@ -190,9 +190,11 @@ Event = Claim | Reject | Close | TimerFired | Cancel | AgentRemoved | Reassess
 
 @dataclass(frozen=True)
 class OfferChange:
-    """A sequential offer's change (§9): the agent, its new status, the round, and why (for
-    the metrics: ``at_dispatch``, ``became_eligible``, ``next_in_sequence``, ``missed``,
-    ``rejected``, ``at_capacity``, ``status_not_allowed:<s>``, ``agent_removed``)."""
+    """A sequential offer's change (§9): the agent, its new status, the round, and why an
+    offer was made or lost (``became_eligible``, ``next_in_sequence``, ``missed``,
+    ``rejected``, ``at_capacity``, ``status_not_allowed:<s>``, ``agent_removed``: counted,
+    and a holder who lost it is told); ``""`` when no offer was made or lost (the holder
+    closing its popup, an agent rejecting before its turn)."""
 
     agent_id: str
     status: str
