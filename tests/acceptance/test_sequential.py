@@ -15,7 +15,7 @@ import sqlalchemy as sa
 
 from hitl_workers.store import bell, repo
 from hitl_workers.store.db import transaction
-from hitl_workers.store.tables import offers
+from hitl_workers.store.tables import offers, timers
 from tests.support.steps import audit_trail, eventually, execution, request, stays
 
 
@@ -215,7 +215,11 @@ def test_the_steps_timeout_still_ends_it(client, flow, agents, team, streams):
     assert exit_message["exit"] == "timeout"
     assert eventually(lambda: "exited" in withdrawn(streams, alone, eid))
     assert len(requested(streams, alone, eid)) >= 2  # it went round while it waited
-    assert holder(eid) is None or execution(eid).state == "exited"
+    # Every deadline is done: the timeout fired, the offer timer with it
+    with transaction() as conn:
+        states = dict(conn.execute(sa.select(timers.c.kind, timers.c.state)
+                                   .where(timers.c.execution_id == eid)).all())
+    assert states["timeout"] == "fired" and states["offer"] in ("cancelled", "fired")
 
 
 def test_sequential_with_a_specific_agent_or_a_bad_offer_timeout_is_invalid(client, flow,
