@@ -20,8 +20,7 @@ from hitl_workers.domain import machine
 from hitl_workers.domain.request import AssistanceRequest
 from hitl_workers.domain.validation import validate_request
 from hitl_workers.notify import events as notifications
-from hitl_workers.services import outbox
-from hitl_workers.services.effects import Effects, FirstOffer, OffersChanged
+from hitl_workers.services.effects import Effects, FirstOffer, OffersChanged, OutboxMessage
 from hitl_workers.settings import get_settings
 from hitl_workers.store import repo, sequential
 from hitl_workers.store.executions import LockedExecution
@@ -75,23 +74,28 @@ def arm(conn: Connection, effects: Effects, execution_id: str, due_at: datetime,
 def _notify(conn: Connection, row: LockedExecution, view: machine.ExecutionView,
             decision: machine.Decision, now: datetime, effects: Effects) -> None:
     stamp = now.isoformat()
+    messages: list[dict[str, Any]] = []
     for change in decision.offer_changes:
+        event: dict[str, Any] | None = None
         if change.status in LOST_HOLD and change.reason:
             event = notifications.withdrawn(
                 execution_id=view.execution_id, conversation_id=row.conversation_id,
                 state="waiting", exit=None, claimed_by=None,
                 suffix=f":{change.agent_id}:{stamp}")
-            outbox.notify(conn, effects, key=event["id"], execution_id=view.execution_id,
-                          agents=[change.agent_id], event=event, now=now)
         elif change.status == "offered" and decision.offer_due is not None:
             offer = offer_field(change.round or 1, decision.offer_due)
-            requested = requested_event(conn, row, view, offer=offer)
-            if requested is not None:
-                requested["id"] = (f"requested:{view.execution_id}:{change.agent_id}:"
-                                   f"{change.round}:{stamp}")
-                outbox.notify(conn, effects, key=requested["id"],
-                              execution_id=view.execution_id, agents=[change.agent_id],
-                              event=requested, now=now)
+            event = requested_event(conn, row, view, offer=offer)
+            if event is not None:
+                event["id"] = (f"requested:{view.execution_id}:{change.agent_id}:"
+                               f"{change.round}:{stamp}")
+        if event is not None:
+            messages.append({"dedupe_key": event["id"], "kind": "notify",
+                             "execution_id": view.execution_id,
+                             "payload": {"agents": [change.agent_id], "event": event}})
+    # The holder's withdrawal and the next one's offer: one statement.
+    ids = repo.add_outbox_many(conn, messages, now)
+    effects.outbox += [OutboxMessage(ids[m["dedupe_key"]], "notify", view.execution_id,
+                                     m["payload"]) for m in messages if m["dedupe_key"] in ids]
 
 
 def offer_field(round_: int, expires_at: datetime) -> dict[str, Any]:
