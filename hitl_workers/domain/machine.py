@@ -34,6 +34,41 @@ event with ``already_resolved`` (or ``already_claimed`` to the winner's repeat).
     waiting    reassess, routed, otherwise (still able with an offer; rejected or closed
                                 before; unable without an open offer)   outcome stale
     waiting    reassess, not routed   unchanged (§1–§5 as before)     outcome stale
+
+    Sequential steps (``settings.offer.strategy = sequential``, §9; ``view.sequential``; who
+    holds and who is next: domain/sequence.py). "Settle" below: when nobody holds, the next
+    holder is offered it (next_in_sequence, the offer timer re-armed); else, when some agent
+    is able and every able agent has rejected, exited not_claimed REJECTED; else it waits with
+    nobody holding (the offer timer done).
+
+    waiting    claim by the holder      as a claim above (claimed, at_capacity)
+    waiting    claim, able non-holder   unchanged            outcome not_eligible (not_offered)
+    waiting    claim (may not)          unchanged            outcome not_eligible / at_capacity
+    waiting    reject by the holder     offer rejected, settle   outcome reject_recorded
+                                        (or rejected when everyone able rejected)
+    waiting    reject by another who may answer (offered before, or able)
+                                        offer rejected (leaves the rotation), settle
+                                        outcome reject_recorded (or rejected)
+    waiting    reject, repeat           unchanged            outcome reject_recorded
+    waiting    reject (may not)         unchanged            outcome not_eligible
+    waiting    close by the holder      offer closed, still holds   outcome closed
+    waiting    close by the holder, repeat  unchanged        outcome closed
+    waiting    close by another         as close above
+    waiting    offer timer, due, holder offer missed (on_missed status set unless keep), settle
+                                        outcome fired (or rejected)
+    waiting    offer timer, due, nobody holds   offer timer done     outcome stale
+    waiting    offer timer, not due     unchanged (re-arm)   outcome early
+    waiting    offer timer, armed for an earlier hold   unchanged    outcome stale
+    waiting    offer timer with the step's countdown/timeout also due
+                                        exited timer_action | timeout (the step's own first)
+    waiting    countdown / timeout      as timer above (the holder's popup withdrawn)
+    waiting    cancel                   as cancel above
+    waiting    reassess, became able, nobody holds, not rejected
+                                        offered (became_eligible)   outcome offered
+    waiting    reassess, became able, someone holds (or it rejected)   outcome stale
+    waiting    reassess, holder became unable   offer withdrawn, settle   outcome withdrawn
+    waiting    agent removed, the holder        offer withdrawn, settle   outcome withdrawn
+    waiting    reassess / removed, not the holder and not able   unchanged   outcome stale
     exited     claim by winner  unchanged                 outcome already_claimed
     final      agent event      unchanged                 outcome already_resolved
     final      timer            unchanged                 outcome stale
@@ -49,13 +84,15 @@ behaviour: offered once at dispatch, an offer kept whatever its agent's status d
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from datetime import datetime
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
 from typing import Any, Literal, cast
 
+from hitl_workers.domain import sequence
 from hitl_workers.domain.eligibility import AT_CAPACITY, AgentView, Audience, refusal
 from hitl_workers.domain.names import ExecutionState as State
 from hitl_workers.domain.names import ExitName, TimerKind
+from hitl_workers.domain.sequence import Sequential
 
 RejectPolicy = Literal["any", "all"]
 
@@ -85,6 +122,8 @@ class ExecutionView:
     timers: Mapping[str, TimerView] = field(default_factory=dict)
     routed: bool = False
     """The step gave ``priority`` or ``offer`` (§9): its offers follow eligibility."""
+    sequential: Sequential | None = None
+    """The step's sequential offers and the agents who can see it (None: broadcast)."""
 
     def follows(self, agent: AgentView | None) -> bool:
         """Whether offers of this step to ``agent`` follow its eligibility (§9)."""
@@ -119,6 +158,9 @@ class Close:
 @dataclass(frozen=True)
 class TimerFired:
     kind: TimerKind
+    due_at: datetime | None = None
+    """The deadline the wake-up was armed for (None: unknown, e.g. the reconciler's). An
+    ``offer`` wake-up armed for another hold than the current one is stale."""
 
 
 @dataclass(frozen=True)
@@ -147,6 +189,23 @@ Event = Claim | Reject | Close | TimerFired | Cancel | AgentRemoved | Reassess
 
 
 @dataclass(frozen=True)
+class OfferChange:
+    """A sequential offer's change (§9): the agent, its new status, the round, and why an
+    offer was made or lost (``became_eligible``, ``next_in_sequence``, ``missed``,
+    ``rejected``, ``at_capacity``, ``status_not_allowed:<s>``, ``agent_removed``: counted,
+    and a holder who lost it is told); ``""`` when no offer was made or lost (the holder
+    closing its popup, an agent rejecting before its turn)."""
+
+    agent_id: str
+    status: str
+    round: int | None
+    reason: str
+
+
+AuditEntry = tuple[str, str | None, Mapping[str, Any]]
+
+
+@dataclass(frozen=True)
 class Decision:
     outcome: str
     state: State
@@ -159,6 +218,16 @@ class Decision:
     detail: Mapping[str, Any] = field(default_factory=dict)
     timer: TimerKind | None = None
     """The deadline that fired, when one did (not always the wake-up's own: see _timer)."""
+    offer_changes: tuple[OfferChange, ...] = ()
+    """Sequential offers: the holder out, the next one in (written in this order)."""
+    more_audits: tuple[AuditEntry, ...] = ()
+    """Audit entries naming their own agent (kind, agent id, detail), after ``audit``."""
+    offer_due: datetime | None = None
+    """(Re-)arm the ``offer`` timer for this deadline: a new holder's offer timeout."""
+    offer_timer_off: bool = False
+    """Nobody holds the step now: the pending ``offer`` timer is done (fired or cancelled)."""
+    status_change: tuple[str, str] | None = None
+    """(agent id, status): a missed offer's ``on_missed`` status, set in this transaction."""
 
     def ends(self, view: ExecutionView) -> bool:
         return view.state == "waiting" and self.state != "waiting"
@@ -168,6 +237,8 @@ def decide(view: ExecutionView, event: Event, now: datetime) -> Decision:
     """What ``event`` does to the execution ``view`` at time ``now``."""
     if view.state != "waiting":
         return _after_the_end(view, event)
+    if view.sequential is not None and not isinstance(event, Cancel):
+        return _sequential(view, view.sequential, event, now)
     match event:
         case Claim():
             return _claim(view, event)
@@ -272,8 +343,11 @@ def _timer(view: ExecutionView, event: TimerFired, now: datetime) -> Decision:
     # The first deadline to arrive wins, whichever wake-up noticed: when a countdown's
     # wake-up was lost and the timeout's arrives, the countdown (due earlier) still decides.
     # A countdown and a timeout due at the same instant end by the countdown.
+    # Only the step's own deadlines end it (an ``offer`` timeout passes the hold, see
+    # _offer_missed); when one is due with an offer timeout, the step's own goes first.
     kind, timer = min(
-        ((k, t) for k, t in view.timers.items() if t.state == "pending" and t.due_at <= now),
+        ((k, t) for k, t in view.timers.items()
+         if k in TIMER_EXITS and t.state == "pending" and t.due_at <= now),
         key=lambda pair: (pair[1].due_at, pair[0] != "countdown"))
     audit = "timer_fired" if kind == "countdown" else "timeout_fired"
     lateness_ms = (now - timer.due_at).total_seconds() * 1000
@@ -321,3 +395,165 @@ def _withdraw(view: ExecutionView, agent_id: str, reason: str) -> Decision:
                         offer_change=change, audit="rejected", detail=completed)
     return Decision("withdrawn", "waiting", offer_change=change, audit="offer_withdrawn",
                     detail={"reason": reason})
+
+
+# --- sequential offers (§9 "Offer strategy", domain/sequence.py) ----------------------------
+
+
+def _sequential(view: ExecutionView, seq: Sequential, event: Event, now: datetime) -> Decision:
+    match event:
+        case Claim():
+            return _seq_claim(view, seq, event)
+        case Reject():
+            return _seq_reject(view, seq, event, now)
+        case Close():
+            return _seq_close(view, seq, event)
+        case TimerFired():
+            return _seq_timer(view, seq, event, now)
+        case AgentRemoved():
+            if sequence.holder(view.offers, seq) != event.agent_id:
+                return _unchanged(view, "stale")
+            return _seq_withdraw(view, seq.with_agent(None, event.agent_id), event.agent_id,
+                                 "agent_removed", now)
+        case Reassess():
+            return _seq_reassess(view, seq, event, now)
+        case _:  # Cancel: handled by decide
+            raise AssertionError(event)
+
+
+def _seq_claim(view: ExecutionView, seq: Sequential, event: Claim) -> Decision:
+    reason = refusal(event.agent, view.tags, view.audience)
+    if reason is None and sequence.holder(view.offers, seq) != event.agent_id:
+        # Only the holder may claim: the others who could are waiting for their turn.
+        return _unchanged(view, "not_eligible", "claim_refused", reason="not_offered")
+    return _claim(view, event)
+
+
+def _seq_reject(view: ExecutionView, seq: Sequential, event: Reject, now: datetime
+                ) -> Decision:
+    agent_id = event.agent_id
+    offered_before = event.agent is not None and agent_id in seq.rounds
+    reason = None if offered_before else refusal(event.agent, view.tags, view.audience)
+    if reason is not None and reason != AT_CAPACITY:  # declining is not taking
+        return _unchanged(view, "not_eligible", "reject_refused", reason=reason)
+    if agent_id in view.rejected_by:
+        return _unchanged(view, "reject_recorded")  # a repeat counts once: a declared no-op
+    held = sequence.holder(view.offers, seq) == agent_id
+    # A non-holder's reject takes it out of the rotation; it withdraws no offer (no metric).
+    changes = [OfferChange(agent_id, "rejected", seq.rounds.get(agent_id),
+                           "rejected" if held else "")]
+    audits: list[AuditEntry] = ([("offer_withdrawn", agent_id, {"reason": "rejected"})]
+                                if held else [])
+    return _settle(view, seq.with_agent(event.agent, agent_id),
+                   {**view.offers, agent_id: "rejected"}, (*view.rejected_by, agent_id),
+                   changes, audits, now, outcome="reject_recorded", audit="rejected")
+
+
+def _seq_close(view: ExecutionView, seq: Sequential, event: Close) -> Decision:
+    if sequence.holder(view.offers, seq) != event.agent_id:
+        return _close(view, event)
+    if view.offers[event.agent_id] == "closed":
+        return _unchanged(view, "closed")  # a repeat: a declared no-op
+    # The holder closed its popup: it still holds the step until its offer timeout.
+    change = OfferChange(event.agent_id, "closed", seq.rounds[event.agent_id], "")
+    return Decision("closed", "waiting", offer_changes=(change,), audit="popup_closed")
+
+
+def _seq_timer(view: ExecutionView, seq: Sequential, event: TimerFired, now: datetime
+               ) -> Decision:
+    timer = view.timers.get(event.kind)
+    if event.kind != "offer" or timer is None or timer.state != "pending":
+        return _timer(view, event, now)
+    if event.due_at is not None and abs((event.due_at - timer.due_at).total_seconds()) > 1e-3:
+        # A wake-up armed for an earlier hold: the current one has its own wake-up, so this
+        # one must neither fire it early nor re-arm a second.
+        return _unchanged(view, "stale")
+    if now < timer.due_at:
+        return _unchanged(view, "early")
+    step_due = [k for k, t in view.timers.items()
+                if k in TIMER_EXITS and t.state == "pending" and t.due_at <= now]
+    if step_due:  # the step's own deadline first (_timer picks the earliest)
+        return _timer(view, TimerFired(cast(TimerKind, step_due[0])), now)
+    return _offer_missed(view, seq, now)
+
+
+def _offer_missed(view: ExecutionView, seq: Sequential, now: datetime) -> Decision:
+    missed = sequence.holder(view.offers, seq)
+    if missed is None:
+        return Decision("stale", "waiting", offer_timer_off=True)  # nobody holds: it is done
+    on_missed = seq.on_missed
+    changes = [OfferChange(missed, "missed", seq.rounds.get(missed), "missed")]
+    audits: list[AuditEntry] = [("offer_missed", missed, {"on_missed": on_missed}),
+                                ("offer_withdrawn", missed, {"reason": "missed"})]
+    status_change = None
+    after = seq
+    current = next((c.agent for c in seq.pool if c.agent.agent_id == missed), None)
+    if on_missed != "keep" and current is not None:
+        if current.status != on_missed:
+            status_change = (missed, on_missed)
+        # The next holder is chosen with the missed agent in its new status.
+        after = seq.with_agent(replace(current, status=on_missed), missed)
+    decision = _settle(view, after, {**view.offers, missed: "missed"}, view.rejected_by,
+                       changes, audits, now, outcome="fired", audit=None,
+                       exit_detail={"completed_by_miss_of": missed})
+    return replace(decision, status_change=status_change)
+
+
+def _seq_reassess(view: ExecutionView, seq: Sequential, event: Reassess, now: datetime
+                  ) -> Decision:
+    agent_id = event.agent_id
+    reason = refusal(event.agent, view.tags, view.audience)
+    held_by = sequence.holder(view.offers, seq)
+    if reason is None:
+        offered_in = sequence.round_for(agent_id, view.offers, seq)
+        if held_by is not None or offered_in is None:
+            return _unchanged(view, "stale")  # someone holds it (it is a candidate), or rejected
+        due = now + timedelta(seconds=seq.offer_timeout_s)
+        return Decision(
+            "offered", "waiting",
+            offer_changes=(OfferChange(agent_id, "offered", offered_in, "became_eligible"),),
+            more_audits=(("offered", agent_id, {"reason": "became_eligible",
+                                                "round": offered_in,
+                                                "expires_at": due.isoformat()}),),
+            offer_due=due)
+    if held_by != agent_id:
+        return _unchanged(view, "stale")
+    return _seq_withdraw(view, seq.with_agent(event.agent, agent_id), agent_id, reason, now)
+
+
+def _seq_withdraw(view: ExecutionView, seq: Sequential, agent_id: str, reason: str,
+                  now: datetime) -> Decision:
+    """The holder can no longer claim: its offer is withdrawn and the next one gets it."""
+    return _settle(view, seq, {**view.offers, agent_id: "withdrawn"}, view.rejected_by,
+                   [OfferChange(agent_id, "withdrawn", seq.rounds.get(agent_id), reason)],
+                   [("offer_withdrawn", agent_id, {"reason": reason})], now,
+                   outcome="withdrawn", audit=None,
+                   exit_detail={"completed_by_withdrawal_from": agent_id, "reason": reason})
+
+
+def _settle(view: ExecutionView, seq: Sequential, offers: Mapping[str, str],
+            rejected: tuple[str, ...], changes: list[OfferChange], audits: list[AuditEntry],
+            now: datetime, *, outcome: str, audit: str | None,
+            exit_detail: Mapping[str, Any] | None = None) -> Decision:
+    """After the holder (or another agent) changed: pass the hold on, exit when every able
+    agent has rejected, or wait with nobody holding (an agent who becomes able gets it)."""
+    pending_offer = (t := view.timers.get("offer")) is not None and t.state == "pending"
+    if sequence.holder(offers, seq) is not None:
+        return Decision(outcome, "waiting", audit=audit, offer_changes=tuple(changes),
+                        more_audits=tuple(audits))
+    chosen = sequence.next_holder(offers, seq, view.tags, view.audience)
+    if chosen is not None:
+        agent_id, offered_in = chosen
+        due = now + timedelta(seconds=seq.offer_timeout_s)
+        changes.append(OfferChange(agent_id, "offered", offered_in, "next_in_sequence"))
+        audits.append(("offered", agent_id, {"reason": "next_in_sequence", "round": offered_in,
+                                             "expires_at": due.isoformat()}))
+        return Decision(outcome, "waiting", audit=audit, offer_changes=tuple(changes),
+                        more_audits=tuple(audits), offer_due=due)
+    if sequence.everyone_able_rejected(offers, seq, view.tags, view.audience):
+        return Decision("rejected", "exited", "not_claimed",
+                        {"reason": "REJECTED", "rejectedBy": list(rejected)},
+                        audit="rejected", detail=exit_detail or {},
+                        offer_changes=tuple(changes), more_audits=tuple(audits))
+    return Decision(outcome, "waiting", audit=audit, offer_changes=tuple(changes),
+                    more_audits=tuple(audits), offer_timer_off=pending_offer)

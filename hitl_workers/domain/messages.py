@@ -166,6 +166,13 @@ class Popup(_Out):
     timers: list[PopupTimer]
 
 
+class SequentialOfferInfo(_Out):
+    strategy: Literal["sequential"]
+    round: int = Field(description="1 for the first pass over the agents, then 2, …")
+    expires_at: str = Field(description="ISO 8601 UTC: the offer passes on to the next agent "
+                                        "at this moment unless claimed or rejected.")
+
+
 class AssistanceRequested(_Out):
     type: Literal["assistance.requested"]
     id: str = Field(description="Deduplicate on it: delivery is at least once.")
@@ -175,6 +182,8 @@ class AssistanceRequested(_Out):
     browser_notification: bool
     dispatched_at_ms: int
     popup: Popup | None
+    offer: SequentialOfferInfo | None = Field(None, description=(
+        "§9: present only on a sequential offer, made to this agent alone."))
 
 
 class AssistanceWithdrawn(_Out):
@@ -183,7 +192,8 @@ class AssistanceWithdrawn(_Out):
     execution_id: Identifier
     conversation_id: str | None
     state: Literal["waiting", "exited", "cancelled"] = Field(
-        description="`waiting`: the step goes on without this agent (it was removed).")
+        description="`waiting`: the step goes on without this agent (it was removed, can no "
+                    "longer claim it, or its sequential offer passed on).")
     exit: ExitName | None
     claimed_by: str | None
 

@@ -55,11 +55,19 @@ EXITS: tuple[ExitName, ...] = get_args(ExitName)
 NotClaimedReason = Literal["NO_AGENTS", "NOT_AVAILABLE", "REJECTED"]
 """``merge_field.reason`` of a ``not_claimed`` exit."""
 
-OfferStatus = Literal["offered", "closed", "rejected", "withdrawn"]
+OfferStatus = Literal["offered", "closed", "rejected", "withdrawn", "missed"]
+"""``missed``: a sequential offer whose ``offer_timeout`` passed (§9, revision 0007)."""
 OFFER_STATUSES: tuple[OfferStatus, ...] = get_args(OfferStatus)
 
-TimerKind = Literal["countdown", "timeout"]
+TimerKind = Literal["countdown", "timeout", "offer"]
+"""``offer``: the sequential holder's offer timeout (§9), re-armed at each new hold."""
 TIMER_KINDS: tuple[TimerKind, ...] = get_args(TimerKind)
+
+OfferStrategy = Literal["broadcast", "sequential"]
+OFFER_STRATEGIES: tuple[OfferStrategy, ...] = get_args(OfferStrategy)
+
+OfferOrder = Literal["longest_idle", "fewest_claimed"]
+OnMissed = Literal["keep", "busy", "offline"]
 
 TimerState = Literal["pending", "fired", "cancelled"]
 TIMER_STATES: tuple[TimerState, ...] = get_args(TimerState)

@@ -27,6 +27,7 @@ from pydantic import (
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from hitl_workers.domain import webhooks
+from hitl_workers.domain.names import OfferOrder, OfferStrategy, OnMissed
 from hitl_workers.domain.timestrings import parse_duration
 
 DAY_S = 24 * 3600.0
@@ -162,6 +163,32 @@ class PopupSettings(_Strict):
     ] = []
 
 
+MIN_OFFER_TIMEOUT_S = 1.0
+
+
+def _offer_timeout(value: float) -> float:
+    if value < MIN_OFFER_TIMEOUT_S:
+        raise ValueError(f"offer_timeout must be at least 1s, got {value:g}s")
+    return value
+
+
+OfferSeconds = Annotated[float, _duration(DAY_S), AfterValidator(_offer_timeout),
+                         WithJsonSchema({
+                             "anyOf": [{"type": "string", "minLength": 1},
+                                       {"type": "number", "minimum": 1}],
+                             "description": "A time string ('30s', '2m') or seconds; 1 s to "
+                                            "24 hours."}, mode="validation")]
+
+
+class OfferSettings(_Strict):
+    """§9 "Offer strategy": broadcast (§1's fan-out) or one agent at a time."""
+
+    strategy: OfferStrategy = "broadcast"
+    offer_timeout: OfferSeconds = 30.0
+    order: OfferOrder = "longest_idle"
+    on_missed: OnMissed = "keep"
+
+
 class StepSettings(_Strict):
     allow_busy: bool = False
     allow_offline: bool = False
@@ -174,6 +201,24 @@ class StepSettings(_Strict):
         "§9: 0–9, higher first in the bell list and in what a freed agent is offered; "
         "absent means 0. A step that gives it (or `offer`) has its offers follow "
         "eligibility while it waits."))] | None = None
+    offer: OfferSettings | None = Field(None, description=(
+        "§9: broadcast (the default) or sequential offers. A step that gives it has its "
+        "offers follow eligibility while it waits."))
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _sequential_not_specific(cls, data: Any, handler: Any) -> StepSettings:
+        settings: StepSettings = handler(data)
+        if (settings.offer is not None and settings.offer.strategy == "sequential"
+                and settings.specific_agent_id is not None):
+            # One named agent leaves nobody to pass the offer on to (§9).
+            raise ValidationError.from_exception_data("StepSettings", [InitErrorDetails(
+                type=PydanticCustomError(
+                    "sequential_specific",
+                    "sequential offers go to one agent after another; not accepted together "
+                    "with specific_agent_id"),
+                loc=("offer", "strategy"), input=data)])
+        return settings
 
 
 class Conversation(_Strict):

@@ -11,7 +11,9 @@ from hitl_workers.notify.markdown import render_markdown
 
 
 def requested(request: AssistanceRequest, *, contact: Any, dispatched_at: datetime,
-              countdown_at: datetime | None, display_until: datetime | None) -> dict[str, Any]:
+              countdown_at: datetime | None, display_until: datetime | None,
+              offer: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``offer``: the sequential offer's round and expiry (§9); None (broadcast): no field."""
     settings = request.settings
     popup = None
     if settings.popup is not None:
@@ -25,7 +27,7 @@ def requested(request: AssistanceRequest, *, contact: Any, dispatched_at: dateti
             "timers": [{"label": t.label, "since_ms": t.since_ms}
                        for t in settings.popup.additional_timers],
         }
-    return {
+    event = {
         "type": "assistance.requested",
         "id": f"requested:{request.execution_id}",
         "execution_id": request.execution_id,
@@ -35,6 +37,9 @@ def requested(request: AssistanceRequest, *, contact: Any, dispatched_at: dateti
         "dispatched_at_ms": to_ms(dispatched_at),
         "popup": popup,
     }
+    if offer is not None:
+        event["offer"] = offer
+    return event
 
 
 def withdrawn(*, execution_id: str, conversation_id: str | None, state: str,

@@ -85,9 +85,15 @@ class _WorkerMetrics:
             "hitl_timer_wakeups", "Timer wake-up tasks by outcome (fired, early, stale, …).",
             ["outcome"], registry=None)
         self.offers = Counter(
-            "hitl_offers", "Offers made (at dispatch, or when an agent became able to claim) "
-            "and withdrawn (the agent could no longer claim, §9), by why.",
+            "hitl_offers", "Offers made (at dispatch, when an agent became able to claim, next "
+            "in a sequence), withdrawn (the agent could no longer claim, or rejected a "
+            "sequential offer it held) and missed (a sequential offer's timeout passed), by "
+            "why (§9).",
             ["change", "reason"], registry=None)
+        self.time_to_first_offer = Histogram(
+            "hitl_time_to_first_offer_seconds",
+            "From the request to the step's first offer, broadcast or sequential (once per "
+            "step).", buckets=WAIT_BUCKETS, registry=None)
         self.agent_events = Counter(
             "hitl_agent_events", "Claim, reject and close tasks by outcome.",
             ["action", "outcome"], registry=None)
@@ -162,6 +168,11 @@ def count_offers(*, change: str, reason: str, count: int = 1) -> None:
     """Count offers made or withdrawn (after the transaction that wrote them committed)."""
     # status_not_allowed:<status> keeps its status: three values at most.
     _m().offers.labels(_label(change), _label(reason)).inc(count)
+
+
+def count_first_offer(*, requested_at: datetime, now: datetime) -> None:
+    """Observe a step's time to its first offer (once per step, after commit)."""
+    _m().time_to_first_offer.observe(max(0.0, (now - requested_at).total_seconds()))
 
 
 _started: dict[str, float] = {}

@@ -18,6 +18,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 from hitl_workers.clock import utcnow
+from hitl_workers.domain.names import TIMER_KINDS
 from hitl_workers.settings import Settings, get_settings
 from hitl_workers.store import overview
 from hitl_workers.store.db import read_only
@@ -104,7 +105,7 @@ def database_gauges(found: overview.Overview) -> Iterator[Metric]:
                 "Age of the oldest waiting execution, since its dispatch (0: none waiting).",
                 found.age_s(found.oldest_waiting_since) or 0.0)
     yield by("hitl_timers_pending", "Deadlines not yet fired or cancelled, by kind.", "kind",
-             found.timers_pending, ("countdown", "timeout"))
+             found.timers_pending, TIMER_KINDS)
     yield gauge("hitl_timers_overdue",
                 "Pending deadlines already due (normal for an instant; a growing number "
                 "means nothing is firing them).", found.timers_overdue)

@@ -35,7 +35,14 @@ MADE_BECAUSE = {
     "directory_changed": "became eligible (directory changed)",
     "status_changed": "became eligible (status changed)",
     "slot_freed": "became eligible (a slot freed)",
+    "became_eligible": "became eligible",
+    "next_in_sequence": "next in sequence",
 }
+
+
+def _round(detail: dict[str, Any]) -> str:
+    """A sequential offer's round, when it has one (§9)."""
+    return f" (round {detail['round']})" if detail.get("round") is not None else ""
 
 
 def withdrawn_because(reason: str) -> str:
@@ -43,6 +50,7 @@ def withdrawn_because(reason: str) -> str:
     if reason.startswith("status_not_allowed:"):
         return f"status changed to {reason.split(':', 1)[1]}"
     return {"at_capacity": "at capacity", "agent_removed": "removed from the directory",
+            "missed": "missed (its offer timeout passed)", "rejected": "rejected",
             "not_eligible": "no longer sees the conversation",
             "unknown_agent": "no longer in the directory"}.get(reason, reason)
 
@@ -57,18 +65,29 @@ def offer_history(story: Journal) -> dict[str, list[str]]:
                 history.setdefault(notified, []).append("made at dispatch")
         elif kind == "offered" and agent:
             reason = str(detail.get("reason"))
-            history.setdefault(agent, []).append("made: " + MADE_BECAUSE.get(reason, reason))
+            told = history.setdefault(agent, [])
+            if reason == "at_dispatch" and told[-1:] == ["made at dispatch"]:
+                told.pop()  # a sequential first holder: its own entry says the round
+            told.append("made: " + MADE_BECAUSE.get(reason, reason) + _round(detail))
         elif kind == "offer_withdrawn" and agent:
             history.setdefault(agent, []).append(
                 "withdrawn: " + withdrawn_because(str(detail.get("reason"))))
-        elif kind == "rejected" and detail.get("completed_by_withdrawal_from"):
+        elif kind == "rejected" and detail.get("completed_by_withdrawal_from") \
+                and not _withdrawn_at(story, detail["completed_by_withdrawal_from"], event):
             history.setdefault(detail["completed_by_withdrawal_from"], []).append(
                 "withdrawn: " + withdrawn_because(str(detail.get("reason"))))
-        elif kind == "rejected" and agent:
+        elif kind == "rejected" and agent and not _withdrawn_at(story, agent, event):
             history.setdefault(agent, []).append("rejected")
         elif kind == "popup_closed" and agent:
             history.setdefault(agent, []).append("closed")
     return history
+
+
+def _withdrawn_at(story: Journal, agent_id: str, event: dict[str, Any]) -> bool:
+    """Whether ``agent_id``'s offer has its own ``offer_withdrawn`` entry written with
+    ``event`` (a sequential hold passing on, §9): that entry tells it."""
+    return any(e["kind"] == "offer_withdrawn" and e.get("agent_id") == agent_id
+               and e["at"] == event["at"] for e in story.audit)
 
 
 def _describe(event: dict[str, Any]) -> str:
@@ -85,7 +104,11 @@ def _describe(event: dict[str, Any]) -> str:
         return text
     if kind == "offered":
         reason = str(detail.get("reason"))
-        return f"offered to {agent}: {MADE_BECAUSE.get(reason, reason)}"
+        expires = f", until {detail['expires_at']}" if detail.get("expires_at") else ""
+        return f"offered to {agent}: {MADE_BECAUSE.get(reason, reason)}{_round(detail)}{expires}"
+    if kind == "offer_missed":
+        return f"offer missed by {agent}: its status set to {detail.get('on_missed')}" \
+            if detail.get("on_missed") not in (None, "keep") else f"offer missed by {agent}"
     if kind == "offer_withdrawn":
         return f"offer withdrawn from {agent}: {withdrawn_because(str(detail.get('reason')))}"
     if kind == "exit_recorded":
@@ -151,7 +174,7 @@ def format_text(story: Journal) -> str:
                   + (f" at {_t(t['fired_at'], origin)}" if t["fired_at"] else "")
                   for t in story.timers]
     if story.offers:
-        lines.append("offers (why each was made or withdrawn)")
+        lines.append("offers (why each was made, missed or withdrawn)")
         history = offer_history(story)
         lines += [f"  {o['agent_id']:<24} {o['status']:<10} "
                   f"{'; '.join(history.get(o['agent_id'], [])) or '-'}" for o in story.offers]

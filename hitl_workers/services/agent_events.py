@@ -136,8 +136,12 @@ def handle_cancel(conn: Connection, cancel: CancelIn, now: datetime
 
 
 def fire_timer(conn: Connection, execution_id: str, kind: str, now: datetime, *,
-               skip_locked: bool = False) -> tuple[str, Effects]:
-    """A deadline's wake-up: re-check the row, then fire, re-arm (early) or do nothing."""
+               skip_locked: bool = False, due_at: datetime | None = None
+               ) -> tuple[str, Effects]:
+    """A deadline's wake-up: re-check the row, then fire, re-arm (early) or do nothing.
+
+    ``due_at``: the deadline the wake-up was armed for, when known; an ``offer`` wake-up
+    armed for an earlier hold is then stale (machine.py)."""
     if skip_locked:
         locked = repo.lock_execution(conn, execution_id, skip_locked=True)
         if locked is None:
@@ -145,10 +149,11 @@ def fire_timer(conn: Connection, execution_id: str, kind: str, now: datetime, *,
         row = executions.LockedExecution.from_row(locked)
         view = executions.views(conn, [row])[execution_id]
     else:
-        found = executions.lock(conn, execution_id)
+        found = executions.lock(conn, execution_id, holder_first=kind == "offer")
         if found.row is None or found.view is None:
             return "not_found", Effects()
         row, view = found.row, found.view
-    decision = machine.decide(view, machine.TimerFired(kind), now)  # type: ignore[arg-type]
+    decision = machine.decide(view, machine.TimerFired(kind, due_at),  # type: ignore[arg-type]
+                              now)
     effects = apply(conn, row, view, decision, now, fired=kind)
     return decision.outcome, effects

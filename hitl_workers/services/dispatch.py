@@ -13,6 +13,7 @@ from sqlalchemy.engine import Connection
 from hitl_workers.domain.digest import request_digest
 from hitl_workers.domain.eligibility import Audience, select_agents
 from hitl_workers.domain.request import AssistanceRequest, ReplyTo
+from hitl_workers.domain.sequence import Sequential, next_holder
 from hitl_workers.domain.validation import (
     Invalid,
     salvage_execution_id,
@@ -21,9 +22,16 @@ from hitl_workers.domain.validation import (
 )
 from hitl_workers.domain.webhooks import WEBHOOK_REPLY_TASK, WebhookPolicy
 from hitl_workers.notify import events as notifications
-from hitl_workers.services.effects import Effects, OffersChanged, OutboxMessage, StepEnded
+from hitl_workers.services import sequence
+from hitl_workers.services.effects import (
+    Effects,
+    FirstOffer,
+    OffersChanged,
+    OutboxMessage,
+    StepEnded,
+)
 from hitl_workers.services.transitions import exit_message_for
-from hitl_workers.store import dispatching, repo
+from hitl_workers.store import dispatching, repo, sequential
 
 MAX_SKIPPED_IN_AUDIT = 200
 DEAD_LETTER_PAYLOAD_CHARS = 64 * 1024
@@ -224,14 +232,21 @@ def _dispatch(conn: Connection, request: AssistanceRequest, now: datetime,
     display_until = (now + timedelta(seconds=popup.display_for)
                      if popup and popup.display_for else None)
     values.update(state="waiting", countdown_at=countdown_at, timeout_at=timeout_at)
-    event = notifications.requested(request, contact=contact, dispatched_at=now,
-                                    countdown_at=countdown_at, display_until=display_until)
+    offered = list(selection.notified)
+    hold = _first_holder(conn, request, tags, audience, offered, now)
+    if hold is not None:
+        offered = [hold.agent_id]  # §9 sequential: one agent at a time
+        notified[2]["notified"] = offered
+    event = notifications.requested(
+        request, contact=contact, dispatched_at=now, countdown_at=countdown_at,
+        display_until=display_until,
+        offer=sequence.offer_field(1, hold.due_at) if hold is not None else None)
     # Nobody notified: every agent who could take it is at capacity and the step allows busy
     # agents (§9), so it waits for a slot to free.
     messages = [{"dedupe_key": f"requested:{execution_id}", "kind": "notify",
                  "execution_id": execution_id,
-                 "payload": {"agents": list(selection.notified), "event": dict(event)}}
-                ] if selection.notified else []
+                 "payload": {"agents": offered, "event": dict(event)}}
+                ] if offered else []
     created, ids = dispatching.create_with_messages(conn, values, messages, now)
     if not created:
         # The same execution_id sent for another conversation at this very moment: the other
@@ -240,10 +255,7 @@ def _dispatch(conn: Connection, request: AssistanceRequest, now: datetime,
     # Everything below needs no answer: on PostgreSQL it travels with COMMIT.
     repo.update_conversation(conn, request.conversation_id, now, status="needs_action",
                              tags=tags, contact=contact)
-    repo.insert_offers(conn, execution_id, selection.notified, now)
-    if selection.notified:
-        effects.observations.append(OffersChanged("made", "at_dispatch",
-                                                  len(selection.notified)))
+    audits = _record_offers(conn, effects, execution_id, offered, hold, now)
 
     horizon = now + timedelta(seconds=defaults.timer_horizon_s)
     deadlines = [("timeout", timeout_at)]
@@ -265,8 +277,52 @@ def _dispatch(conn: Connection, request: AssistanceRequest, now: datetime,
             "timeout_at": timeout_at.isoformat(),
             "countdown_at": countdown_at.isoformat() if countdown_at else None,
             "display_until": display_until.isoformat() if display_until else None}),
-        notified])
+        notified, *audits])
     return result(execution_id, "waiting", None, False), effects
+
+
+def _record_offers(conn: Connection, effects: Effects, execution_id: str, offered: list[str],
+                   hold: _Hold | None, now: datetime
+                   ) -> list[tuple[str, str | None, dict[str, Any] | None]]:
+    """Write the offers made at dispatch; return their audit entries (a sequential one's)."""
+    audits: list[tuple[str, str | None, dict[str, Any] | None]] = []
+    if hold is not None:
+        sequential.set_offer(conn, execution_id, hold.agent_id, "offered", 1, now)
+        sequential.stamp_offered(conn, hold.agent_id, now)
+        sequence.arm(conn, effects, execution_id, hold.due_at, now)
+        audits.append(("offered", hold.agent_id, {"reason": "at_dispatch", "round": 1,
+                                                  "expires_at": hold.due_at.isoformat()}))
+    else:
+        repo.insert_offers(conn, execution_id, offered, now)
+    if offered:
+        effects.observations.append(OffersChanged("made", "at_dispatch", len(offered)))
+        effects.observations.append(FirstOffer(now, now))
+    return audits
+
+
+@dataclass(frozen=True)
+class _Hold:
+    agent_id: str
+    due_at: datetime
+
+
+def _first_holder(conn: Connection, request: AssistanceRequest, tags: list[str],
+                  audience: Audience, able: list[str], now: datetime) -> _Hold | None:
+    """A sequential step's first holder among the ``able`` agents, first by its order (§9);
+    None for a broadcast step, or when nobody is able (the step waits)."""
+    offer = request.settings.offer
+    if offer is None or offer.strategy != "sequential" or not able:
+        return None
+    # Only a sequential step reads the pool's idle stamps and loads (one more statement).
+    names = set(able)
+    candidates = tuple(c for c in sequential.read_pool(conn, request.conversation_id, tags)
+                       if c.agent.agent_id in names)
+    chosen = next_holder({}, Sequential(offer.offer_timeout, offer.order, offer.on_missed,
+                                        {}, candidates), tags, audience)
+    # (The pool and the selection read the same agents under the conversation's lock; should
+    # they ever disagree, the first able agent by id holds it rather than everyone.)
+    agent_id = chosen[0] if chosen is not None else min(able)
+    return _Hold(agent_id, now + timedelta(seconds=offer.offer_timeout))
 
 
 def record_refused(conn: Connection, top_level: dict[str, Any], fields: list[str], message: str,

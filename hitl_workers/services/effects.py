@@ -45,12 +45,20 @@ class OffersChanged:
     """Offers made or withdrawn (§9), and why: for the offer metrics."""
 
     change: str
-    """``made`` or ``withdrawn``."""
+    """``made``, ``withdrawn`` or ``missed`` (a sequential offer's timeout passed)."""
     reason: str
     count: int = 1
 
 
-Observation = StepEnded | TimerFired | OffersChanged
+@dataclass(frozen=True)
+class FirstOffer:
+    """A step's first offer (broadcast or sequential, §9): for time-to-first-offer."""
+
+    requested_at: datetime
+    at: datetime
+
+
+Observation = StepEnded | TimerFired | OffersChanged | FirstOffer
 
 
 @dataclass

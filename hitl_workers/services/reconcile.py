@@ -102,7 +102,9 @@ def _fire(conn: Connection, row: LockedExecution, view: machine.ExecutionView, n
     assert kind is not None
     decision = machine.decide(view, machine.TimerFired(kind), now)  # type: ignore[arg-type]
     fired = apply(conn, row, view, decision, now, fired=kind)
-    fired.arm.clear()  # an overdue timer is never early; nothing to re-arm
+    if decision.outcome == "early":
+        fired.arm.clear()  # an overdue timer is never early; nothing to re-arm
+    # (A missed sequential offer arms the next holder's offer timer: that wake-up stays.)
     effects.merge(fired)
     return decision.outcome == "fired"
 
@@ -121,7 +123,8 @@ def _fire_one_by_one(clock: Callable[[], datetime], rows: list[LockedExecution],
             log.exception("reconciler: the %s deadline of execution %s cannot be fired",
                           row.timer_kind, row.execution_id)
             continue
-        fired.arm.clear()
+        if outcome == "early":
+            fired.arm.clear()
         effects.merge(fired)
         tick.fired += outcome == "fired"
     return rows

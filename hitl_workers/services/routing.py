@@ -17,17 +17,14 @@ a capacity has no slot to race for: its row is not locked.
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
-from typing import Any
+from datetime import datetime
 
 from sqlalchemy.engine import Connection
 
 from hitl_workers.domain import machine
-from hitl_workers.domain.request import AssistanceRequest
-from hitl_workers.domain.validation import validate_request
 from hitl_workers.notify import events as notifications
-from hitl_workers.services import outbox
-from hitl_workers.services.effects import Effects, OffersChanged
+from hitl_workers.services import outbox, sequence
+from hitl_workers.services.effects import Effects, FirstOffer, OffersChanged
 from hitl_workers.services.transitions import apply
 from hitl_workers.store import bell, executions, repo
 
@@ -43,7 +40,7 @@ def candidates(conn: Connection, agent_id: str) -> list[str]:
     with_capacity = agent is not None and agent.capacity is not None
     found = repo.executions_open_to(conn, agent_id)
     for row in bell.claimable(conn, agent_id, MAX_STEPS_PER_CHANGE,
-                              routed_only=not with_capacity):
+                              routed_only=not with_capacity, unheld=True):
         if row.execution_id not in found:
             found.append(row.execution_id)
     return found
@@ -65,7 +62,11 @@ def reassess(conn: Connection, execution_id: str, agent_id: str, why: str, now: 
         reason = str(decision.detail.get("reason", "rejected_by_all"))
         effects.observations.append(OffersChanged(change, reason))
     if decision.offer_change == (agent_id, "offered"):
-        event = _requested(conn, row, view)
+        if not view.offers and row.dispatched_at is not None:
+            # Nobody was offered it at dispatch (every able agent at capacity): this is its
+            # first offer. (A sequential step's own first offer: services/sequence.py.)
+            effects.observations.append(FirstOffer(row.dispatched_at, now))
+        event = sequence.requested_event(conn, row, view)
         if event is not None:
             event["id"] = f"requested:{execution_id}:{agent_id}:{stamp}"
             outbox.notify(conn, effects, key=event["id"], execution_id=execution_id,
@@ -79,23 +80,3 @@ def reassess(conn: Connection, execution_id: str, agent_id: str, why: str, now: 
         outbox.notify(conn, effects, key=event["id"], execution_id=execution_id,
                       agents=[agent_id], event=event, now=now)
     return decision.outcome, effects
-
-
-def _requested(conn: Connection, row: executions.LockedExecution,
-               view: machine.ExecutionView) -> dict[str, Any] | None:
-    """The ``assistance.requested`` notification of the step, as dispatch built it."""
-    request = validate_request({
-        "execution_id": row.execution_id, "conversation_id": row.conversation_id,
-        "flow_id": row.flow_id, "step_id": row.step_id, "settings": dict(row.settings or {})})
-    if not isinstance(request, AssistanceRequest) or row.dispatched_at is None:
-        return None  # a stored request always validates again; nothing to offer otherwise
-    conversation = repo.get_conversation(conn, row.conversation_id or "")
-    popup = request.settings.popup
-    countdown = view.timers.get("countdown")
-    display_until = (row.dispatched_at + timedelta(seconds=popup.display_for)
-                     if popup is not None and popup.display_for else None)
-    return notifications.requested(
-        request, contact=conversation.contact if conversation else None,
-        dispatched_at=row.dispatched_at,
-        countdown_at=countdown.due_at if countdown is not None else None,
-        display_until=display_until)

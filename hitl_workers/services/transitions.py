@@ -18,8 +18,9 @@ from hitl_workers.domain.machine import LIVE_OFFERS, Decision, ExecutionView
 from hitl_workers.domain.webhooks import WEBHOOK_REPLY_TASK
 from hitl_workers.errors import HitlError
 from hitl_workers.notify import events as notifications
+from hitl_workers.services import sequence
 from hitl_workers.services.effects import Effects, OutboxMessage, StepEnded, TimerFired
-from hitl_workers.store import repo
+from hitl_workers.store import repo, sequential
 from hitl_workers.store.executions import LockedExecution
 
 AuditEntry = tuple[str, str | None, Mapping[str, Any] | None]
@@ -39,6 +40,9 @@ def apply(conn: Connection, row: LockedExecution, view: ExecutionView, decision:
         repo.set_offer(conn, view.execution_id, offer_agent, status, now)
     if decision.audit is not None:
         audits.append((decision.audit, agent_id, decision.detail))
+    # Sequential offers (§9): the holder out, the next one in, the offer timer, notices.
+    sequence.write(conn, row, view, decision, now, effects)
+    audits.extend(decision.more_audits)
     if decision.outcome == "early" and fired is not None:
         effects.arm.append((view.execution_id, fired, view.timers[fired].due_at))
     if decision.ends(view):
@@ -56,13 +60,16 @@ def _end(conn: Connection, row: LockedExecution, view: ExecutionView, decision: 
     if fired is not None and (timer := view.timers.get(fired)) is not None:
         effects.observations.append(TimerFired(fired, timer.due_at, now))
     pending = sorted((t.due_at, kind) for kind, t in view.timers.items()
-                     if t.state == "pending" and kind != fired)
+                     if t.state == "pending" and kind != fired and kind != "offer")
     repo.finish_timers_later(conn, execution_id, fired=fired, now=now)
     if pending and fired is None:
         # Only the earliest deadline ever gets a wake-up (see dispatch), so only it can be
         # revoked; a step ended by a deadline had no other wake-up out. Revoking is an
         # optimisation: a wake-up that escapes it finds its timer cancelled and does nothing.
         effects.revoke.append((execution_id, pending[0][1]))
+    if (offer := view.timers.get("offer")) is not None and offer.state == "pending" \
+            and fired != "offer":
+        effects.revoke.append((execution_id, "offer"))  # the holder's wake-up, likewise
 
     winner = (decision.merge_field or {}).get("addClaimedBy") if decision.exit else None
     _release_conversation(conn, row, now, winner=winner)
@@ -71,7 +78,13 @@ def _end(conn: Connection, row: LockedExecution, view: ExecutionView, decision: 
     offers = dict(view.offers)
     if decision.offer_change is not None:
         offers[decision.offer_change[0]] = decision.offer_change[1]
-    recipients = sorted(a for a, status in offers.items() if status in LIVE_OFFERS)
+    lost_hold = set()
+    for change in decision.offer_changes:
+        offers[change.agent_id] = change.status
+        if change.reason and change.status in sequence.LOST_HOLD:
+            lost_hold.add(change.agent_id)  # a sequential holder who just lost it is told too
+    recipients = sorted(a for a, status in offers.items()
+                        if status in LIVE_OFFERS or a in lost_hold)
     if winner and winner not in recipients:
         recipients.append(winner)
     messages: list[dict[str, Any]] = []
@@ -104,6 +117,8 @@ def _release_conversation(conn: Connection, row: LockedExecution, now: datetime,
         return
     if winner:
         repo.add_claimer(conn, row.conversation_id, row.claimed_by, winner, now)
+        # §9 longest_idle: no answer needed, so it travels with the claim's one write.
+        sequential.stamp_claimed(conn, winner, now)
     else:
         repo.update_conversation(conn, row.conversation_id, now,
                                  status=row.conversation_prev_status or "open")

@@ -18,7 +18,7 @@ from sqlalchemy.engine import Connection
 
 from hitl_workers.clock import to_ms
 from hitl_workers.domain.eligibility import AgentView, Audience, refusal
-from hitl_workers.store.tables import agents, conversations, executions
+from hitl_workers.store.tables import agents, conversations, executions, offers
 
 MAX_BELL_ENTRIES = 500
 
@@ -79,11 +79,14 @@ def _tag_prefilter(conn: Connection, groups: tuple[tuple[str, ...], ...]) -> Any
 
 
 def claimable(conn: Connection, agent_id: str, limit: int = MAX_BELL_ENTRIES, *,
-              routed_only: bool = False) -> list[Any]:
+              routed_only: bool = False, unheld: bool = False) -> list[Any]:
     """The rows (execution, settings, conversation tags and contact) of the waiting executions
     ``agent_id`` may claim now by status and visibility, higher priority first, then the
     oldest. Capacity is left to the claim (and to the offers of services/routing.py).
-    ``routed_only``: only steps that gave ``priority`` or ``offer`` (§9)."""
+    ``routed_only``: only steps that gave ``priority`` or ``offer`` (§9).
+
+    A sequential step (§9) only while ``agent_id`` holds it; with ``unheld``, also while
+    nobody does (the steps it could be offered: services/routing.py)."""
     agent = get_agent(conn, agent_id)
     if agent is None or not agent.rule_groups:
         return []  # unknown, or sees nothing (§5)
@@ -102,6 +105,7 @@ def claimable(conn: Connection, agent_id: str, limit: int = MAX_BELL_ENTRIES, *,
                   sa.func.coalesce(executions.c.dispatched_at, executions.c.requested_at),
                   executions.c.execution_id)
     )
+    query = query.where(_sequential_visible(agent_id, unheld=unheld))
     narrowed = _tag_prefilter(conn, agent.rule_groups)
     if narrowed is not None:
         query = query.where(narrowed)
@@ -118,6 +122,18 @@ def claimable(conn: Connection, agent_id: str, limit: int = MAX_BELL_ENTRIES, *,
         if len(rows) >= limit:
             break
     return rows
+
+
+def _sequential_visible(agent_id: str, *, unheld: bool) -> Any:
+    strategy = executions.c.settings["offer"]["strategy"].as_string()
+    holding = sa.select(offers.c.agent_id).where(
+        offers.c.execution_id == executions.c.execution_id, offers.c.round.is_not(None),
+        offers.c.status.in_(["offered", "closed"]))
+    visible: Any = holding.where(offers.c.agent_id == agent_id).exists()
+    if unheld:
+        # Held by another agent: nothing to offer it until that hold passes on.
+        visible = sa.or_(visible, ~holding.exists())
+    return sa.or_(strategy.is_(None), strategy != "sequential", visible)
 
 
 def bell_list(conn: Connection, agent_id: str, limit: int = MAX_BELL_ENTRIES

@@ -17,9 +17,10 @@ reads the same things with a few plain queries.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from functools import partial
 from typing import Any
 
 import sqlalchemy as sa
@@ -27,6 +28,8 @@ from sqlalchemy.engine import Connection, Row
 
 from hitl_workers.domain.eligibility import AgentView, Audience
 from hitl_workers.domain.machine import ExecutionView, TimerView
+from hitl_workers.domain.sequence import Candidate
+from hitl_workers.store.sequential import is_sequential, read_pool, sequential_of
 from hitl_workers.store.tables import agent_events, agents, offers, timers
 
 
@@ -87,11 +90,18 @@ class Locked:
     stored: StoredEvent | None = None
 
 
-def view_of(row: LockedExecution, offer_pairs: Sequence[Sequence[str]],
-            timer_rows: Sequence[tuple[str, datetime, str]]) -> ExecutionView:
-    """:func:`decide`'s view of a locked execution. ``offer_pairs`` (agent id, status) come
-    in the order the offers last changed (``rejectedBy`` follows it)."""
+def view_of(row: LockedExecution, offer_pairs: Sequence[Sequence[Any]],
+            timer_rows: Sequence[tuple[str, datetime, str]],
+            pool: Callable[[], tuple[Candidate, ...]] | None = None) -> ExecutionView:
+    """:func:`decide`'s view of a locked execution. ``offer_pairs`` (agent id, status, and
+    the round of a sequential offer) come in the order the offers last changed
+    (``rejectedBy`` follows it). ``pool``: for a sequential step, the agents who can see it
+    (the next-holder choice needs them; store/sequential.py)."""
     settings = row.settings or {}
+    rounds = {p[0]: int(p[2]) for p in offer_pairs if len(p) > 2 and p[2] is not None}
+    sequential = None
+    if is_sequential(settings):
+        sequential = sequential_of(settings, rounds, pool() if pool is not None else ())
     return ExecutionView(
         execution_id=row.execution_id,
         state=row.state,  # type: ignore[arg-type]
@@ -104,10 +114,11 @@ def view_of(row: LockedExecution, offer_pairs: Sequence[Sequence[str]],
             allow_offline=bool(settings.get("allow_offline")),
         ),
         reject_policy=settings.get("reject_policy", "any"),
-        offers={agent_id: status for agent_id, status in offer_pairs},  # noqa: C416 (typed pairs)
-        rejected_by=tuple(a for a, status in offer_pairs if status == "rejected"),
+        offers={p[0]: p[1] for p in offer_pairs},
+        rejected_by=tuple(p[0] for p in offer_pairs if p[1] == "rejected"),
         timers={kind: TimerView(due_at, state) for kind, due_at, state in timer_rows},
         routed=settings.get("priority") is not None or settings.get("offer") is not None,
+        sequential=sequential,
     )
 
 
@@ -140,7 +151,7 @@ FROM (SELECT 1) AS one LEFT JOIN (
   SELECT e.execution_id, e.conversation_id, e.flow_id, e.step_id, e.state, e.exit,
          e.merge_field, e.settings, e.reply_task, e.reply_queue, e.conversation_prev_status,
          e.dispatched_at, c.tags, c.status AS conversation_status, c.claimed_by,
-         (SELECT json_agg(json_build_array(o.agent_id, o.status)
+         (SELECT json_agg(json_build_array(o.agent_id, o.status, o.round)
                           ORDER BY o.updated_at, o.agent_id)
             FROM offers o WHERE o.execution_id = e.execution_id) AS offers_json,
          (SELECT json_agg(json_build_array(t.kind, t.due_at, t.state))
@@ -151,17 +162,33 @@ FROM (SELECT 1) AS one LEFT JOIN (
 ) AS x ON true""".replace("{load}", LOAD_SQL.format(a="a", conversation="x.conversation_id"))
 
 
+# An offer timeout (§9) may write its holder's status (on_missed): the holder is locked before
+# the execution, the order its own claim takes (``_LOCK_AGENT``), so that a holder claiming at
+# the very moment its offer times out waits for the timeout or makes it wait, and neither
+# deadlocks. Read before the execution's lock: should the hold pass meanwhile, the wake-up is
+# for an earlier hold and changes nothing (stale), so locking the earlier holder is harmless.
+_LOCK_HOLDER = """SELECT 1 FROM agents WHERE agent_id = (
+    SELECT o.agent_id FROM offers o
+     WHERE o.execution_id = %(execution_id)s AND o.round IS NOT NULL
+       AND o.status IN ('offered', 'closed')) FOR UPDATE"""
+
+
 def lock(conn: Connection, execution_id: str | None, *, agent_id: str | None = None,
-         event_id: str | None = None, claiming: bool = False) -> Locked:
+         event_id: str | None = None, claiming: bool = False,
+         holder_first: bool = False) -> Locked:
     """Lock the execution and read everything a transition on it needs (module docstring).
 
     ``agent_id`` reads that agent; with ``event_id`` too, the answer stored for that event.
     ``claiming``: the agent is about to claim, so its row is locked first when it has a
-    capacity (see ``_LOCK_AGENT``).
+    capacity (see ``_LOCK_AGENT``). ``holder_first``: an offer timeout; the sequential
+    holder's row is locked first (see ``_LOCK_HOLDER``).
     """
     if conn.dialect.name != "postgresql":
         return _lock_portable(conn, execution_id, agent_id, event_id)
-    statements = f"{_LOCK_AGENT};\n{_LOCK};\n{_READ}" if claiming else f"{_LOCK};\n{_READ}"
+    first = [_LOCK_AGENT] if claiming else []
+    if holder_first:
+        first.append(_LOCK_HOLDER)
+    statements = ";\n".join([*first, _LOCK, _READ])
     found = conn.exec_driver_sql(statements, {
         "execution_id": execution_id, "agent_id": agent_id, "event_id": event_id}).one()
     m = found._mapping
@@ -172,7 +199,10 @@ def lock(conn: Connection, execution_id: str | None, *, agent_id: str | None = N
     row = LockedExecution.from_row(m)
     timer_rows = [(kind, datetime.fromisoformat(due), state)
                   for kind, due, state in m["timers_json"] or ()]
-    return Locked(row, view_of(row, m["offers_json"] or (), timer_rows), agent, stored)
+    # A sequential step also reads who can see it: one more statement, for it only (folded
+    # into the read above, its planning would cost every broadcast transition ~0.1 ms).
+    pool = partial(read_pool, conn, row.conversation_id, row.tags)
+    return Locked(row, view_of(row, m["offers_json"] or (), timer_rows, pool), agent, stored)
 
 
 def _agent(found: Sequence[Any] | None) -> AgentView | None:
@@ -214,14 +244,18 @@ def _lock_portable(conn: Connection, execution_id: str | None, agent_id: str | N
 def views(conn: Connection, rows: Sequence[LockedExecution]) -> dict[str, ExecutionView]:
     """The views of several locked executions (offers and timers in two queries)."""
     ids = [row.execution_id for row in rows]
-    offer_pairs: dict[str, list[tuple[str, str]]] = {i: [] for i in ids}
-    for r in conn.execute(sa.select(offers.c.execution_id, offers.c.agent_id, offers.c.status)
+    offer_pairs: dict[str, list[tuple[str, str, int | None]]] = {i: [] for i in ids}
+    for r in conn.execute(sa.select(offers.c.execution_id, offers.c.agent_id, offers.c.status,
+                                    offers.c.round)
                           .where(offers.c.execution_id.in_(ids))
                           .order_by(offers.c.updated_at, offers.c.agent_id)):
-        offer_pairs[r.execution_id].append((r.agent_id, r.status))
+        offer_pairs[r.execution_id].append((r.agent_id, r.status, r.round))
     timer_rows: dict[str, list[tuple[str, datetime, str]]] = {i: [] for i in ids}
     for t in conn.execute(sa.select(timers.c.execution_id, timers.c.kind, timers.c.due_at,
                                     timers.c.state).where(timers.c.execution_id.in_(ids))):
         timer_rows[t.execution_id].append((t.kind, t.due_at, t.state))
+    # A sequential step also reads who can see it (one query each; a broadcast step none).
     return {row.execution_id: view_of(row, offer_pairs[row.execution_id],
-                                      timer_rows[row.execution_id]) for row in rows}
+                                      timer_rows[row.execution_id], partial(
+                                          read_pool, conn, row.conversation_id, row.tags))
+            for row in rows}

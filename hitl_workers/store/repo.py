@@ -307,12 +307,14 @@ def executions_offered_to(conn: Connection, agent_id: str) -> list[str]:
 
 
 def executions_open_to(conn: Connection, agent_id: str) -> list[str]:
-    """Waiting executions with an open (``offered``) offer to ``agent_id``."""
+    """Waiting executions with an open (``offered``) offer to ``agent_id``, or whose
+    sequential offer it holds (a holder who closed its popup still holds it, §9)."""
     return list(conn.execute(
         sa.select(offers.c.execution_id)
         .join(executions, executions.c.execution_id == offers.c.execution_id)
         .where(offers.c.agent_id == agent_id, executions.c.state == "waiting",
-               offers.c.status == "offered")
+               sa.or_(offers.c.status == "offered",
+                      sa.and_(offers.c.round.is_not(None), offers.c.status == "closed")))
         .order_by(offers.c.execution_id)
     ).scalars())
 

@@ -84,6 +84,10 @@ agents = sa.Table(
     sa.Column("updated_at", UTCDateTime, nullable=False),
     # How many conversations it may hold claimed at once; NULL: unlimited (§9, revision 0005).
     sa.Column("capacity", sa.Integer, nullable=True),
+    # When it was last offered a sequential step / last claimed one: the ``longest_idle``
+    # order of sequential offers (§9, revision 0007). NULL: never.
+    sa.Column("last_offered_at", UTCDateTime, nullable=True),
+    sa.Column("last_claimed_at", UTCDateTime, nullable=True),
     sa.CheckConstraint(one_of("status", AGENT_STATUSES), name="status"),
     sa.CheckConstraint(f"capacity IS NULL OR (capacity >= 1 AND capacity <= {MAX_CAPACITY})",
                        name="capacity"),
@@ -181,11 +185,18 @@ offers = sa.Table(
     sa.Column("agent_id", sa.String(ID_LEN), primary_key=True),
     sa.Column("status", sa.String(16), nullable=False, server_default="offered"),
     sa.Column("updated_at", UTCDateTime, nullable=False),
+    # The round of a sequential offer (§9, revision 0007); NULL for a broadcast offer.
+    sa.Column("round", sa.Integer, nullable=True),
     sa.CheckConstraint(
         one_of("status", OFFER_STATUSES), name="status"
     ),
 )
 sa.Index("ix_offers_agent", offers.c.agent_id)
+# At most one agent holds a step's sequential offer (§9): a constraint, so that no race
+# between a reject, an offer timeout and a status change can ever leave two holders.
+_HOLDING = sa.and_(offers.c.round.is_not(None), offers.c.status.in_(["offered", "closed"]))
+sa.Index("ux_offers_one_holder", offers.c.execution_id, unique=True,
+         postgresql_where=_HOLDING, sqlite_where=_HOLDING)
 
 timers = sa.Table(
     "timers",

@@ -21,6 +21,7 @@ from hitl_workers.observe import metrics, task_context
 from hitl_workers.services import delivery
 from hitl_workers.services.effects import (
     Effects,
+    FirstOffer,
     Observation,
     OffersChanged,
     StepEnded,
@@ -163,6 +164,9 @@ def _count(observation: Observation) -> None:
         elif isinstance(observation, OffersChanged):
             metrics.count_offers(change=observation.change, reason=observation.reason,
                                  count=observation.count)
+        elif isinstance(observation, FirstOffer):
+            metrics.count_first_offer(requested_at=observation.requested_at,
+                                      now=observation.at)
         else:
             metrics.count_timer_fired(kind=observation.kind, due_at=observation.due_at,
                                       now=observation.at)

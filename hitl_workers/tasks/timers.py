@@ -15,9 +15,11 @@ from hitl_workers.clock import utcnow
 from hitl_workers.domain.names import TASK_QUEUES
 from hitl_workers.services import agent_events, delivery
 from hitl_workers.services import reconcile as reconciler
+from hitl_workers.services.effects import Effects
 from hitl_workers.settings import get_settings
 from hitl_workers.tasks.common import RETRY, after_commit, in_transaction, publisher
 from hitl_workers.tasks.guard import GuardedTask
+from hitl_workers.tasks.routing import follow
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -39,30 +41,48 @@ def fire_timer(self: Any, *, execution_id: str, kind: str) -> str:
     then find their deadlines already fired.
     """
     if _late(self.request.eta):
-        _with_database(lambda: reconciler.fire_overdue(utcnow, after_commit,
+        _with_database(lambda: reconciler.fire_overdue(utcnow, _publish,
                                                        budget_s=LATE_DRAIN_S))
+    # An offer timer is re-armed at each new hold: the wake-up says which hold it was for.
+    due_at = _eta(self.request.eta) if kind == "offer" else None
     fired = _with_database(lambda: in_transaction(
-        lambda conn: agent_events.fire_timer(conn, execution_id, kind, utcnow())))
+        lambda conn: agent_events.fire_timer(conn, execution_id, kind, utcnow(),
+                                             due_at=due_at)))
     if fired is None:
         return "deferred"  # the database is away: the reconciler fires it when it is back
     outcome, effects = fired
-    after_commit(effects)
+    _publish(effects)
     return outcome
+
+
+def _publish(effects: Effects) -> None:
+    """After commit: publish, then let a missed holder's new status (on_missed, §9) reach its
+    offers of other steps, as any status change does (services/routing.py)."""
+    after_commit(effects)
+    follow(effects.reassess)
 
 
 LATE_DRAIN_S = 1.0
 """How long a late wake-up drains overdue deadlines before it handles its own."""
 
 
+def _eta(eta: Any) -> datetime | None:
+    """The wake-up's ETA as an aware datetime (None: none, or unreadable)."""
+    due: datetime | None = eta if isinstance(eta, datetime) else None
+    if due is None and isinstance(eta, str) and eta:
+        try:
+            due = datetime.fromisoformat(eta)
+        except ValueError:
+            return None
+    if due is None:
+        return None
+    return due.replace(tzinfo=UTC) if due.tzinfo is None else due
+
+
 def _late(eta: str | None) -> bool:
-    if not eta:
+    due = _eta(eta)
+    if due is None:
         return False
-    try:
-        due = datetime.fromisoformat(eta)
-    except ValueError:
-        return False
-    if due.tzinfo is None:
-        due = due.replace(tzinfo=UTC)
     return (utcnow() - due).total_seconds() > get_settings().reconcile_interval_s
 
 
@@ -76,7 +96,7 @@ def reconcile() -> dict[str, int]:
     """
     settings = get_settings()
     tick = _with_database(lambda: reconciler.reconcile(
-        utcnow, after_commit, horizon_s=settings.timer_horizon_s,
+        utcnow, _publish, horizon_s=settings.timer_horizon_s,
         outbox_retry_after_s=settings.outbox_retry_after_s, budget_s=_budget_s(),
         on_backlog=_ask_for_helpers))
     if tick is None:
@@ -98,7 +118,7 @@ def fire_overdue() -> dict[str, int]:
     broker flush, or with every worker down for a while): it drains the same backlog side by
     side with the tick. ``SKIP LOCKED`` gives each helper different executions; a helper that
     finds nothing left ends at once."""
-    tick = _with_database(lambda: reconciler.fire_overdue(utcnow, after_commit,
+    tick = _with_database(lambda: reconciler.fire_overdue(utcnow, _publish,
                                                           budget_s=_budget_s()))
     if tick is not None and tick.fired:
         log.info("reconciler helper: fired %d", tick.fired)

@@ -170,3 +170,43 @@ def test_offers_timers_agents_and_conversations_keep_to_their_vocabularies(engin
     refused(engine, "INSERT INTO conversations (conversation_id, status, tags, claimed_by, "
                     "updated_at) VALUES (:c, 'lost', '[]'::jsonb, '[]'::jsonb, now())",
             CHECK_VIOLATION, c=ids["conv"])
+
+
+# --- at most one holder of a sequential offer (§9) -------------------------------------------
+
+INSERT_OFFER = """
+    INSERT INTO offers (execution_id, agent_id, status, round, updated_at)
+    VALUES (:execution_id, :agent_id, :status, :round, now())
+"""
+
+
+def test_a_second_holder_of_a_sequential_offer_is_refused(engine, ids):
+    add_execution(engine, ids["exec"], ids["conv"])
+    run(engine, INSERT_OFFER, execution_id=ids["exec"], agent_id="alice", status="closed",
+        round=1)
+    constraint = refused(engine, INSERT_OFFER, UNIQUE_VIOLATION, execution_id=ids["exec"],
+                         agent_id="bob", status="offered", round=2)
+    assert constraint == "ux_offers_one_holder"
+    # Passed on: the first one missed, then the next one holds it
+    run(engine, "UPDATE offers SET status = 'missed' WHERE execution_id = :e AND "
+                "agent_id = 'alice'", e=ids["exec"])
+    run(engine, INSERT_OFFER, execution_id=ids["exec"], agent_id="bob", status="offered",
+        round=1)
+
+
+def test_broadcast_offers_have_no_round_and_no_holder_limit(engine, ids):
+    add_execution(engine, ids["exec"], ids["conv"])
+    for agent_id in ("alice", "bob"):
+        run(engine, INSERT_OFFER, execution_id=ids["exec"], agent_id=agent_id,
+            status="offered", round=None)
+
+
+def test_an_unknown_offer_status_or_timer_kind_is_refused(engine, ids):
+    add_execution(engine, ids["exec"], ids["conv"])
+    assert refused(engine, INSERT_OFFER, CHECK_VIOLATION, execution_id=ids["exec"],
+                   agent_id="alice", status="ignored", round=1) == "ck_offers_status"
+    run(engine, "INSERT INTO timers (execution_id, kind, due_at, state) "
+                "VALUES (:e, 'offer', now(), 'pending')", e=ids["exec"])
+    assert refused(engine, "INSERT INTO timers (execution_id, kind, due_at, state) "
+                           "VALUES (:e, 'nudge', now(), 'pending')", CHECK_VIOLATION,
+                   e=ids["exec"]) == "ck_timers_kind"

@@ -133,3 +133,30 @@ def test_offers_made_and_withdrawn_are_counted_by_why(
     assert delta("hitl_offers_total", change="made", reason="at_dispatch") == 1
     assert delta("hitl_offers_total", change="made", reason="status_changed") == 1
     client.call("hitl.cancel", execution_id=step["execution_id"])
+
+
+def test_sequential_offers_count_missed_and_the_time_to_first_offer(
+        ops: Ops, client: Any, agents: Callable[..., str], team: str, flow: Any) -> None:
+    # Given two agents and a sequential step whose offers time out after a second (§9)
+    _first, second = sorted(agents() for _ in range(2))
+    before = ops.gateway_metrics()
+
+    def delta(name: str, **labels: str) -> float:
+        return total(ops.gateway_metrics(), name, **labels) - total(before, name, **labels)
+
+    step = request(team, flow.reply_to, timeout="5m",
+                   offer={"strategy": "sequential", "offer_timeout": "1s"})
+    assert client.call("hitl.request_assistance", **step)["state"] == "waiting"
+    # When the first holder lets its offer pass, and the second rejects it
+    assert eventually(lambda: delta("hitl_offers_total", change="missed") == 1, timeout=10)
+    assert eventually(lambda: delta("hitl_offers_total", change="made",
+                                    reason="next_in_sequence") == 1)
+    assert client.call("hitl.reject", execution_id=step["execution_id"],
+                       agent_id=second)["outcome"] == "reject_recorded"
+    # Then a made, a missed and a withdrawn offer are counted by why; the first offer once
+    assert eventually(lambda: delta("hitl_offers_total", change="withdrawn",
+                                    reason="rejected") == 1)
+    assert delta("hitl_offers_total", change="made", reason="at_dispatch") == 1
+    assert delta("hitl_offers_total", change="missed", reason="missed") == 1
+    assert delta("hitl_time_to_first_offer_seconds_count") == 1
+    client.call("hitl.cancel", execution_id=step["execution_id"])

@@ -411,7 +411,7 @@ def test_a_megabyte_anywhere_is_the_size_error(where: str) -> None:
         ("surprise", "execution_id, conversation_id, flow_id, step_id, conversation, settings, "
                      "reply_to"),
         ("settings.timout", "allow_busy, allow_offline, specific_agent_id, "
-                            "browser_notification, popup, timeout, reject_policy, priority"),
+                            "browser_notification, popup, timeout, reject_policy, priority, offer"),
         ("settings.popup.txt", "text, buttons, display_for, timer, additional_timers"),
         ("settings.popup.buttons.accept", "claim, close, reject"),
         ("settings.popup.buttons.claim.colour", "enabled, label"),
@@ -761,3 +761,45 @@ def test_a_priority_0_to_9_is_accepted_and_absent_is_none(priority: object) -> N
                                 "settings": settings})
     assert not isinstance(checked, Invalid)
     assert checked.settings.priority == priority
+
+
+# --- settings.offer (§9 "Offer strategy") -------------------------------------------------
+
+
+@pytest.mark.parametrize(("offer", "field"), [
+    ({"strategy": "round_robin"}, "settings.offer.strategy"),
+    ({"offer_timeout": "0.5s"}, "settings.offer.offer_timeout"),
+    ({"offer_timeout": "25h"}, "settings.offer.offer_timeout"),
+    ({"offer_timeout": True}, "settings.offer.offer_timeout"),
+    ({"order": "random"}, "settings.offer.order"),
+    ({"on_missed": "away"}, "settings.offer.on_missed"),
+    ({"strategy": "sequential", "timeout": "5s"}, "settings.offer.timeout"),
+    ("sequential", "settings.offer"),
+])
+def test_a_bad_offer_setting_is_refused_naming_the_field(offer: object, field: str) -> None:
+    checked = validate_request({"execution_id": "e-1", "conversation_id": "c-1",
+                                "settings": {"offer": offer}})
+    assert isinstance(checked, Invalid)
+    assert checked.fields == [field]
+
+
+def test_sequential_with_a_specific_agent_is_refused_naming_the_strategy() -> None:
+    checked = validate_request({"execution_id": "e-1", "conversation_id": "c-1", "settings": {
+        "offer": {"strategy": "sequential"}, "specific_agent_id": "alice"}})
+    assert isinstance(checked, Invalid)
+    assert checked.fields == ["settings.offer.strategy"]
+
+
+def test_offer_defaults_and_bounds() -> None:
+    checked = validate_request({"execution_id": "e-1", "conversation_id": "c-1",
+                                "settings": {"offer": {}}})
+    assert not isinstance(checked, Invalid) and checked.settings.offer is not None
+    assert checked.settings.offer.model_dump() == {
+        "strategy": "broadcast", "offer_timeout": 30.0, "order": "longest_idle",
+        "on_missed": "keep"}
+    for timeout, seconds in (("1s", 1.0), ("24h", 86400.0), ("2m", 120.0)):
+        checked = validate_request({"execution_id": "e-1", "conversation_id": "c-1",
+                                    "settings": {"offer": {"strategy": "sequential",
+                                                           "offer_timeout": timeout}}})
+        assert not isinstance(checked, Invalid) and checked.settings.offer is not None
+        assert checked.settings.offer.offer_timeout == seconds
