@@ -254,3 +254,34 @@ def test_the_bell_list_puts_higher_priority_first_then_the_oldest_live_and_on_re
     wait_for_order(at_alice, want)
     time.sleep(0.5)
     wait_for_order(at_alice, want, timeout_ms=1000)
+
+
+# --- the whole sequential step, through the real workers ------------------------------------
+
+def test_a_sequential_step_moves_from_the_holders_console_to_the_next(
+        console, agents, put_up, flow):
+    # Given two agents never offered anything: the first by agent id holds first (§9)
+    first, second = sorted(agents() for _ in range(2))
+    at_first, at_second = console(first), console(second)
+    # When a sequential step is put up, 4 s per offer, a missed offer sets the agent busy
+    step = put_up(popup=popup_settings(), offer={
+        "strategy": "sequential", "offer_timeout": "4s", "on_missed": "busy"})
+    eid = step["execution_id"]
+    # Then only the holder sees it, with the offer's countdown
+    expect(at_first.popup(eid).locator(".offer-line")).to_have_text(
+        re.compile(r"Offer expires in [1-4] s"))
+    expect(at_first.bell_entry(eid).locator(".offer-line")).to_be_visible()
+    expect(at_second.popup(eid)).to_have_count(0)
+    expect(at_second.bell_entry(eid)).to_have_count(0)
+    # When the holder lets it time out, it leaves that console, whose status turns busy
+    expect(at_first.popup(eid)).to_have_count(0, timeout=10_000)
+    expect(at_first.bell_entry(eid)).to_have_count(0)
+    expect(at_first.page.get_by_label("Status")).to_have_value("busy")
+    # And the next agent holds it, with a countdown of its own, and claims it
+    expect(at_second.popup(eid).locator(".offer-line")).to_have_text(
+        re.compile(r"Offer expires in [1-4] s"))
+    at_second.popup(eid).get_by_role("button", name="Take it").click()
+    assert flow.wait_for(eid)["merge_field"] == {"addClaimedBy": second}
+    expect(at_second.notices().first).to_contain_text("You claimed")
+    expect(load_badge(at_second)).to_have_text("1 conversation")
+    assert at_first.errors == at_second.errors == []
