@@ -666,7 +666,8 @@
       notice(`${what} is no longer waiting.`, "warning");
     } else if (answer.status === 403) {
       popupError(executionId, `You may not ${action} this one now (your status or the ` +
-        "step's settings do not allow it).");
+        "step's settings do not allow it, or it is offered to another agent).");
+      refreshSoon(true);  // the list says whether it is still this agent's to claim
     } else if (answer.status !== 401) {
       popupError(executionId, `Could not ${action}: ${result.detail || answer.status}`);
     }
