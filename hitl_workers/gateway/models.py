@@ -92,6 +92,12 @@ class Me(BaseModel):
     agent_id: str
     name: str | None = Field(description="null when the agent is not in the directory")
     status: AgentStatus | None
+    capacity: int | None = Field(
+        description="How many conversations the agent may hold claimed at once "
+                    "(docs/contract.md §9); null: unlimited, or not in the directory")
+    load: int | None = Field(
+        description="How many conversations hold the agent in their `claimed_by` now (§9); "
+                    "null when the agent is not in the directory")
 
 
 class DevToken(BaseModel):

@@ -28,6 +28,7 @@ from hitl_workers.gateway.models import (
 )
 from hitl_workers.gateway.rate_limit import RateLimitedAgent
 from hitl_workers.store import bell
+from hitl_workers.store.agent_load import agent_load
 from hitl_workers.store.db import read_only
 
 router = APIRouter()
@@ -79,12 +80,21 @@ async def _read(work: Any, *args: Any) -> Any:
     return await asyncio.to_thread(run)
 
 
+def _whoami(conn: Any, agent_id: str) -> dict[str, Any]:
+    agent = bell.get_agent(conn, agent_id)
+    # Read in the same transaction as the row: a load from after a removal never shows.
+    held = agent_load(conn, agent_id) if agent else None
+    return {"agent_id": agent_id, "name": agent.name if agent else None,
+            "status": agent.status if agent else None,
+            "capacity": held.capacity if held else None,
+            "load": held.load if held else None}
+
+
 @router.get("/me", response_model=Me, responses=AUTH_ERRORS, tags=["agents"],
-            summary="The agent the token was issued for")
+            summary="The agent the token was issued for, with its load against its capacity")
 async def whoami(me: CurrentAgent) -> dict[str, Any]:
-    agent = await _read(bell.get_agent, me)
-    return {"agent_id": me, "name": agent.name if agent else None,
-            "status": agent.status if agent else None}
+    found: dict[str, Any] = await _read(_whoami, me)
+    return found
 
 
 @router.get(

@@ -107,7 +107,7 @@ def run_system(settings: Settings, *, gateway_port: int, flower_port: int, simul
         if simulate:
             from hitl_workers.ops.simulate import Simulator
 
-            echo("\nThe simulator plays a flow engine and four agents:\n")
+            echo("\nThe simulator plays a flow engine and a handful of agents:\n")
             simulator = Simulator(app, echo)
             simulator.run(leave_waiting=True)
         from hitl_workers.gateway.tokens import make_token

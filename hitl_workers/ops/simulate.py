@@ -20,7 +20,7 @@ from hitl_workers.settings import get_settings
 
 Echo = Callable[[str], None]
 
-BILLING, SALES = [["team:billing"]], [["team:sales"]]
+BILLING, SALES, RETURNS = [["team:billing"]], [["team:sales"]], [["team:returns"]]
 AGENTS: list[dict[str, Any]] = [
     {"agent_id": "alice", "name": "Alice", "status": "available", "rule_groups": BILLING},
     {"agent_id": "bob", "name": "Bob", "status": "available", "rule_groups": BILLING},
@@ -29,7 +29,12 @@ AGENTS: list[dict[str, Any]] = [
     # §9: Erin handles one support conversation at a time.
     {"agent_id": "erin", "name": "Erin", "status": "available", "rule_groups": [["team:support"]],
      "capacity": 1},
+    # §9 sequential offers: returns go to Frank and Grace one at a time.
+    {"agent_id": "frank", "name": "Frank", "status": "available", "rule_groups": RETURNS},
+    {"agent_id": "grace", "name": "Grace", "status": "available", "rule_groups": RETURNS},
 ]
+SEQUENTIAL = {"strategy": "sequential", "offer_timeout": "2s", "order": "longest_idle",
+              "on_missed": "busy"}
 CONTACT = {"id": "contact-1", "name": "Ada Lovelace", "phone": "+15550100"}
 POPUP = {
     "text": "**VIP** customer asks about a *refund*",
@@ -49,6 +54,7 @@ class Simulator:
         self.listener = ExitListener(settings.broker_url, f"flow-sim-{self.run_id}")
         self.streams = redis.Redis.from_url(settings.redis_url, decode_responses=True)
         self.t0 = time.monotonic()
+        self.last_state: str | None = None  # the state the last request's dispatch left
 
     def say(self, who: str, text: str) -> None:
         self.echo(f"  {time.monotonic() - self.t0:7.3f}s  {who:<12} {text}")
@@ -67,6 +73,7 @@ class Simulator:
                                 f"tags={tags} settings={json.dumps(settings)[:90]}")
         answer = self.call("hitl.request_assistance", **body)
         self.say("worker", f"-> state={answer['state']} exit={answer['exit']}")
+        self.last_state = answer["state"]
         return execution_id
 
     def agent(self, agent_id: str, action: str, execution_id: str) -> dict[str, Any]:
@@ -117,10 +124,63 @@ class Simulator:
         self.agent("erin", "claim", second)
         done(self.exit(second))
 
-    def _offered(self, agent_id: str, execution_id: str) -> bool:
+    def sequential_step(self, done: Callable[[dict[str, Any]], None]) -> None:
+        """§9 sequential: one holder at a time. The first holder lets its offer time out (a
+        missed offer: withdrawn, its status set to busy), the next agent is offered the step
+        and claims it. Who holds first depends on the order (longest idle), so it is read
+        from the notifications, not assumed."""
+        eid = self.request("sequential", ["team:returns"], timeout="1m",
+                           popup={"text": "A **return**, one agent at a time"},
+                           offer=SEQUENTIAL)
+        if self.last_state != "waiting":  # e.g. refused by a version without sequential offers
+            done(self.exit(eid))
+            return
+        first, offer = self._holder(eid, ("frank", "grace"))
+        self.say(first, f"console shows the offer alone: round {offer['round']}, "
+                        f"expires {offer['expires_at']}")
+        second = "grace" if first == "frank" else "frank"
+        self.agent(second, "claim", eid)  # not its turn: not_eligible
+        self.say(first, f"lets the offer time out ({SEQUENTIAL['offer_timeout']})")
+        withdrawn = self._wait_for(first, eid, "assistance.withdrawn")
+        self.say(first, f"console got assistance.withdrawn state={withdrawn.get('state')} "
+                        "(missed)")
+        status = self.call("hitl.set_agent_status", agent_id=first, status="available")
+        self.say(first, f"back to {status['status']} (on_missed set it to busy)")
+        holder, offer = self._holder(eid, (second,))
+        self.say(holder, f"console shows the offer alone: round {offer['round']}, "
+                         f"expires {offer['expires_at']}")
+        self.agent(holder, "claim", eid)
+        done(self.exit(eid))
+
+    def _holder(self, execution_id: str, candidates: tuple[str, ...]
+                ) -> tuple[str, dict[str, Any]]:
+        """The candidate whose stream got a sequential offer for ``execution_id``."""
+        deadline = time.monotonic() + self.timeout
+        while time.monotonic() < deadline:
+            for agent_id in candidates:
+                for event in self._events(agent_id, execution_id):
+                    if event["type"] == "assistance.requested" and event.get("offer"):
+                        return agent_id, event["offer"]
+            time.sleep(0.05)
+        raise TimeoutError(f"no sequential offer of {execution_id} reached {candidates}")
+
+    def _wait_for(self, agent_id: str, execution_id: str, kind: str) -> dict[str, Any]:
+        deadline = time.monotonic() + self.timeout
+        while time.monotonic() < deadline:
+            for event in self._events(agent_id, execution_id):
+                if event["type"] == kind:
+                    return event
+            time.sleep(0.05)
+        raise TimeoutError(f"{agent_id} got no {kind} for {execution_id}")
+
+    def _events(self, agent_id: str, execution_id: str) -> list[dict[str, Any]]:
         entries = cast(list[tuple[str, dict[str, str]]],
                        self.streams.xrange(stream_key(agent_id)))
-        return any(json.loads(f["event"]).get("execution_id") == execution_id for _i, f in entries)
+        events = (json.loads(fields["event"]) for _id, fields in entries)
+        return [e for e in events if e.get("execution_id") == execution_id]
+
+    def _offered(self, agent_id: str, execution_id: str) -> bool:
+        return bool(self._events(agent_id, execution_id))
 
     def run(self, *, leave_waiting: bool = False) -> list[tuple[str, str, str]]:
         summary: list[tuple[str, str, str]] = []
@@ -177,6 +237,10 @@ class Simulator:
             done = scenario("8. Erin, capacity 1, is offered the next step when released",
                             "claimed")
             self.capacity_limited(done)
+
+            done = scenario("9. Sequential: Frank or Grace misses the offer, the other claims",
+                            "claimed")
+            self.sequential_step(done)
 
             if leave_waiting:
                 self.echo("\nLeft waiting for a human (10 minutes, countdown 5 minutes)")

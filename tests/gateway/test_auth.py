@@ -98,7 +98,8 @@ def test_a_token_for_agent_a_never_acts_as_agent_b(api, agents, client, method, 
     assert response.status_code == 403, response.text
     assert alice in response.json()["detail"] and bob in response.json()["detail"]
     me = api.get("/me", headers=bearer(bob)).json()
-    assert me == {"agent_id": bob, "name": bob, "status": "available"}
+    assert me == {"agent_id": bob, "name": bob, "status": "available", "capacity": None,
+                  "load": 0}
 
 
 def test_agent_events_act_as_the_token_agent_only(api, agents, waiting):

@@ -38,7 +38,8 @@ def test_upsert_then_status_then_remove_round_trip(api, service_api, agent_id, t
     # Then 200 with the §5 result, committed: the agent is in the directory
     assert created.status_code == 200, created.text
     assert created.json() == {"agent_id": agent_id, "status": "available"}
-    assert me(api, agent_id) == {"agent_id": agent_id, "name": "Ada", "status": "available"}
+    assert me(api, agent_id) == {"agent_id": agent_id, "name": "Ada", "status": "available",
+                                 "capacity": None, "load": 0}
     # And a step for the team started over HTTP is offered to it
     step = request(team, flow.reply_to)
     assert service_api.post("/v1/executions", json=step).status_code == 201

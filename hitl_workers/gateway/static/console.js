@@ -15,6 +15,7 @@
 
   const TOKEN_KEY = "hitl.agentToken";
   const BELL_REFRESH_MS = 15000;
+  const SOON_MS = 300;        // notifications in a burst ask the gateway once
   const MAX_NOTICES = 8;
 
   const $ = (id) => document.getElementById(id);
@@ -40,9 +41,14 @@
     ended: new Set(),         // execution ids withdrawn / answered here: never shown again
     bell: new Map(),          // execution id -> entry
     localAdds: new Map(),     // execution id -> when a notification added it
+    localRemoves: new Map(),  // execution id -> when a withdrawal (step still waiting) removed it
+    offers: new Map(),        // execution id -> {untilMs, round}: a sequential offer's hold
     popups: new Map(),        // execution id -> {node, event}
     popupSeq: 0,
     openedPopups: false,      // the popups of requests made before the page opened: shown
+    statusChanges: 0,         // status changes sent: a /me read before one must not undo it
+    soonTimer: null,
+    soonBell: false,
   };
 
   // --- helpers ---------------------------------------------------------------------------
@@ -76,6 +82,12 @@
     const m = Math.floor((total % 3600) / 60);
     const s = String(total % 60).padStart(2, "0");
     return h > 0 ? `${h}:${String(m).padStart(2, "0")}:${s}` : `${m}:${s}`;
+  }
+
+  // "12 s" under a minute (an offer's hold is usually short), then m:ss / h:mm:ss.
+  function secondsLeft(ms) {
+    const total = Math.max(0, Math.ceil(ms / 1000));
+    return total < 60 ? `${total} s` : clock(total * 1000);
   }
 
   function contactName(contact, fallback) {
@@ -148,6 +160,7 @@
     sessionStorage.setItem(TOKEN_KEY, token);
     state.agentId = me.body.agent_id;
     state.openedPopups = false;
+    renderLoad(me.body);
     $("agent-name").textContent = me.body.name && me.body.name !== me.body.agent_id
       ? `${me.body.name} (${me.body.agent_id})` : me.body.agent_id;
     const select = $("status-select");
@@ -176,7 +189,9 @@
     sessionStorage.removeItem(TOKEN_KEY);
     for (const executionId of [...state.popups.keys()]) removePopup(executionId);
     state.bell.clear();
+    state.offers.clear();
     renderBell();
+    renderLoad(null);
     showSignIn(message || "");
   }
 
@@ -212,6 +227,7 @@
     source.onopen = () => {
       setConnection("live", "Live");
       refreshBell();
+      refreshMe();
     };
     source.onerror = () => {
       if (source.readyState === EventSource.CLOSED) {
@@ -238,9 +254,28 @@
     else if (event.type === "assistance.withdrawn") onWithdrawn(event);
   }
 
+  // A sequential offer (docs/contract.md §9): this agent alone holds the step until
+  // `expires_at`. Anything else (no `offer`, another strategy, a date that does not parse) is
+  // shown as a plain notification.
+  function offerOf(event) {
+    const offer = event && event.offer;
+    if (!offer || typeof offer !== "object" || offer.strategy !== "sequential") return null;
+    const untilMs = Date.parse(offer.expires_at);
+    if (!Number.isFinite(untilMs)) return null;
+    return { untilMs, round: Number.isInteger(offer.round) ? offer.round : null };
+  }
+
+  function recordOffer(executionId, event) {
+    const offer = offerOf(event);
+    if (offer) state.offers.set(executionId, offer);
+    else state.offers.delete(executionId);
+  }
+
   function onRequested(event) {
     if (state.ended.has(event.execution_id)) return;
     const popup = event.popup;
+    recordOffer(event.execution_id, event);
+    state.localRemoves.delete(event.execution_id);  // offered (again): the list may show it
     addBellEntry({
       execution_id: event.execution_id,
       conversation_id: event.conversation_id,
@@ -253,6 +288,10 @@
       showPopup(event);
     }
     if (event.browser_notification) nativeNotification(event);
+    // The notification does not say the step's priority: the gateway's list puts the new
+    // entry in its place (higher priority first, then the oldest), and a slot freed below
+    // this agent's capacity (which may be why it was offered) shows in its load.
+    refreshSoon(true);
   }
 
   function onWithdrawn(event) {
@@ -260,10 +299,15 @@
     // says what happened), or the withdrawal came twice. The answer and the withdrawal race:
     // the worker publishes the withdrawal while the gateway is still answering the click.
     if (state.ended.has(event.execution_id)) return;
+    // A withdrawal can follow this agent's claim elsewhere, or a missed sequential offer that
+    // changed its status (`on_missed`): its load and status are read again.
+    refreshSoon(false);
     if (event.state === "waiting") {
-      // Only this agent's offer was withdrawn (its status or load changed, docs/contract.md §9):
-      // the step goes on, and is offered again when the agent can take it.
+      // Only this agent's offer was withdrawn (its status or load changed, or its sequential
+      // offer passed on, docs/contract.md §9): the step goes on, and is offered again when the
+      // agent can take it.
       removeOffer(event.execution_id);
+      state.localRemoves.set(event.execution_id, Date.now());
       return;
     }
     endExecution(event.execution_id);
@@ -286,15 +330,62 @@
     removePopup(executionId);
     state.bell.delete(executionId);
     state.localAdds.delete(executionId);
+    state.offers.delete(executionId);
     renderBell();
   }
 
   function endExecution(executionId) {
     state.ended.add(executionId);
-    removePopup(executionId);
-    state.bell.delete(executionId);
-    state.localAdds.delete(executionId);
-    renderBell();
+    removeOffer(executionId);
+  }
+
+  // --- load against capacity (docs/contract.md §9) -----------------------------------------
+
+  function renderLoad(me) {
+    const node = $("load");
+    if (!me || typeof me.load !== "number") {
+      node.hidden = true;  // signed out, or not in the directory
+      return;
+    }
+    const capacity = typeof me.capacity === "number" ? me.capacity : null;
+    const noun = (n) => (n === 1 ? "conversation" : "conversations");
+    node.textContent = capacity === null
+      ? `${me.load} ${noun(me.load)}` : `${me.load} / ${capacity} ${noun(capacity)}`;
+    node.title = capacity === null
+      ? "Conversations you hold (no limit)"
+      : "Conversations you hold, of your capacity: at capacity you are offered nothing new";
+    node.dataset.load = String(me.load);
+    node.dataset.capacity = capacity === null ? "" : String(capacity);
+    node.dataset.full = String(capacity !== null && me.load >= capacity);
+    node.hidden = false;
+  }
+
+  async function refreshMe() {
+    if (!state.agentId) return;
+    const agentId = state.agentId;
+    const changes = state.statusChanges;
+    const me = await api("GET", "/me");
+    if (me.status !== 200 || state.agentId !== agentId) return;
+    renderLoad(me.body);
+    const select = $("status-select");
+    if (me.body.status && changes === state.statusChanges && !select.disabled) {
+      // Set elsewhere too: another tab, an operator, a missed offer's `on_missed`.
+      select.value = me.body.status;
+    }
+  }
+
+  // Ask the gateway again shortly: one list (and one /me) for a burst of notifications.
+  function refreshSoon(bell) {
+    state.soonBell = state.soonBell || bell;
+    if (state.soonTimer) return;
+    state.soonTimer = setTimeout(() => {
+      const withBell = state.soonBell;
+      state.soonTimer = null;
+      state.soonBell = false;
+      if (!state.token) return;
+      if (withBell) refreshBell();
+      refreshMe();
+    }, SOON_MS);
   }
 
   // --- native notifications ----------------------------------------------------------------
@@ -320,6 +411,8 @@
 
   function addBellEntry(entry) {
     if (state.ended.has(entry.execution_id)) return;
+    const known = state.bell.get(entry.execution_id);
+    if (known && known.rank !== undefined) entry.rank = known.rank;  // an offer made again
     state.bell.set(entry.execution_id, entry);
     renderBell();
   }
@@ -340,6 +433,7 @@
       for (const entry of answer.body) {
         const event = entry.notification;
         delete entry.notification;
+        if (event && !state.ended.has(entry.execution_id)) recordOffer(entry.execution_id, event);
         if (!event || !event.id || state.seen.has(event.id)) continue;
         if (state.ended.has(entry.execution_id)) continue;
         state.seen.add(event.id);  // its copy on the stream, if any, is not shown twice
@@ -349,12 +443,19 @@
         }
       }
     }
+    // The gateway's order is the order (§9: higher priority first, then the oldest): each
+    // entry keeps its place in the list as its rank.
     const fresh = new Map();
-    for (const entry of answer.body) {
-      if (state.ended.has(entry.execution_id)) continue;
+    answer.body.forEach((entry, rank) => {
+      if (state.ended.has(entry.execution_id)) return;
+      // A withdrawal that arrived while the list was on its way is newer than the list.
+      if ((state.localRemoves.get(entry.execution_id) || 0) >= asked) return;
       fresh.set(entry.execution_id, {
-        ...entry, dispatched_at_ms: Date.parse(entry.dispatched_at),
+        ...entry, rank, dispatched_at_ms: Date.parse(entry.dispatched_at),
       });
+    });
+    for (const [executionId, removedAt] of state.localRemoves) {
+      if (removedAt < asked) state.localRemoves.delete(executionId);  // the list saw it
     }
     // A notification that arrived while the list was on its way may be newer than the list
     // (its step committed after the query ran): keep those. Anything older, the list decides.
@@ -364,17 +465,29 @@
       }
     }
     state.bell = fresh;
+    for (const executionId of [...state.offers.keys()]) {
+      if (!fresh.has(executionId) && !state.popups.has(executionId)) {
+        state.offers.delete(executionId);
+      }
+    }
     renderBell();
+  }
+
+  // The list's entries in the gateway's order; entries a notification added since, after
+  // them, oldest first, until the next list places them.
+  function rankOf(entry) {
+    return Number.isInteger(entry.rank) ? entry.rank : Number.MAX_SAFE_INTEGER;
   }
 
   function renderBell() {
     const list = $("bell-list");
-    const entries = [...state.bell.values()].sort(
-      (a, b) => (a.dispatched_at_ms || 0) - (b.dispatched_at_ms || 0));
+    const entries = [...state.bell.values()].sort((a, b) => rankOf(a) - rankOf(b) ||
+      (a.dispatched_at_ms || 0) - (b.dispatched_at_ms || 0));
     list.replaceChildren(...entries.map(bellItem));
     $("bell-count").textContent = String(entries.length);
     $("bell-count").dataset.count = String(entries.length);
     $("bell-empty").hidden = entries.length > 0;
+    tick();  // the new entries' clocks show at once, not at the next tick
   }
 
   function bellItem(entry) {
@@ -397,7 +510,21 @@
         el("time", { className: "countdown", dataset: {
           until: String(entry.countdown_until_ms) } })));
     }
+    const offer = state.offers.get(entry.execution_id);
+    if (offer) item.querySelector(".bell-text").append(offerLine(offer, "div", "small"));
     return item;
+  }
+
+  // "Offer expires in 12 s": how long this agent alone holds a sequential offer before it
+  // passes to the next agent (a missed offer).
+  function offerLine(offer, tag, extraClass) {
+    const line = el(tag, { className: `offer-line ${extraClass}`.trim() },
+      el("span", { text: "Offer expires in " }),
+      el("time", { className: "offer-countdown", dataset: { until: String(offer.untilMs) } }));
+    if (offer.round && offer.round > 1) {
+      line.append(el("span", { className: "muted", text: ` · round ${offer.round}` }));
+    }
+    return line;
   }
 
   // --- the popup ---------------------------------------------------------------------------
@@ -426,6 +553,8 @@
     dialog.append(text);
 
     const clocks = el("div", { className: "popup-clocks" });
+    const offer = offerOf(event);
+    if (offer) clocks.append(offerLine(offer, "p", ""));
     if (popup.countdown_until_ms) {
       clocks.append(el("p", { className: "countdown-line" },
         el("span", { text: "Auto action in " }),
@@ -505,9 +634,15 @@
     if (button) button.disabled = false;
     const result = answer.body || {};
     const winner = result.merge_field && result.merge_field.addClaimedBy;
-    if (answer.status === 200) {
+    if (answer.status === 409 && result.outcome === "at_capacity") {
+      // Nothing changed (§9): the step still waits, for this agent once a slot frees.
+      refreshMe();
+      popupError(executionId, `You cannot claim ${what}: you hold as many conversations as ` +
+        "your capacity allows. Release one first.");
+    } else if (answer.status === 200) {
       if (action === "claim") {
         endExecution(executionId);
+        refreshMe();
         notice(`You claimed ${what}.`, "success");
       } else if (action === "reject") {
         endExecution(executionId);
@@ -518,6 +653,7 @@
       }
     } else if (answer.status === 409) {
       endExecution(executionId);
+      if (winner === state.agentId) refreshMe();
       if (winner && winner !== state.agentId) {
         notice(`Too late: ${winner} claimed ${what} first.`, "warning");
       } else if (winner) {
@@ -530,7 +666,8 @@
       notice(`${what} is no longer waiting.`, "warning");
     } else if (answer.status === 403) {
       popupError(executionId, `You may not ${action} this one now (your status or the ` +
-        "step's settings do not allow it).");
+        "step's settings do not allow it, or it is offered to another agent).");
+      refreshSoon(true);  // the list says whether it is still this agent's to claim
     } else if (answer.status !== 401) {
       popupError(executionId, `Could not ${action}: ${result.detail || answer.status}`);
     }
@@ -539,8 +676,10 @@
   async function setStatus(status) {
     const select = $("status-select");
     select.disabled = true;
+    state.statusChanges += 1;
     const answer = await api("PUT", `/agents/${encodeURIComponent(state.agentId)}/status`,
       { status });
+    state.statusChanges += 1;
     select.disabled = false;
     if (answer.status === 200) {
       select.value = answer.body.status;
@@ -548,8 +687,7 @@
       refreshBell();
     } else if (answer.status !== 401) {
       notice(`Status not changed: ${answer.body.detail || answer.status}`, "error");
-      const me = await api("GET", "/me");
-      if (me.status === 200 && me.body.status) select.value = me.body.status;
+      refreshMe();
     }
   }
 
@@ -564,6 +702,11 @@
     }
     for (const node of document.querySelectorAll("time.count-up")) {
       node.textContent = clock(now - Number(node.dataset.since));
+    }
+    for (const node of document.querySelectorAll("time.offer-countdown")) {
+      const left = Number(node.dataset.until) - now;
+      node.textContent = secondsLeft(left);
+      node.dataset.expired = String(left <= 0);
     }
   }
 
@@ -591,7 +734,11 @@
       updateNotificationButton();
     });
     setInterval(tick, 250);
-    setInterval(() => { if (state.token) refreshBell(); }, BELL_REFRESH_MS);
+    setInterval(() => {
+      if (!state.token) return;
+      refreshBell();
+      refreshMe();  // a release (by the flow engine) frees a slot without telling this page
+    }, BELL_REFRESH_MS);
 
     takeTokenFromUrl();
     const token = sessionStorage.getItem(TOKEN_KEY);
