@@ -407,6 +407,31 @@ def assert_each_exits_once_on_time(db: Db, listener: Listener, steps: Sequence[S
                       f"({summary}): {late[:10]}")
 
 
+def lose_the_broker(server: PrivateRedis) -> int:
+    """``FLUSHDB`` of the broker's database (0), and every other connection to it dropped, as
+    a Redis restarting empty would: queued messages, the record of unacked ones and the
+    wake-ups workers hold in memory are all gone. Returns how many connections were dropped."""
+    admin = server.client(0)
+    admin.flushdb()
+    me = admin.client_id()
+    dropped = 0
+    for client in admin.client_list():
+        if client["db"] == "0" and int(client["id"]) != me:
+            admin.client_kill_filter(_id=client["id"])
+            dropped += 1
+    return dropped
+
+
+def workers_answer(app: Celery, names: Iterable[str]) -> bool:
+    """Whether every named worker answers a ping (after a broker loss: they reconnected)."""
+    nodes = {f"{name}@{HOST}" for name in names}
+    try:  # this process's own broker connections may have been dropped too
+        replies = app.control.ping(destination=list(nodes), timeout=0.5) or []
+    except Exception:
+        return False
+    return nodes <= {node for reply in replies for node in reply}
+
+
 def overdue(db: Db, now: datetime) -> int:
     """Executions with a pending deadline due by ``now``."""
     return int(db.rows(sa.select(sa.func.count(sa.distinct(timers.c.execution_id))).where(

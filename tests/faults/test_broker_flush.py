@@ -13,14 +13,15 @@ import pytest
 
 from hitl_workers.services.effects import timer_task_id
 from tests.faults.harness import (
-    HOST,
     Report,
     assert_each_exits_once_on_time,
     dispatch,
     dispatch_rate,
+    lose_the_broker,
     mixed_steps,
     utc_now,
     wait_until,
+    workers_answer,
 )
 
 STEPS = 200
@@ -37,28 +38,6 @@ def fx(fault_system):
     return fault_system(workers=WORKERS)
 
 
-def _lose_the_broker(fx) -> int:
-    """FLUSHDB of the broker's database, and every connection to it dropped."""
-    admin = fx.redis.client(0)
-    admin.flushdb()
-    me = admin.client_id()
-    dropped = 0
-    for client in admin.client_list():
-        if client["db"] == "0" and int(client["id"]) != me:
-            admin.client_kill_filter(_id=client["id"])
-            dropped += 1
-    return dropped
-
-
-def _workers_answer(fx) -> bool:
-    nodes = {f"{name}@{HOST}" for name in WORKERS}
-    try:  # this process's own broker connections were dropped too
-        replies = fx.app.control.ping(destination=list(nodes), timeout=0.5) or []
-    except Exception:
-        return False
-    return nodes <= {node for reply in replies for node in reply}
-
-
 def test_every_step_exits_once_on_time_after_the_broker_loses_everything(fx):
     # Given 200 steps waiting on countdowns and timeouts of 2-8 s, their wake-ups held
     lead_s = dispatch_rate(fx.app, fx.team, fx.listener.reply_to)
@@ -66,8 +45,8 @@ def test_every_step_exits_once_on_time_after_the_broker_loses_everything(fx):
     dispatch(fx.app, steps, fx.team, fx.listener.reply_to)
     # When the broker's database is flushed and its connections dropped
     lost_at = utc_now()
-    dropped = _lose_the_broker(fx)
-    wait_until(lambda: _workers_answer(fx), 30, "the workers to reconnect")
+    dropped = lose_the_broker(fx.redis)
+    wait_until(lambda: workers_answer(fx.app, WORKERS), 30, "the workers to reconnect")
     recovered_at = utc_now()
     # Then every step exits exactly once, on time
     report = Report("broker_flush", extra={
