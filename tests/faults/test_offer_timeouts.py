@@ -98,6 +98,7 @@ def assert_first_offers_passed_once_on_time(fx: Any, ids: list[str], recovered_a
                                             report: Report) -> None:
     wait_until(lambda: first_hold_passed(fx, ids), 60, "every first offer to pass on")
     late: list[str] = []
+    report.steps = len(ids)
     for eid, trail in trails(fx, ids).items():
         (first, offered, ended), (second, *_rest) = holds(trail)[:2]
         # The first holder missed its offer exactly once, and the next agent holds it
