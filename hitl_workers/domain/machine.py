@@ -23,6 +23,7 @@ event with ``already_resolved`` (or ``already_claimed`` to the winner's repeat).
     waiting    timer due        exited timer_action | timeout   outcome fired
     waiting    timer not due    unchanged (re-arm)        outcome early
     waiting    timer not pending unchanged                outcome stale
+    waiting    offer timer, step not sequential   the timer retired   outcome stale
     waiting    cancel           cancelled                 outcome cancelled
     waiting    agent removed    offer withdrawn; under reject_policy=all the step may now
                                 be rejected by everyone left (outcome rejected) else withdrawn
@@ -345,10 +346,14 @@ def _timer(view: ExecutionView, event: TimerFired, now: datetime) -> Decision:
     # A countdown and a timeout due at the same instant end by the countdown.
     # Only the step's own deadlines end it (an ``offer`` timeout passes the hold, see
     # _offer_missed); when one is due with an offer timeout, the step's own goes first.
-    kind, timer = min(
-        ((k, t) for k, t in view.timers.items()
-         if k in TIMER_EXITS and t.state == "pending" and t.due_at <= now),
-        key=lambda pair: (pair[1].due_at, pair[0] != "countdown"))
+    due = [(k, t) for k, t in view.timers.items()
+           if k in TIMER_EXITS and t.state == "pending" and t.due_at <= now]
+    if not due:
+        # An ``offer`` timer on a step that is not sequential: only a sequential dispatch
+        # arms one, so the row is wrong (written by hand, or by a bug). Retire it, or every
+        # wake-up and every reconciler tick would pick it up again and fail on it.
+        return Decision("stale", view.state, view.exit, view.merge_field, offer_timer_off=True)
+    kind, timer = min(due, key=lambda pair: (pair[1].due_at, pair[0] != "countdown"))
     audit = "timer_fired" if kind == "countdown" else "timeout_fired"
     lateness_ms = (now - timer.due_at).total_seconds() * 1000
     return Decision("fired", "exited", TIMER_EXITS[kind], {}, audit=audit,

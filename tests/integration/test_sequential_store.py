@@ -17,7 +17,7 @@ from hitl_workers.clock import utcnow
 from hitl_workers.services import agent_events, dispatch, routing
 from hitl_workers.services import agents as directory
 from hitl_workers.settings import get_settings
-from hitl_workers.store import bell
+from hitl_workers.store import bell, repo
 from hitl_workers.store.db import reset_engine, transaction
 from hitl_workers.store.tables import agents, offers, timers
 from tests.support import databases
@@ -181,3 +181,27 @@ def test_the_reconciler_passes_an_overdue_offer_on_and_arms_the_next_hold(store:
     assert rows(eid) == {first: ("missed", 1), second: ("offered", 1)}
     armed = [(e, kind, at) for effects in published for e, kind, at in effects.arm if e == eid]
     assert armed == [(eid, "offer", offer_timer(eid).due_at)]
+
+
+def test_an_offer_timer_on_a_broadcast_step_is_retired_by_the_reconciler(store: str) -> None:
+    from hitl_workers.services import reconcile
+
+    # Given a broadcast step and, wrongly, a pending offer timer on it (only a sequential
+    # dispatch arms one: this row was written by hand, or by a bug)
+    team = f"team:{uuid.uuid4().hex[:8]}"
+    add_agents(team, 1)
+    eid = f"exec-{uuid.uuid4().hex[:12]}"
+    with transaction() as conn:
+        answer, _ = dispatch.submit(conn, (), {
+            "execution_id": eid, "conversation_id": f"conv-{uuid.uuid4().hex[:12]}",
+            "conversation": {"tags": [team]}, "settings": {}}, task_id=None, now=utcnow(),
+            defaults=DEFAULTS)
+        assert answer["state"] == "waiting"
+        conn.execute(sa.insert(timers).values(execution_id=eid, kind="offer", state="pending",
+                                              due_at=utcnow() - timedelta(minutes=1)))
+    # When the reconciler finds it overdue
+    reconcile.fire_overdue(utcnow, lambda effects: None, budget_s=5)
+    # Then the timer is retired (not picked up again by every tick), and the step still waits
+    assert offer_timer(eid).state == "fired"
+    with transaction() as conn:
+        assert repo.get_execution(conn, eid).state == "waiting"

@@ -205,8 +205,9 @@ def test_an_unknown_offer_status_or_timer_kind_is_refused(engine, ids):
     add_execution(engine, ids["exec"], ids["conv"])
     assert refused(engine, INSERT_OFFER, CHECK_VIOLATION, execution_id=ids["exec"],
                    agent_id="alice", status="ignored", round=1) == "ck_offers_status"
+    # (cancelled: a pending offer timer on this bare execution is not for the workers)
     run(engine, "INSERT INTO timers (execution_id, kind, due_at, state) "
-                "VALUES (:e, 'offer', now(), 'pending')", e=ids["exec"])
+                "VALUES (:e, 'offer', now(), 'cancelled')", e=ids["exec"])
     assert refused(engine, "INSERT INTO timers (execution_id, kind, due_at, state) "
                            "VALUES (:e, 'nudge', now(), 'pending')", CHECK_VIOLATION,
                    e=ids["exec"]) == "ck_timers_kind"

@@ -371,6 +371,16 @@ def test_a_timer_woken_early_changes_nothing_and_is_re_armed(kind: str) -> None:
     assert decide(view, TimerFired(kind), NOW) == Decision("early", "waiting")  # type: ignore[arg-type]
 
 
+def test_an_offer_timer_on_a_step_that_is_not_sequential_is_retired_not_fired() -> None:
+    # Only a sequential step arms an offer timer; a row saying otherwise (written by hand, or
+    # left by a bug) must not make every wake-up and reconciler tick fail on it for ever.
+    view = with_timers(offer=-60)
+    assert decide(view, TimerFired("offer"), NOW) == Decision(
+        "stale", "waiting", offer_timer_off=True)
+    # A step deadline due with it still ends the step
+    assert decide(with_timers(offer=-60, timeout=-1), TimerFired("offer"), NOW).exit == "timeout"
+
+
 @pytest.mark.parametrize("kind", ["countdown", "timeout"])
 @pytest.mark.parametrize("timer_state", ["fired", "cancelled", None])
 def test_a_timer_that_is_not_pending_is_stale(kind: str, timer_state: str | None) -> None:
