@@ -123,6 +123,8 @@ class Sender:
                      if v is not None}
             plain = {k: found.pop(k) for k in _PLAIN_OPTIONS if k in found}
             found.pop("queue", None)  # the caller names the queue, which wins in send_task
+            if found.get("serializer") == "json":  # what this module sends (a finalized
+                del found["serializer"]            # app gives every task the default)
             self._options[name] = None if found else plain
         return self._options[name]
 

@@ -43,6 +43,7 @@ def received(broker: redis.Redis, queue: str) -> list[dict[str, Any]]:
 def test_the_kept_producer_sends_what_send_task_sends(broker, how):
     assert app.tasks["hitl.fire_timer"].ignore_result  # the app finalized, as in a worker
     sender = Sender(app)
+    assert sender._task_options("hitl.fire_timer") is not None  # not through send_task
     due = utcnow() + timedelta(minutes=5)
     kwargs: dict[str, Any] = {"execution_id": f"x-{uuid.uuid4().hex[:8]}", "kind": "timeout"}
     name, queue, when = "hitl.fire_timer", "hitl.timers", {"eta": due}
