@@ -104,6 +104,10 @@ def main() -> None:
     parser.add_argument("--fan-out-only", action="store_true",
                         help="only the dispatch with a fan-out of 1,000 (--dispatches samples): "
                         "the figure to watch while changing the notification fan-out")
+    parser.add_argument("--throughput-only", action="store_true",
+                        help="only bare Celery's and the claimed steps' throughput and "
+                        "whole-machine CPU, with their ratios (the figures to watch while "
+                        "cutting CPU per step)")
     args = parser.parse_args()
     if args.quick:
         args.steps, args.samples, args.dispatches = 400, 50, 50
@@ -129,6 +133,15 @@ def main() -> None:
         args.concurrency, args.steps, args.samples, cpu=machine_busy_s)
     hitl_cpu_ms = hitl_window / args.steps * 1000
     del busy
+    if args.throughput_only:
+        print(f"  (--throughput-only) bare Celery no-op: {bare_tps:8.1f} tasks/s, "
+              f"{bare_cpu_ms:5.2f} ms CPU per task (whole machine)")
+        print(f"  hitl claimed steps: {hitl_sps:8.1f} steps/s, {hitl_cpu_ms:5.2f} ms CPU per "
+              f"step (whole machine), {dups} duplicate exits")
+        print(f"ratio throughput:      {hitl_sps / bare_tps:.2f}× bare (aim ≥ 0.25×)")
+        print(f"ratio CPU:             {hitl_cpu_ms / bare_cpu_ms:.2f}× a bare task (aim ≤ 4×)")
+        print(f"load average after: {loadavg()}")
+        return
 
     counts, _cpu = run_steps(200)
     split = counts.split  # type: ignore[attr-defined]
