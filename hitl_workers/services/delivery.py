@@ -91,8 +91,8 @@ class SentMarks:
     too they are dropped and the reconciler re-sends those rows). A process whose
     transactions keep carrying its marks never flushes on its own: the flusher writes only
     marks that waited ``flush_after_s`` for a transaction. Until a row is marked, the
-    reconciler leaves it alone for ``HITL_OUTBOX_RETRY_AFTER_S`` (seconds, not this fraction of one),
-    so an identical re-send still happens only when the process died in between.
+    reconciler leaves it alone for ``HITL_OUTBOX_RETRY_AFTER_S`` (seconds, not this fraction
+    of one), so an identical re-send still happens only when the process died in between.
 
     On SQLite (no folding) :meth:`batching` is False and rows are marked as before, in a
     transaction right after publishing.
