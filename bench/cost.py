@@ -166,13 +166,34 @@ def run_steps(steps: int, *, counter: StatementCounter | None = None) -> tuple[C
         one_step()
     total = Counts()
     split.update(dispatch=Counts(), claim=Counts())
+    servers = _ServerCpu()
+    servers.read()
     cpu = time.process_time()
     for _ in range(steps):
         one_step()
     cpu = time.process_time() - cpu
     add(total, counter.reset())  # what ran after the last claim (sent marks flushed by then)
     total.split = split  # type: ignore[attr-defined]
+    total.servers = servers.read()  # type: ignore[attr-defined]
     return total, cpu
+
+
+class _ServerCpu:
+    """CPU seconds the benchmark database's PostgreSQL backends (only this process connects
+    to it) and its Redis server used between two reads, by kind."""
+
+    def __init__(self) -> None:
+        from bench.engine import OwnCpu
+
+        self._own = OwnCpu()
+        self._last: dict[str, float] = {}
+
+    def read(self) -> dict[str, float]:
+        self._own()
+        now = {k: v for k, v in self._own.by_kind().items() if k in ("PostgreSQL", "Redis")}
+        spent = {k: v - self._last.get(k, 0.0) for k, v in now.items()}
+        self._last = now
+        return spent
 
 
 def result_subscriptions() -> int | None:
@@ -202,6 +223,9 @@ def main() -> None:
         profiler.disable()
     print(f"per claimed step (request + claim, {args.steps} steps, this process): "
           f"{counts.per(args.steps)}; {cpu_s / args.steps * 1000:.1f} ms CPU in this process")
+    servers = counts.servers  # type: ignore[attr-defined]
+    print("  server CPU per step: " + ", ".join(
+        f"{kind} {spent / args.steps * 1000:.1f} ms" for kind, spent in sorted(servers.items())))
     for name, part in counts.split.items():  # type: ignore[attr-defined]
         print(f"  {name:9} {part.per(args.steps)}")
     subscribed = result_subscriptions()
