@@ -86,7 +86,9 @@ class OwnCpu:
             self._last[pid] = table[pid][1]  # a process that ended keeps its last figure
             self._kind.setdefault(pid, "this process" if pid == os.getpid() else
                                   "Redis" if pid == redis_pid else
-                                  "PostgreSQL" if pid in backends else "workers")
+                                  "PostgreSQL" if pid in backends else
+                                  "worker main" if table[pid][0] == os.getpid() else
+                                  "worker pool")
         return sum(self._last.values()) / self._hz
 
     def by_kind(self) -> dict[str, float]:

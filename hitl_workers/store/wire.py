@@ -194,6 +194,8 @@ def send(cursor: Any, statement: str, parameters: Any, context: Any) -> bool:
 MAX_PREPARED = 128
 """Statements prepared per connection at most (statement texts that vary, such as multi-row
 ``VALUES`` of every length, would otherwise grow without end); the rest go as text."""
+MAX_TEXTS = 2000
+"""Statement texts this process remembers (seen once, or planned) at most."""
 _PARAM = re.compile(r"%\((\w+)\)s")
 _PREPARABLE = re.compile(r"^\s*(SELECT|INSERT|UPDATE|DELETE|WITH)\b", re.IGNORECASE)
 _STATE_BY_PARAMETER = re.compile(r"\b(WHERE|AND|OR)\s+(\w+\.)?state\s*(=|IN\b)\s*\(?\s*%\(",
@@ -248,10 +250,14 @@ def _plan(statement: str, parameters: Any) -> _Plan | None:
         return found  # type: ignore[return-value]
     with _plans_lock:
         if statement not in _seen:
+            if len(_seen) >= MAX_TEXTS:
+                _seen.clear()  # texts that vary without end (literals rendered in) stay text
             _seen.add(statement)  # a one-off (a varying text) is not worth a PREPARE
             return None
-        _plans[statement] = _make_plan(statement)
         _seen.discard(statement)
+        if len(_plans) >= MAX_TEXTS:
+            return None
+        _plans[statement] = _make_plan(statement)
     return _plans[statement]
 
 
