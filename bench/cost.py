@@ -166,13 +166,67 @@ def run_steps(steps: int, *, counter: StatementCounter | None = None) -> tuple[C
         one_step()
     total = Counts()
     split.update(dispatch=Counts(), claim=Counts())
+    servers = _ServerCpu()
+    servers.read()
     cpu = time.process_time()
     for _ in range(steps):
         one_step()
     cpu = time.process_time() - cpu
     add(total, counter.reset())  # what ran after the last claim (sent marks flushed by then)
     total.split = split  # type: ignore[attr-defined]
+    total.servers = servers.read()  # type: ignore[attr-defined]
     return total, cpu
+
+
+def run_fires(fires: int) -> tuple[float, dict[str, float]]:
+    """``fires`` deadlines fired through ``hitl.fire_timer``'s own code in this process (each
+    a waiting step offered to one agent: the transaction, the exit, the withdrawal); returns
+    this process's CPU seconds and the servers' (:class:`_ServerCpu`) for the fires alone."""
+    from celery._state import _set_task_join_will_block
+
+    from hitl_workers.tasks import agents as agent_tasks
+    from hitl_workers.tasks import requests, timers
+
+    _set_task_join_will_block(True)  # as in a pool process (see run_steps)
+    agent_tasks.upsert_agent.run(agent_id="fire-agent", status="available",
+                                 rule_groups=[["team:fire"]])
+    reply = {"task": "flow.exit", "queue": f"flow-fire-{uuid.uuid4().hex[:6]}"}
+    ids = []
+    for _ in range(fires + 10):
+        execution_id = f"fire-{uuid.uuid4().hex}"
+        requests.request_assistance.run(
+            execution_id=execution_id, conversation_id=f"conv-{execution_id}",
+            conversation={"tags": ["team:fire"], "contact": {"name": "Ann"}},
+            settings={"timeout": "1s", "popup": {"text": "**Fire** step"}}, reply_to=reply)
+        ids.append(execution_id)
+    time.sleep(1.5)  # every deadline is due
+    for execution_id in ids[:10]:  # warm up
+        timers.fire_timer.run(execution_id=execution_id, kind="timeout")
+    servers = _ServerCpu()
+    servers.read()
+    cpu = time.process_time()
+    for execution_id in ids[10:]:
+        if timers.fire_timer.run(execution_id=execution_id, kind="timeout") != "fired":
+            raise SystemExit(f"{execution_id}: not fired")
+    return time.process_time() - cpu, servers.read()
+
+
+class _ServerCpu:
+    """CPU seconds the benchmark database's PostgreSQL backends (only this process connects
+    to it) and its Redis server used between two reads, by kind."""
+
+    def __init__(self) -> None:
+        from bench.engine import OwnCpu
+
+        self._own = OwnCpu()
+        self._last: dict[str, float] = {}
+
+    def read(self) -> dict[str, float]:
+        self._own()
+        now = {k: v for k, v in self._own.by_kind().items() if k in ("PostgreSQL", "Redis")}
+        spent = {k: v - self._last.get(k, 0.0) for k, v in now.items()}
+        self._last = now
+        return spent
 
 
 def result_subscriptions() -> int | None:
@@ -190,10 +244,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--profile", action="store_true", help="print a cProfile of the loop")
+    parser.add_argument("--fires", type=int, default=0,
+                        help="instead: the CPU of this many fired deadlines (hitl.fire_timer)")
     args = parser.parse_args()
     configure()
     fresh_database()
     flush_redis()
+    if args.fires:
+        cpu_s, servers = run_fires(args.fires)
+        print(f"per fired deadline ({args.fires} fires, this process): "
+              f"{cpu_s / args.fires * 1000:.2f} ms CPU in this process; servers: " + ", ".join(
+                  f"{kind} {spent / args.fires * 1000:.2f} ms"
+                  for kind, spent in sorted(servers.items())))
+        return
     profiler = cProfile.Profile() if args.profile else None
     if profiler:
         profiler.enable()
@@ -202,6 +265,9 @@ def main() -> None:
         profiler.disable()
     print(f"per claimed step (request + claim, {args.steps} steps, this process): "
           f"{counts.per(args.steps)}; {cpu_s / args.steps * 1000:.1f} ms CPU in this process")
+    servers = counts.servers  # type: ignore[attr-defined]
+    print("  server CPU per step: " + ", ".join(
+        f"{kind} {spent / args.steps * 1000:.1f} ms" for kind, spent in sorted(servers.items())))
     for name, part in counts.split.items():  # type: ignore[attr-defined]
         print(f"  {name:9} {part.per(args.steps)}")
     subscribed = result_subscriptions()

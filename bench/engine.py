@@ -47,6 +47,75 @@ def machine_busy_s() -> float:
     return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
 
 
+class OwnCpu:
+    """CPU seconds used by this run's own processes: this process and its children (the
+    workers, with the claimer and exit listener as threads here), the PostgreSQL backends
+    connected to the benchmark's database and the Redis server on the benchmark's port.
+    Unlike ``/proc/stat`` it does not count other people's processes on a shared machine,
+    so its ratio is the one that survives their load (it still feels it: a process that
+    waits for a core keeps its caches cold). Call it to read a cumulative figure."""
+
+    def __init__(self) -> None:
+        import os
+
+        self._hz = os.sysconf("SC_CLK_TCK")
+        self._last: dict[int, int] = {}
+        self._kind: dict[int, str] = {}
+
+    def __call__(self) -> float:
+        import os
+
+        table: dict[int, tuple[int, int]] = {}
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                try:
+                    fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                    table[int(entry.name)] = (int(fields[1]), int(fields[11]) + int(fields[12]))
+                except (OSError, IndexError, ValueError):
+                    continue
+        redis_pid, backends = self._servers()
+        ours = {redis_pid, *backends}
+        for pid in table:
+            walk, hops = pid, 0
+            while walk in table and hops < 64:
+                if walk == os.getpid():
+                    ours.add(pid)
+                    break
+                walk, hops = table[walk][0], hops + 1
+        for pid in ours & table.keys():
+            self._last[pid] = table[pid][1]  # a process that ended keeps its last figure
+            self._kind.setdefault(pid, "this process" if pid == os.getpid() else
+                                  "Redis" if pid == redis_pid else
+                                  "PostgreSQL" if pid in backends else
+                                  "worker main" if table[pid][0] == os.getpid() else
+                                  "worker pool")
+        return sum(self._last.values()) / self._hz
+
+    def by_kind(self) -> dict[str, float]:
+        """Cumulative CPU seconds by kind of process (as of the last call)."""
+        kinds: dict[str, float] = {}
+        for pid, ticks in self._last.items():
+            kinds[self._kind[pid]] = kinds.get(self._kind[pid], 0.0) + ticks / self._hz
+        return kinds
+
+    @staticmethod
+    def _servers() -> tuple[int, list[int]]:
+        import redis
+        import sqlalchemy as sa
+
+        from bench import common
+
+        redis_pid = int(redis.Redis.from_url(common.REDIS).info("server")["process_id"])
+        database = sa.engine.make_url(common.BENCH_DB).database
+        engine = sa.create_engine(common.BENCH_DB.replace(f"/{database}", "/postgres"),
+                                  poolclass=sa.pool.NullPool)
+        with engine.connect() as conn:
+            backends = [row[0] for row in conn.execute(sa.text(
+                "SELECT pid FROM pg_stat_activity WHERE datname = :d"), {"d": database})]
+        engine.dispose()
+        return redis_pid, backends
+
+
 def dispatch_p50(directory: int, eligible: int, samples: int) -> tuple[float, float]:
     """p50 and p99 (seconds) of one dispatch with ``directory`` agents, ``eligible`` of whom can
     see the conversation (the others see other teams' conversations)."""
@@ -104,6 +173,10 @@ def main() -> None:
     parser.add_argument("--fan-out-only", action="store_true",
                         help="only the dispatch with a fan-out of 1,000 (--dispatches samples): "
                         "the figure to watch while changing the notification fan-out")
+    parser.add_argument("--throughput-only", action="store_true",
+                        help="only bare Celery's and the claimed steps' throughput and "
+                        "whole-machine CPU, with their ratios (the figures to watch while "
+                        "cutting CPU per step)")
     args = parser.parse_args()
     if args.quick:
         args.steps, args.samples, args.dispatches = 400, 50, 50
@@ -121,14 +194,48 @@ def main() -> None:
     print(f"command: python -m bench.engine --steps {args.steps} --samples {args.samples} "
           f"--concurrency {args.concurrency} --dispatches {args.dispatches}")
 
-    busy = machine_busy_s()
+    own = OwnCpu()
+    readings: list[tuple[float, float]] = []
+
+    def both() -> float:
+        # Read at the start and the end of each throughput window: the whole machine (the
+        # issue's figure) and this run's own processes.
+        readings.append((machine_busy_s(), own()))
+        kinds.append(own.by_kind())
+        return readings[-1][0]
+
+    def own_ms(per: int) -> float:
+        (_, start), (_, end) = readings[-2:]
+        (before, after) = kinds[-2:]
+        own_split.append(", ".join(f"{k} {(after[k] - before.get(k, 0.0)) / per * 1000:.2f}"
+                               for k in sorted(after)))
+        readings.clear()
+        return (end - start) / per * 1000
+
+    kinds: list[dict[str, float]] = []
+    own_split: list[str] = []
+
     bare_tps, bare_rtt, bare_window = throughput.measure_bare(
-        args.concurrency, args.steps * 2, args.samples, cpu=machine_busy_s)
-    bare_cpu_ms = bare_window / (args.steps * 2) * 1000
+        args.concurrency, args.steps * 2, args.samples, cpu=both)
+    bare_cpu_ms, bare_own_ms = bare_window / (args.steps * 2) * 1000, own_ms(args.steps * 2)
     hitl_sps, claim_lat, dups, hitl_window = throughput.measure_hitl(
-        args.concurrency, args.steps, args.samples, cpu=machine_busy_s)
-    hitl_cpu_ms = hitl_window / args.steps * 1000
-    del busy
+        args.concurrency, args.steps, args.samples, cpu=both)
+    hitl_cpu_ms, hitl_own_ms = hitl_window / args.steps * 1000, own_ms(args.steps)
+    own_line = (f"ratio CPU, this run's own processes: {hitl_own_ms / bare_own_ms:.2f}× "
+                f"({hitl_own_ms:.2f} ms per step, {bare_own_ms:.2f} ms per bare task: the "
+                f"workers, this process, the Redis server, the database's backends)\n"
+                f"  by process, ms per bare task: {own_split[0]}\n"
+                f"  by process, ms per claimed step: {own_split[1]}")
+    if args.throughput_only:
+        print(f"  (--throughput-only) bare Celery no-op: {bare_tps:8.1f} tasks/s, "
+              f"{bare_cpu_ms:5.2f} ms CPU per task (whole machine)")
+        print(f"  hitl claimed steps: {hitl_sps:8.1f} steps/s, {hitl_cpu_ms:5.2f} ms CPU per "
+              f"step (whole machine), {dups} duplicate exits")
+        print(f"ratio throughput:      {hitl_sps / bare_tps:.2f}× bare (aim ≥ 0.25×)")
+        print(f"ratio CPU:             {hitl_cpu_ms / bare_cpu_ms:.2f}× a bare task (aim ≤ 4×)")
+        print(own_line)
+        print(f"load average after: {loadavg()}")
+        return
 
     counts, _cpu = run_steps(200)
     split = counts.split  # type: ignore[attr-defined]
@@ -143,6 +250,7 @@ def main() -> None:
           f"(whole machine), {dups} duplicate exits")
     print(f"ratio throughput:      {hitl_sps / bare_tps:.2f}× bare (aim ≥ 0.25×, ceiling 0.5×)")
     print(f"ratio CPU:             {hitl_cpu_ms / bare_cpu_ms:.2f}× a bare task (aim ≤ 4×)")
+    print(own_line)
     print(f"PostgreSQL per claimed step: {counts.per(200)}")
     for name, part in split.items():
         print(f"  {name:9} {part.per(200)}")

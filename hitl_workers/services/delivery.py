@@ -88,10 +88,11 @@ class SentMarks:
     ``flush_after_s``, in one small transaction for however many there are. A transaction
     that took them and rolled back gives them back, and they are then written on their own
     (so marks that could themselves fail never ride with a transition again; if that fails
-    too they are dropped and the reconciler re-sends those rows). Until a row is marked, the
-    reconciler
-    leaves it alone for ``HITL_OUTBOX_RETRY_AFTER_S`` (seconds, not this fraction of one),
-    so an identical re-send still happens only when the process died in between.
+    too they are dropped and the reconciler re-sends those rows). A process whose
+    transactions keep carrying its marks never flushes on its own: the flusher writes only
+    marks that waited ``flush_after_s`` for a transaction. Until a row is marked, the
+    reconciler leaves it alone for ``HITL_OUTBOX_RETRY_AFTER_S`` (seconds, not this fraction
+    of one), so an identical re-send still happens only when the process died in between.
 
     On SQLite (no folding) :meth:`batching` is False and rows are marked as before, in a
     transaction right after publishing.
@@ -106,6 +107,7 @@ class SentMarks:
         self._wake = threading.Event()
         self._pid: int | None = None
         self._registered = False
+        self._oldest: float | None = None  # when the oldest pending mark was added
 
     def batching(self) -> bool:
         return wire.folds(get_engine())
@@ -113,6 +115,8 @@ class SentMarks:
     def add(self, messages: Sequence[OutboxMessage], now: datetime) -> None:
         at = now.isoformat()
         with self._lock:
+            if not self._marks:
+                self._oldest = time.monotonic()
             self._marks.extend(_mark(m, at) for m in messages)
             self._start()
         self._wake.set()
@@ -126,6 +130,7 @@ class SentMarks:
             if not self._marks:
                 return None
             taken, self._marks = self._marks, []
+            self._oldest = None
             self._taken[threading.get_ident()] = taken
         return repo.mark_sent_statement(taken)
 
@@ -170,7 +175,20 @@ class SentMarks:
             self._wake.wait()
             self._wake.clear()
             time.sleep(self.flush_after_s)
+            while (wait := self._wait_s()) > 0:
+                # A busy process: its transactions took the marks that woke this, and the
+                # pending ones are younger. They will most likely ride with the next
+                # transaction too; a transaction of their own now would be one too many.
+                time.sleep(wait)
             self.flush()
+
+    def _wait_s(self) -> float:
+        """How much longer the pending marks may wait for a transaction to carry them (0:
+        flush now). Marks given back by a rollback never wait."""
+        with self._lock:
+            if self._alone or self._oldest is None:
+                return 0.0
+            return self._oldest + self.flush_after_s - time.monotonic()
 
 
 def _mark(message: OutboxMessage, at: str) -> dict[str, Any]:

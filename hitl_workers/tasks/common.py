@@ -30,8 +30,11 @@ from hitl_workers.services.effects import (
 from hitl_workers.settings import get_settings
 from hitl_workers.store import repo
 from hitl_workers.store.db import transaction
+from hitl_workers.tasks.sending import Sender
 
 log = logging.getLogger(__name__)
+sender = Sender(app)
+"""Exits, wake-ups and ``task-sent`` events go out through one kept producer per process."""
 T = TypeVar("T")
 
 # Infrastructure trouble worth retrying with backoff (PostgreSQL restarting, a dropped
@@ -74,7 +77,7 @@ class CeleryPublisher:
 
     def send_exit(self, *, task: str, queue: str, kwargs: dict[str, Any]) -> None:
         task_id = f"exit:{kwargs['execution_id']}"
-        app.send_task(task, kwargs=kwargs, queue=queue, task_id=task_id)
+        sender.send(task, kwargs, queue=queue, task_id=task_id)
         announce_exit_sent(task_id, task, queue, kwargs)
 
     def notify(self, agent_ids: Sequence[str], event: dict[str, Any]) -> None:
@@ -101,15 +104,13 @@ def announce_exit_sent(task_id: str, task: str, queue: str, kwargs: dict[str, An
 
     Only exits: ``task_send_sent_event`` stays off for everything else (a sent event for each
     wake-up and notification publish would double the messages of the hot path). Best effort:
-    the exit is already published; a lost event only hides it from Flower.
+    the exit is already published; a lost event only hides it from Flower. It travels through
+    the producer that published the exit (:mod:`hitl_workers.tasks.sending`).
     """
     if not app.conf.worker_send_task_events:
         return
     try:
-        with app.events.default_dispatcher() as dispatcher:
-            dispatcher.send("task-sent", uuid=task_id, root_id=task_id, parent_id=None,
-                            name=task, args="()", kwargs=repr(kwargs), retries=0, eta=None,
-                            expires=None, queue=queue, exchange=queue, routing_key=queue)
+        sender.announce_sent(task_id, task, queue, kwargs)
     except Exception as exc:
         log.info("task-sent event for %s not published: %r", task_id, exc)
 
@@ -189,9 +190,9 @@ def arm_timer(execution_id: str, kind: str, due_at: datetime) -> None:
         # message's own eta header instead: the worker holds it for that fraction of a second.
         when = {"headers": {"eta": due_at.isoformat()}}
     try:
-        app.send_task("hitl.fire_timer", kwargs={"execution_id": execution_id, "kind": kind},
-                      task_id=timer_task_id(execution_id, kind),
-                      queue=TASK_QUEUES["hitl.fire_timer"], **when)
+        sender.send("hitl.fire_timer", {"execution_id": execution_id, "kind": kind},
+                    task_id=timer_task_id(execution_id, kind),
+                    queue=TASK_QUEUES["hitl.fire_timer"], **when)
     except Exception as exc:
         # The row is the truth: the reconciler fires it when overdue.
         log.warning("wake-up for %s %s not published: %r", kind, execution_id, exc)

@@ -3,6 +3,7 @@ they ride with the process's next transaction, and nothing is lost when it rolls
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -16,6 +17,7 @@ from hitl_workers.services.effects import OutboxMessage
 from hitl_workers.store import repo, wire
 from hitl_workers.store.db import transaction
 from hitl_workers.store.tables import audit_events, outbox
+from tests.support.steps import eventually
 
 
 @pytest.fixture
@@ -76,3 +78,25 @@ def test_marks_taken_by_a_transaction_that_rolls_back_are_written_on_their_own(m
     marks.flush()
     sent_at, delivered = state(message)
     assert sent_at is not None and delivered == 1
+
+
+def test_a_busy_process_runs_no_transaction_of_its_own_for_its_marks(database_url):
+    marks = SentMarks(flush_after_s=0.3)
+    try:
+        # A process publishing and running a transaction every 0.1 s, for 1.5 s: each of its
+        # transactions carries the marks the one before published
+        commits = wire.stats.commits
+        published = []
+        for _ in range(15):
+            with transaction() as conn:
+                conn.execute(sa.text("SELECT 1"))
+            published.append(queued_exit())
+            marks.add(published[-1:], utcnow())
+            time.sleep(0.1)
+        # 30 transactions: the loop's 15 and queued_exit's 15; the flusher added none
+        assert wire.stats.commits - commits == 30
+        # Idle now: the last mark is written by the flusher within about flush_after_s
+        assert eventually(lambda: state(published[-1])[0] is not None, timeout=3)
+        assert all(state(m)[0] is not None for m in published)
+    finally:
+        wire._riders.remove(marks)

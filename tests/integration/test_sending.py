@@ -1,0 +1,80 @@
+"""Publishing through the kept producer (hitl_workers/tasks/sending.py) against a real Redis
+broker: the message a flow engine or a worker receives is the one ``app.send_task`` sends,
+field for field, and a connection the broker dropped is replaced on the next publish."""
+
+from __future__ import annotations
+
+import base64
+import json
+import uuid
+from collections.abc import Iterator
+from datetime import timedelta
+from typing import Any
+
+import pytest
+import redis
+from celery.utils.saferepr import saferepr
+
+import hitl_workers.tasks.timers  # noqa: F401  (registers hitl.fire_timer, as in a worker)
+from hitl_workers.app import app
+from hitl_workers.clock import utcnow
+from hitl_workers.tasks.sending import Sender, kwargs_repr
+
+
+@pytest.fixture
+def broker(redis_urls: dict[str, str]) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_urls["broker"])
+    yield client
+    client.close()
+
+
+def received(broker: redis.Redis, queue: str) -> list[dict[str, Any]]:
+    """The messages on ``queue`` in the order they were sent, without the per-message tag."""
+    found = []
+    for raw in reversed(broker.lrange(queue, 0, -1)):
+        message = json.loads(raw)
+        message["properties"].pop("delivery_tag", None)
+        message["body"] = json.loads(base64.b64decode(message["body"]))
+        found.append(message)
+    return found
+
+
+@pytest.mark.parametrize("how", ["eta", "eta-header", "exit"])
+def test_the_kept_producer_sends_what_send_task_sends(broker, how):
+    assert app.tasks["hitl.fire_timer"].ignore_result  # the app finalized, as in a worker
+    sender = Sender(app)
+    assert sender._task_options("hitl.fire_timer") is not None  # not through send_task
+    due = utcnow() + timedelta(minutes=5)
+    kwargs: dict[str, Any] = {"execution_id": f"x-{uuid.uuid4().hex[:8]}", "kind": "timeout"}
+    name, queue, when = "hitl.fire_timer", "hitl.timers", {"eta": due}
+    if how == "eta-header":
+        when = {"headers": {"eta": due.isoformat()}}
+    if how == "exit":  # a reply queue the configuration does not name
+        name, queue, when = "flow.exit", f"flow-{uuid.uuid4().hex[:8]}", {}
+        kwargs.update(exit="claimed", merge_fields={"agent": "ann"})
+    task_id = f"same-{uuid.uuid4().hex}"
+    app.send_task(name, kwargs=kwargs, queue=queue, task_id=task_id, **when)
+    sender.send(name, kwargs, queue=queue, task_id=task_id, **when)
+    by_send_task, by_sender = [m for m in received(broker, queue)
+                               if m["headers"]["id"] == task_id]
+    assert by_sender == by_send_task
+    assert by_sender["headers"]["kwargsrepr"] == repr(kwargs)
+
+
+def test_a_dropped_broker_connection_is_replaced_on_the_next_publish(broker):
+    sender = Sender(app)
+    queue = f"flow-{uuid.uuid4().hex[:8]}"
+    sender.send("flow.exit", {"execution_id": "a"}, queue=queue, task_id="exit:a")
+    # The broker drops every client connection (a restart, a proxy timing out)
+    for client in broker.client_list():
+        if int(client["id"]) != broker.client_id():
+            broker.client_kill_filter(_id=client["id"])
+    sender.send("flow.exit", {"execution_id": "b"}, queue=queue, task_id="exit:b")
+    sender.announce_sent("exit:b", "flow.exit", queue, {"execution_id": "b"})
+    assert [m["headers"]["id"] for m in received(broker, queue)] == ["exit:a", "exit:b"]
+
+
+def test_a_long_kwargsrepr_is_cut_as_celery_cuts_it():
+    long = {"execution_id": "x", "text": "y" * 5000}
+    assert kwargs_repr(long) == saferepr(long, 1024)
+    assert kwargs_repr({"a": 1}) == "{'a': 1}"
