@@ -46,7 +46,9 @@ def test_the_kept_producer_sends_what_send_task_sends(broker, how):
     assert sender._task_options("hitl.fire_timer") is not None  # not through send_task
     due = utcnow() + timedelta(minutes=5)
     kwargs: dict[str, Any] = {"execution_id": f"x-{uuid.uuid4().hex[:8]}", "kind": "timeout"}
-    name, queue, when = "hitl.fire_timer", "hitl.timers", {"eta": due}
+    # A queue of this test's own: the session's workers consume hitl.timers, and would take
+    # the two messages before they are read here.
+    name, queue, when = "hitl.fire_timer", f"timers-{uuid.uuid4().hex[:8]}", {"eta": due}
     if how == "eta-header":
         when = {"headers": {"eta": due.isoformat()}}
     if how == "exit":  # a reply queue the configuration does not name
