@@ -44,15 +44,16 @@ def _backend_cpu_s(pid: int | None) -> float:
 
 
 def _backend_pids() -> list[int]:
-    """The PostgreSQL backend of this process's pooled connection. The loop runs one
-    transaction at a time, so the pool holds one connection, reused by every firing."""
+    """The PostgreSQL backends of this process's pooled connections (checked out together,
+    so that each is a different one)."""
+    from contextlib import ExitStack
+
     from hitl_workers.store.db import get_engine
 
     engine = get_engine()
-    if engine.pool.checkedin() != 1:
-        return []
-    with engine.connect() as conn:
-        return [int(conn.exec_driver_sql("SELECT pg_backend_pid()").scalar_one())]
+    with ExitStack() as stack:
+        conns = [stack.enter_context(engine.connect()) for _ in range(engine.pool.checkedin())]
+        return [int(c.exec_driver_sql("SELECT pg_backend_pid()").scalar_one()) for c in conns]
 
 
 def dispatch(count: int, prefix: str, lead_s: float) -> list[tuple[str, str]]:
