@@ -139,7 +139,21 @@ LOAD_SQL = """CASE WHEN {a}.capacity IS NULL THEN 0 ELSE (
      WHERE held.claimed_by @> jsonb_build_array({a}.agent_id)
        AND held.conversation_id IS DISTINCT FROM {conversation}) END"""
 
-_READ = """\
+_READ_EXECUTION = """\
+SELECT e.execution_id, e.conversation_id, e.flow_id, e.step_id, e.state, e.exit,
+       e.merge_field, e.settings, e.reply_task, e.reply_queue, e.conversation_prev_status,
+       e.dispatched_at, c.tags, c.status AS conversation_status, c.claimed_by,
+       (SELECT json_agg(json_build_array(o.agent_id, o.status, o.round)
+                        ORDER BY o.updated_at, o.agent_id)
+          FROM offers o WHERE o.execution_id = e.execution_id) AS offers_json,
+       (SELECT json_agg(json_build_array(t.kind, t.due_at, t.state))
+          FROM timers t WHERE t.execution_id = e.execution_id) AS timers_json
+  FROM executions e
+  LEFT JOIN conversations c ON c.conversation_id = e.conversation_id
+ WHERE e.execution_id = %(execution_id)s"""
+
+# With an agent: the execution (or none), the agent and the stored answer, in one row.
+_READ = ("""\
 SELECT x.*,
   (SELECT json_build_array(a.agent_id, a.status, a.rule_groups, a.capacity,
                            {load})
@@ -148,18 +162,8 @@ SELECT x.*,
      FROM agent_events ev
     WHERE ev.agent_id = %(agent_id)s AND ev.event_id = %(event_id)s) AS stored_json
 FROM (SELECT 1) AS one LEFT JOIN (
-  SELECT e.execution_id, e.conversation_id, e.flow_id, e.step_id, e.state, e.exit,
-         e.merge_field, e.settings, e.reply_task, e.reply_queue, e.conversation_prev_status,
-         e.dispatched_at, c.tags, c.status AS conversation_status, c.claimed_by,
-         (SELECT json_agg(json_build_array(o.agent_id, o.status, o.round)
-                          ORDER BY o.updated_at, o.agent_id)
-            FROM offers o WHERE o.execution_id = e.execution_id) AS offers_json,
-         (SELECT json_agg(json_build_array(t.kind, t.due_at, t.state))
-            FROM timers t WHERE t.execution_id = e.execution_id) AS timers_json
-    FROM executions e
-    LEFT JOIN conversations c ON c.conversation_id = e.conversation_id
-   WHERE e.execution_id = %(execution_id)s
-) AS x ON true""".replace("{load}", LOAD_SQL.format(a="a", conversation="x.conversation_id"))
+""" + _READ_EXECUTION + """
+) AS x ON true""").replace("{load}", LOAD_SQL.format(a="a", conversation="x.conversation_id"))
 
 
 # An offer timeout (§9) may write its holder's status (on_missed): the holder is locked before
@@ -188,12 +192,18 @@ def lock(conn: Connection, execution_id: str | None, *, agent_id: str | None = N
     first = [_LOCK_AGENT] if claiming else []
     if holder_first:
         first.append(_LOCK_HOLDER)
-    statements = ";\n".join([*first, _LOCK, _READ])
+    # Without an agent (a deadline, a cancel) the read skips the agent's and the stored
+    # answer's subqueries: PostgreSQL plans every statement afresh, and planning them costs
+    # more than running them (about 0.2 ms of a fired deadline's ~0.4 ms read).
+    with_agent = agent_id is not None or event_id is not None
+    statements = ";\n".join([*first, _LOCK, _READ if with_agent else _READ_EXECUTION])
     found = conn.exec_driver_sql(statements, {
-        "execution_id": execution_id, "agent_id": agent_id, "event_id": event_id}).one()
+        "execution_id": execution_id, "agent_id": agent_id, "event_id": event_id}).first()
+    if found is None:
+        return Locked(None, None)
     m = found._mapping
-    agent = _agent(m["agent_json"])
-    stored = StoredEvent(*m["stored_json"]) if m["stored_json"] else None
+    agent = _agent(m["agent_json"]) if with_agent else None
+    stored = StoredEvent(*m["stored_json"]) if with_agent and m["stored_json"] else None
     if m["execution_id"] is None:
         return Locked(None, None, agent, stored)
     row = LockedExecution.from_row(m)
@@ -243,6 +253,9 @@ def _lock_portable(conn: Connection, execution_id: str | None, agent_id: str | N
 
 def views(conn: Connection, rows: Sequence[LockedExecution]) -> dict[str, ExecutionView]:
     """The views of several locked executions (offers and timers in two queries)."""
+    if not rows:
+        # The reconciler's usual tick: nothing overdue. Two round trips saved each second.
+        return {}
     ids = [row.execution_id for row in rows]
     offer_pairs: dict[str, list[tuple[str, str, int | None]]] = {i: [] for i in ids}
     for r in conn.execute(sa.select(offers.c.execution_id, offers.c.agent_id, offers.c.status,
