@@ -82,8 +82,11 @@ def load(conn: Connection, now: datetime, *, late_after_s: float) -> Overview:
 
     # A webhook exit backing off (its next attempt ahead) is on schedule: counted apart, so
     # that a receiver that answers 500 is not reported as the outbox being stuck.
+    # (Spelled out: NOT (next_attempt_at > now) is NULL, not true, for the rows that have no
+    # next attempt at all, which is nearly every row.)
     backing_off = outbox.c.next_attempt_at > now
-    unsent = sa.and_(outbox.c.sent_at.is_(None), sa.not_(backing_off))
+    unsent = sa.and_(outbox.c.sent_at.is_(None),
+                     sa.or_(outbox.c.next_attempt_at.is_(None), outbox.c.next_attempt_at <= now))
     outbox_counts: dict[str, int] = dict(conn.execute(
         sa.select(outbox.c.kind, sa.func.count()).where(unsent)
         .group_by(outbox.c.kind)).tuples().all())

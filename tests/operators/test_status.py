@@ -98,3 +98,24 @@ def test_a_webhook_exit_backing_off_is_shown_on_schedule_not_as_a_stuck_outbox(
     backing_off = found["webhooks_backing_off"]
     assert backing_off["count"] >= 1 and backing_off["next_attempt_at"] is not None
     assert "webhooks" in text and "backing off" in text and "HTTP 500" in text
+
+
+def test_an_old_unsent_message_with_no_backoff_is_still_a_stuck_outbox(ops: Ops) -> None:
+    # Given a notification that could not be published for an hour (no webhook backoff)
+    now = datetime.now(UTC)
+    with transaction() as conn:
+        row_id = conn.execute(sa.insert(outbox).values(
+            dedupe_key=f"notify:status-{uuid.uuid4().hex[:8]}", kind="notify",
+            execution_id=None, payload={"agents": [], "event": {}},
+            # tried just now, so that the reconciler leaves it alone during the test
+            created_at=now - timedelta(hours=1), attempted_at=now, attempts=3,
+            last_error="ConnectionError()").returning(outbox.c.id)).scalar_one()
+    try:
+        found = json.loads(status("--json").stdout)
+    finally:
+        with transaction() as conn:
+            conn.execute(sa.delete(outbox).where(outbox.c.id == row_id))
+    # Then it is a problem, counted among the unsent
+    assert found["ok"] is False
+    assert found["outbox"]["unsent"].get("notify", 0) >= 1
+    assert any("outbox message(s) unsent" in p["what"] for p in found["problems"])
