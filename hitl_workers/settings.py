@@ -37,8 +37,12 @@ class Settings(BaseSettings):
     default_reply_task: str = "flow.step_exited"
     default_reply_queue: str = "flow"
 
-    timer_horizon_s: float = Field(600.0, gt=0)
-    """ETA wake-ups are published only for deadlines this close; later ones wait in the DB."""
+    timer_horizon_s: float = Field(60.0, gt=0)
+    """ETA wake-ups are published only for deadlines this close; later ones wait in the DB
+    until the reconciler arms them. A minute, because most steps end (claimed, rejected,
+    cancelled) within one: a wake-up published for a deadline that never comes costs a publish,
+    a message held by a timer worker and, when due, a task that finds nothing to do
+    (docs/scaling.md §5 says what a longer or shorter horizon trades)."""
     reconcile_interval_s: float = Field(1.0, gt=0)
     reconcile_helpers: int = Field(2, ge=0)
     """Helper tasks a reconciler tick asks for when more deadlines are overdue than it fires

@@ -13,7 +13,7 @@ When 300 steps are requested and claimed concurrently by 24 client threads — t
   for each step, and every tenth step is left to its 2 s timeout — and 40% of the way
   through host-b's worker is killed (``kill -9`` of its process group), then started again by
   its "supervisor" once the Redis visibility timeout has passed (8 s here, so the test need not
-  wait the production 21 minutes),
+  wait the production 3 minutes),
 Then every request and every claim is answered: the messages the killed worker held are
   redelivered to a live worker once it is back;
   each step has exactly one winning claim;
