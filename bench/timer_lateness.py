@@ -4,7 +4,7 @@ bare Celery ETA tasks, measured in the same run with the same broker, pool and s
     .venv/bin/python -m bench.timer_lateness [--deadlines 2000] [--window 30] [--load-rate 20]
                                              [--dispatch-rate 50] [--concurrency 4] [--quick]
 
-Four phases, one after the other, each with freshly started workers:
+Five phases, one after the other, each with freshly started workers:
 
 * bare / idle  — a bare Celery worker (bench/bare_app.py; started with ``-E``, task events on,
   as celeryconfig.py has them for hitl_workers) gets ``--deadlines`` ``bare.sleep_until`` tasks
@@ -26,6 +26,10 @@ Four phases, one after the other, each with freshly started workers:
   stream shares the measured worker with the deadlines (one worker on every queue, as
   ``hitl-workers run`` starts it); in bare / load it runs on a hitl_workers worker beside the
   bare one, so bare ETA tasks meet the same CPU and database contention but keep their pool.
+* hitl, timer worker / load — hitl / load as deploy/ runs it, which is bare / load's shape:
+  the timer queues (``hitl.timers``, ``hitl.outbox``) on a worker of their own with
+  ``--concurrency`` processes, the load on another; the deadlines no longer queue behind the
+  load's requests and claims in one pool.
 
 Each phase also prints the CPU the run's own processes used during its window (workers,
 database, Redis, listener: per deadline, in the idle phases, it is what one deadline costs) and
@@ -67,6 +71,8 @@ LOAD_TAG, LOAD_AGENT = "team:load", "load-agent"  # claims every load step at on
 class Phase:
     system: str
     loaded: bool
+    timer_worker: bool = False
+    """hitl: the timer queues on a worker of their own, as deploy/ runs them."""
     lateness: list[float] = field(default_factory=list)
     """Seconds late, in deadline order."""
     notes: list[str] = field(default_factory=list)
@@ -77,7 +83,8 @@ class Phase:
 
     @property
     def name(self) -> str:
-        return f"{self.system} / {'load' if self.loaded else 'idle'}"
+        own = ", timer worker" if self.timer_worker else ""
+        return f"{self.system}{own} / {'load' if self.loaded else 'idle'}"
 
 
 # --- processes ----------------------------------------------------------------------------
@@ -102,19 +109,42 @@ def bare_worker(concurrency: int) -> Iterator[Any]:
         proc.stop()
 
 
+TIMER_QUEUES = ("hitl.timers", "hitl.outbox")
+"""What deploy/'s timer workers consume (deploy/compose.yaml, deploy/k8s/22-worker-timers.yaml)."""
+
+
 @contextlib.contextmanager
-def hitl_system(concurrency: int) -> Iterator[Any]:
-    """A worker on every queue and beat, as ``hitl-workers run`` starts them."""
+def hitl_system(concurrency: int, *, timer_worker: bool = False) -> Iterator[Any]:
+    """A worker on every queue and beat, as ``hitl-workers run`` starts them; with
+    ``timer_worker``, as deploy/ runs them instead: the timer queues on a worker of their own
+    (``concurrency`` processes, as many as the bare ETA tasks get), the rest on another."""
     from hitl_workers.app import app
-    from hitl_workers.ops.processes import Proc, beat_cmd, wait_for_workers, worker_cmd
+    from hitl_workers.ops.processes import (
+        ALL_QUEUES,
+        Proc,
+        beat_cmd,
+        wait_for_workers,
+        worker_cmd,
+    )
 
     node = f"timers@{HOST}"
     schedule = LOGS / f"timers-beat-{uuid.uuid4().hex[:6]}"
-    worker = Proc("timers-hitl-worker", worker_cmd(node, concurrency=concurrency,
-                                                  loglevel="WARNING"), log_dir=LOGS).start()
+    nodes, procs = [node], []
+    if timer_worker:
+        rest = [q for q in ALL_QUEUES if q not in TIMER_QUEUES]
+        procs.append(Proc("timers-hitl-worker", worker_cmd(
+            node, TIMER_QUEUES, concurrency=concurrency, loglevel="WARNING"), log_dir=LOGS))
+        nodes.append(f"load@{HOST}")
+        procs.append(Proc("load-hitl-worker", worker_cmd(
+            nodes[-1], rest, concurrency=concurrency, loglevel="WARNING"), log_dir=LOGS))
+    else:
+        procs.append(Proc("timers-hitl-worker", worker_cmd(
+            node, concurrency=concurrency, loglevel="WARNING"), log_dir=LOGS))
+    for proc in procs:
+        proc.start()
     beat = Proc("timers-hitl-beat", beat_cmd(schedule, loglevel="WARNING"), log_dir=LOGS).start()
     try:
-        wait_for_workers(app, [node], procs=[worker, beat])
+        wait_for_workers(app, nodes, procs=[*procs, beat])
         for agent_id, tag in ((TIMER_AGENT, TIMER_TAG), (LOAD_AGENT, LOAD_TAG)):
             app.send_task("hitl.upsert_agent", kwargs={
                 "agent_id": agent_id, "status": "available", "rule_groups": [[tag]]}
@@ -122,7 +152,8 @@ def hitl_system(concurrency: int) -> Iterator[Any]:
         yield app
     finally:
         beat.stop()
-        worker.stop()
+        for proc in procs:
+            proc.stop()
         for leftover in LOGS.glob(f"{schedule.name}*"):
             leftover.unlink()
 
@@ -259,12 +290,12 @@ def send_steps(app: Any, args: argparse.Namespace, prefix: str, reply_to: dict[s
     return start, ids
 
 
-def run_hitl(args: argparse.Namespace, loaded: bool) -> Phase:
+def run_hitl(args: argparse.Namespace, loaded: bool, timer_worker: bool = False) -> Phase:
     import sqlalchemy as sa
 
     from hitl_workers.store.tables import executions, timers
 
-    phase = Phase("hitl", loaded, load_before=common.loadavg())
+    phase = Phase("hitl", loaded, timer_worker, load_before=common.loadavg())
     engine = sa.create_engine(common.BENCH_DB, pool_pre_ping=True)
     prefix = f"tl-{'load' if loaded else 'idle'}-{uuid.uuid4().hex[:6]}-"
     mine = executions.c.execution_id.startswith(prefix)
@@ -275,7 +306,7 @@ def run_hitl(args: argparse.Namespace, loaded: bool) -> Phase:
             return count.scalar_one() == args.deadlines
 
     with contextlib.ExitStack() as stack:
-        app = stack.enter_context(hitl_system(args.concurrency))
+        app = stack.enter_context(hitl_system(args.concurrency, timer_worker=timer_worker))
         load_listener = stack.enter_context(hitl_load(app, args.load_rate)) if loaded else None
         listener = stack.enter_context(listening("flow-timers"))
         if loaded:
@@ -406,10 +437,11 @@ def report(args: argparse.Namespace, server: Any, postgres: Any) -> None:
     meter = common.CpuMeter().start()
     plan = [("bare", False), ("hitl", False)]
     if not args.quick:
-        plan += [("bare", True), ("hitl", True)]
+        plan += [("bare", True), ("hitl", True), ("hitl, timer worker", True)]
     phases = []
     for system, loaded in plan:
-        phase = (run_bare if system == "bare" else run_hitl)(args, loaded)
+        phase = (run_bare(args, loaded) if system == "bare" else
+                 run_hitl(args, loaded, timer_worker=system != "hitl"))
         phases.append(phase)
         print(f"\n{phase.name:12} lateness {common.summary_ms(phase.lateness)}")
         print(f"{'':14}{trend(phase.lateness)}")
@@ -425,13 +457,14 @@ def report(args: argparse.Namespace, server: Any, postgres: Any) -> None:
         print(f"{'':14}load average {phase.load_before} → {phase.load_after}")
     print("\nlateness = exit (or bare message) arrival at the flow-engine listener − deadline")
     by_name = {p.name: p for p in phases}
-    for mode in ("idle", "load"):
-        bare, hitl = by_name.get(f"bare / {mode}"), by_name.get(f"hitl / {mode}")
+    for mode, system in (("idle", "hitl"), ("load", "hitl"), ("load", "hitl, timer worker")):
+        bare, hitl = by_name.get(f"bare / {mode}"), by_name.get(f"{system} / {mode}")
         if not bare or not hitl or not bare.lateness or not hitl.lateness:
             continue
         p99 = (common.percentile(hitl.lateness, 99), common.percentile(bare.lateness, 99))
         p50 = (common.percentile(hitl.lateness, 50), common.percentile(bare.lateness, 50))
-        print(f"ratio {mode}: p99 {p99[0] / p99[1]:.2f}× bare ETA ({p99[0] * 1000:.1f} vs "
+        label = mode if system == "hitl" else f"{mode}, timer worker of its own"
+        print(f"ratio {label}: p99 {p99[0] / p99[1]:.2f}× bare ETA ({p99[0] * 1000:.1f} vs "
               f"{p99[1] * 1000:.1f} ms; aim ≤ 3×), p50 {p50[0] / p50[1]:.2f}× "
               f"({p50[0] * 1000:.1f} vs {p50[1] * 1000:.1f} ms)")
     meter.stop()
