@@ -45,20 +45,24 @@ LOGS = ROOT / "run" / "bench-logs"
 HOST = socket.gethostname()
 
 
-def bare_worker(concurrency: int) -> Proc:
+def bare_worker(concurrency: int, events: bool = False) -> Proc:
+    """``events``: with ``-E``, task events on, as celeryconfig.py runs hitl_workers' workers
+    (for Flower); the issue's bare figure has them off."""
     cmd = [sys.executable, "-m", "celery", "-A", "bench.bare_app", "worker", "-Q", "bare",
            "-n", f"bare@{HOST}", "-c", str(concurrency), "--loglevel", "WARNING",
-           "--without-mingle", "--without-gossip"]
+           "--without-mingle", "--without-gossip", *(["-E"] if events else [])]
     return Proc("bare-worker", cmd, log_dir=LOGS, cwd=ROOT,
                 env={"PYTHONPATH": str(ROOT)}).start()
 
 
-def measure_bare(concurrency: int, tasks: int, samples: int, cpu: Any = None) -> Any:
+def measure_bare(concurrency: int, tasks: int, samples: int, cpu: Any = None,
+                 events: bool = False) -> Any:
     """Tasks per second and round trips; with ``cpu`` (a function returning busy CPU
-    seconds) also the CPU spent during the throughput window."""
+    seconds) also the CPU spent during the throughput window; ``events``: see
+    :func:`bare_worker`."""
     from bench.bare_app import app as bare
 
-    proc = bare_worker(concurrency)
+    proc = bare_worker(concurrency, events)
     try:
         wait_for_workers(bare, [f"bare@{HOST}"], procs=[proc])
         for _ in range(50):  # warm up the pool

@@ -7,6 +7,8 @@ Prints, on one machine, with a database and Redis databases of its own:
 
 1. bare Celery no-op tasks per second and whole-machine CPU per task (``/proc/stat``: every
    process, PostgreSQL and Redis included), and its round trip (send → result);
+   Beside it, like for like, the same no-op on a bare worker with task events on (``-E``, as
+   hitl_workers' workers run for Flower): not the issue's figure, printed with its own ratios;
 2. hitl_workers claimed steps per second (a flow engine sends requests, an agent claims each on
    its notification, the exit arrives) and whole-machine CPU per claimed step; both ratios;
 3. PostgreSQL round trips and statements per claimed step, counted (:mod:`bench.cost`);
@@ -218,14 +220,25 @@ def main() -> None:
     bare_tps, bare_rtt, bare_window = throughput.measure_bare(
         args.concurrency, args.steps * 2, args.samples, cpu=both)
     bare_cpu_ms, bare_own_ms = bare_window / (args.steps * 2) * 1000, own_ms(args.steps * 2)
+    # Like for like: the same no-op with task events on, as hitl_workers' workers send them
+    # for Flower. Not the issue's figure (its bare worker sends none); printed beside it.
+    bare_e_tps, _rtt, bare_e_window = throughput.measure_bare(
+        args.concurrency, args.steps * 2, 0, cpu=both, events=True)
+    bare_e_cpu_ms, bare_e_own_ms = (bare_e_window / (args.steps * 2) * 1000,
+                                    own_ms(args.steps * 2))
     hitl_sps, claim_lat, dups, hitl_window = throughput.measure_hitl(
         args.concurrency, args.steps, args.samples, cpu=both)
     hitl_cpu_ms, hitl_own_ms = hitl_window / args.steps * 1000, own_ms(args.steps)
+    events_line = (f"like for like, bare with task events (-E, as hitl_workers runs): "
+                   f"{bare_e_tps:.1f} tasks/s, {bare_e_cpu_ms:.2f} ms CPU per task; ratios "
+                   f"{hitl_sps / bare_e_tps:.2f}× throughput, {hitl_cpu_ms / bare_e_cpu_ms:.2f}× "
+                   f"CPU ({hitl_own_ms / bare_e_own_ms:.2f}× own processes)")
     own_line = (f"ratio CPU, this run's own processes: {hitl_own_ms / bare_own_ms:.2f}× "
                 f"({hitl_own_ms:.2f} ms per step, {bare_own_ms:.2f} ms per bare task: the "
                 f"workers, this process, the Redis server, the database's backends)\n"
                 f"  by process, ms per bare task: {own_split[0]}\n"
-                f"  by process, ms per claimed step: {own_split[1]}")
+                f"  by process, ms per bare task with -E: {own_split[1]}\n"
+                f"  by process, ms per claimed step: {own_split[2]}")
     if args.throughput_only:
         print(f"  (--throughput-only) bare Celery no-op: {bare_tps:8.1f} tasks/s, "
               f"{bare_cpu_ms:5.2f} ms CPU per task (whole machine)")
@@ -234,6 +247,7 @@ def main() -> None:
         print(f"ratio throughput:      {hitl_sps / bare_tps:.2f}× bare (aim ≥ 0.25×)")
         print(f"ratio CPU:             {hitl_cpu_ms / bare_cpu_ms:.2f}× a bare task (aim ≤ 4×)")
         print(own_line)
+        print(events_line)
         print(f"load average after: {loadavg()}")
         return
 
@@ -251,6 +265,7 @@ def main() -> None:
     print(f"ratio throughput:      {hitl_sps / bare_tps:.2f}× bare (aim ≥ 0.25×, ceiling 0.5×)")
     print(f"ratio CPU:             {hitl_cpu_ms / bare_cpu_ms:.2f}× a bare task (aim ≤ 4×)")
     print(own_line)
+    print(events_line)
     print(f"PostgreSQL per claimed step: {counts.per(200)}")
     for name, part in split.items():
         print(f"  {name:9} {part.per(200)}")
