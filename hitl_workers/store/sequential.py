@@ -151,8 +151,7 @@ def _stamp(conn: Connection, agent_id: str, column: str, now: datetime) -> None:
     if conn.dialect.name != "postgresql":
         update_agent(conn, agent_id, {column: now})  # SQLite: one writer, no lock to wait on
         return
-    conn.exec_driver_sql(_STAMP.format(column=column), {"agent_id": agent_id, "now": now},
-                         execution_options=_DEFER)
+    wire.defer(conn, _STAMP.format(column=column), {"agent_id": agent_id, "now": now})
 
 
 def update_agent(conn: Connection, agent_id: str, values: Mapping[str, Any]) -> None:
