@@ -75,7 +75,6 @@ DEFER = "hitl_defer"
 """Execution option: this write needs no answer and may wait for the next statement."""
 
 
-
 @dataclass
 class WireStats:
     """What this process sent through folded transactions (the benchmark reads it)."""
@@ -148,7 +147,8 @@ def folded_transaction(conn: Connection) -> Iterator[Connection]:
         # while the driver is still in autocommit mode, where its rollback sends nothing (and
         # the benchmark's counter, bench/cost.py, rightly counts nothing).
         if conn.in_transaction():
-            conn.rollback()
+            with contextlib.suppress(sa_exc.SQLAlchemyError):  # never hide the body's error
+                conn.rollback()
         if not raw.closed:
             with contextlib.suppress(psycopg2.Error):
                 raw.autocommit = False
@@ -164,6 +164,7 @@ def _folded(conn: Connection, raw: Any) -> Iterator[Connection]:
                 taken.append(rider)
                 pending.chunks.append(pending.cursor.mogrify(*statement))
     except BaseException:
+        pending.cursor.close()
         for rider in taken:
             rider.confirm(False)
         raise
@@ -180,7 +181,8 @@ def _folded(conn: Connection, raw: Any) -> Iterator[Connection]:
         if pending.begun and not conn.invalidated:
             pending.chunks.clear()
             try:
-                _send(raw.cursor(), pending, b"ROLLBACK")
+                with raw.cursor() as cursor:  # the transaction's may be closed by an error
+                    _send(cursor, pending, b"ROLLBACK")
             except Exception:
                 conn.invalidate()  # the server or the socket is gone; the pool reconnects
         raise
