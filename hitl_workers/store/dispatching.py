@@ -27,9 +27,10 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy.engine import Connection
+from sqlalchemy.exc import MultipleResultsFound, NoResultFound
 
 from hitl_workers.domain.eligibility import AgentView
-from hitl_workers.store import repo
+from hitl_workers.store import repo, wire
 from hitl_workers.store.executions import LOAD_SQL
 
 
@@ -73,6 +74,8 @@ _SEEING = _READ.replace("{candidates}", """a.agent_id IN (
         SELECT g.agent_id FROM agent_rule_groups g
          WHERE g.key_tag = ANY(tagged.tags || ''::varchar) AND g.tags <@ tagged.tags)""")
 _SPECIFIC = _READ.replace("{candidates}", "a.agent_id = %(specific)s")
+_LOCK_AND_READ = {True: f"{_UPSERT};\n{_SEEING}", False: f"{_UPSERT};\n{_SPECIFIC}"}
+"""By "no specific agent": the statement text, built once."""
 
 
 def lock_and_read(conn: Connection, *, execution_id: str, conversation_id: str,
@@ -84,17 +87,22 @@ def lock_and_read(conn: Connection, *, execution_id: str, conversation_id: str,
     """
     if conn.dialect.name != "postgresql":
         return _portable(conn, execution_id, conversation_id, tags, specific_agent_id, now)
-    read = _SEEING if specific_agent_id is None else _SPECIFIC
-    row = conn.exec_driver_sql(f"{_UPSERT};\n{read}", {
+    row = _one(wire.fetch(conn, _LOCK_AND_READ[specific_agent_id is None], {
         "conversation_id": conversation_id, "execution_id": execution_id, "now": now,
         "tags": list(tags) if tags is not None else None,
-        "specific": specific_agent_id}).one()
+        "specific": specific_agent_id}))
     candidates = tuple(AgentView(a, s, tuple(tuple(g) for g in groups or ()), capacity,
                                  int(load or 0))
-                       for a, s, groups, capacity, load in row.candidates or ())
-    return DispatchRead(row.status, tuple(row.tags or ()), row.contact,
-                        (row.mine[0], row.mine[1]) if row.mine else None,
-                        row.busy_with, candidates)
+                       for a, s, groups, capacity, load in row["candidates"] or ())
+    mine = row["mine"]
+    return DispatchRead(row["status"], tuple(row["tags"] or ()), row["contact"],
+                        (mine[0], mine[1]) if mine else None, row["busy_with"], candidates)
+
+
+def _one(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    if len(rows) != 1:  # as SQLAlchemy's ``one()``: the statement always answers one row
+        raise NoResultFound("no row") if not rows else MultipleResultsFound("several rows")
+    return rows[0]
 
 
 def _portable(conn: Connection, execution_id: str, conversation_id: str,
@@ -133,9 +141,9 @@ def create_with_messages(conn: Connection, values: Mapping[str, Any],
             return False, {}
         return True, repo.add_outbox_many(conn, messages, now)
     row = {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in values.items()}
-    found = conn.exec_driver_sql(_CREATE, {
+    found = _one(wire.fetch(conn, _CREATE, {
         "execution": json.dumps(row), "now": now,
         "messages": json.dumps([{"dedupe_key": m["dedupe_key"], "kind": m["kind"],
                                  "execution_id": m["execution_id"], "payload": m["payload"]}
-                                for m in messages])}).one()
-    return bool(found.created), dict(found.queued or ())
+                                for m in messages])}))
+    return bool(found["created"]), dict(found["queued"] or ())

@@ -29,6 +29,7 @@ from sqlalchemy.engine import Connection, Row
 from hitl_workers.domain.eligibility import AgentView, Audience
 from hitl_workers.domain.machine import ExecutionView, TimerView
 from hitl_workers.domain.sequence import Candidate
+from hitl_workers.store import wire
 from hitl_workers.store.sequential import is_sequential, read_pool, sequential_of
 from hitl_workers.store.tables import agent_events, agents, offers, timers
 
@@ -197,11 +198,11 @@ def lock(conn: Connection, execution_id: str | None, *, agent_id: str | None = N
     # more than running them (about 0.2 ms of a fired deadline's ~0.4 ms read).
     with_agent = agent_id is not None or event_id is not None
     statements = ";\n".join([*first, _LOCK, _READ if with_agent else _READ_EXECUTION])
-    found = conn.exec_driver_sql(statements, {
-        "execution_id": execution_id, "agent_id": agent_id, "event_id": event_id}).first()
-    if found is None:
+    rows = wire.fetch(conn, statements, {
+        "execution_id": execution_id, "agent_id": agent_id, "event_id": event_id})
+    if not rows:
         return Locked(None, None)
-    m = found._mapping
+    m = rows[0]
     agent = _agent(m["agent_json"]) if with_agent else None
     stored = StoredEvent(*m["stored_json"]) if with_agent and m["stored_json"] else None
     if m["execution_id"] is None:

@@ -8,6 +8,7 @@ so the same code is correct on both.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
@@ -155,8 +156,30 @@ def lock_conversation(conn: Connection, conversation_id: str, now: datetime) -> 
                                "contact": None, "claimed_by": [], "updated_at": now}).one()
 
 
+_CONVERSATION_JSON = frozenset({"tags", "contact", "claimed_by"})
+_UPDATE_CONVERSATION: dict[tuple[str, ...], str] = {}
+
+
 def update_conversation(conn: Connection, conversation_id: str, now: datetime,
                         **values: Any) -> None:
+    if conn.dialect.name == "postgresql":
+        # On the raw path (store/wire.py); the JSON columns' values as SQLAlchemy's JSON type
+        # renders them (``json.dumps``, None as JSON ``null``).
+        columns = tuple(sorted(values))
+        sql = _UPDATE_CONVERSATION.get(columns)
+        if sql is None:
+            unknown = [c for c in columns if c not in conversations.c
+                       or c in ("conversation_id", "updated_at")]
+            if unknown:
+                raise KeyError(f"not columns of conversations to set: {unknown}")
+            sets = "".join(f", {c} = %({c})s" for c in columns)
+            sql = _UPDATE_CONVERSATION[columns] = (
+                f"UPDATE conversations SET updated_at = %(updated_at)s{sets} "
+                "WHERE conversation_id = %(conversation_id)s")
+        wire.defer(conn, sql, {
+            **{c: json.dumps(v) if c in _CONVERSATION_JSON else v for c, v in values.items()},
+            "updated_at": now, "conversation_id": conversation_id})
+        return
     # The SET list is the parameters' keys (besides the WHERE's own ``b_`` parameter).
     stmt = _prebuilt(conn, "update_conversation", lambda _: (
         sa.update(conversations)
@@ -165,12 +188,12 @@ def update_conversation(conn: Connection, conversation_id: str, now: datetime,
                  execution_options=_DEFER)
 
 
-_ADD_CLAIMER = sa.text("""\
-UPDATE conversations SET status = 'claimed', updated_at = :now,
-       claimed_by = CASE WHEN claimed_by @> jsonb_build_array(CAST(:agent AS text))
+_ADD_CLAIMER = """\
+UPDATE conversations SET status = 'claimed', updated_at = %(now)s,
+       claimed_by = CASE WHEN claimed_by @> jsonb_build_array(CAST(%(agent)s AS text))
                          THEN claimed_by
-                         ELSE claimed_by || jsonb_build_array(CAST(:agent AS text)) END
- WHERE conversation_id = :conversation_id""")
+                         ELSE claimed_by || jsonb_build_array(CAST(%(agent)s AS text)) END
+ WHERE conversation_id = %(conversation_id)s"""
 
 
 def add_claimer(conn: Connection, conversation_id: str, claimed_by: Sequence[str],
@@ -180,9 +203,8 @@ def add_claimer(conn: Connection, conversation_id: str, claimed_by: Sequence[str
     *as it is when the row is written*: a release committed since the claim read it
     (``hitl.release`` locks only the conversation) must not be undone."""
     if conn.dialect.name == "postgresql":
-        conn.execute(_ADD_CLAIMER, {"now": now, "agent": agent_id,
-                                    "conversation_id": conversation_id},
-                     execution_options=_DEFER)
+        wire.defer(conn, _ADD_CLAIMER, {"now": now, "agent": agent_id,
+                                        "conversation_id": conversation_id})
         return
     after = list(claimed_by)
     if agent_id not in after:
@@ -328,20 +350,32 @@ def insert_offers(conn: Connection, execution_id: str, agent_ids: Sequence[str],
     if conn.dialect.name == "postgresql":
         # One INSERT however many agents, their ids one array parameter (no per-row SQL to
         # build); no answer needed, so it travels with the next statement or COMMIT.
-        conn.exec_driver_sql(
+        wire.defer(
+            conn,
             "INSERT INTO offers (execution_id, agent_id, status, updated_at) "
             "SELECT %(execution_id)s, a, 'offered', %(now)s "
             "FROM unnest(%(agents)s::varchar[]) AS a",
-            {"execution_id": execution_id, "agents": list(agent_ids), "now": now},
-            execution_options=_DEFER)
+            {"execution_id": execution_id, "agents": list(agent_ids), "now": now})
         return
     conn.execute(offers.insert().inline(), [
         {"execution_id": execution_id, "agent_id": a, "status": "offered", "updated_at": now}
         for a in agent_ids])
 
 
+_SET_OFFER = """\
+INSERT INTO offers (execution_id, agent_id, status, updated_at)
+VALUES (%(execution_id)s, %(agent_id)s, %(status)s, %(now)s)
+ON CONFLICT (execution_id, agent_id) DO UPDATE
+   SET status = excluded.status, updated_at = excluded.updated_at
+ WHERE offers.status != excluded.status"""
+
+
 def set_offer(conn: Connection, execution_id: str, agent_id: str, status: str,
               now: datetime) -> None:
+    if conn.dialect.name == "postgresql":
+        wire.defer(conn, _SET_OFFER, {"execution_id": execution_id, "agent_id": agent_id,
+                                      "status": status, "now": now})
+        return
     stmt = _insert(conn, offers).inline().values(
         execution_id=execution_id, agent_id=agent_id, status=status, updated_at=now)
     conn.execute(stmt.on_conflict_do_update(
@@ -357,8 +391,23 @@ def insert_timers(conn: Connection, execution_id: str,
                   deadlines: Iterable[tuple[str, datetime, datetime | None]]) -> None:
     rows = [{"execution_id": execution_id, "kind": kind, "due_at": due_at, "state": "pending",
              "armed_at": armed_at} for kind, due_at, armed_at in deadlines]
-    if rows:
+    if rows and conn.dialect.name == "postgresql":
+        values = ", ".join(f"(%(execution_id)s, %(kind_{i})s, %(due_at_{i})s, 'pending', "
+                           f"%(armed_at_{i})s)" for i in range(len(rows)))
+        parameters: dict[str, Any] = {"execution_id": execution_id}
+        for i, row in enumerate(rows):
+            parameters.update({f"kind_{i}": row["kind"], f"due_at_{i}": row["due_at"],
+                               f"armed_at_{i}": row["armed_at"]})
+        wire.defer(conn, "INSERT INTO timers (execution_id, kind, due_at, state, armed_at) "
+                         f"VALUES {values}", parameters)
+    elif rows:
         conn.execute(timers.insert().inline(), rows, execution_options=_DEFER)
+
+
+_FINISH_TIMERS = """\
+UPDATE timers SET state = CASE WHEN kind = %(fired)s THEN 'fired' ELSE 'cancelled' END,
+                  fired_at = CASE WHEN kind = %(fired)s THEN CAST(%(now)s AS timestamptz) END
+ WHERE execution_id = %(execution_id)s AND state != 'fired' AND state != 'cancelled'"""
 
 
 def finish_timers_later(conn: Connection, execution_id: str, *, fired: str | None,
@@ -371,7 +420,15 @@ def finish_timers_later(conn: Connection, execution_id: str, *, fired: str | Non
     partial index ``ix_timers_pending_due`` and filter every pending timer of every step by
     execution id (while 2,000 deadlines were pending, that scan was most of a fired
     deadline's cost in PostgreSQL). This way only the primary key (execution id, kind) can
-    find the execution's at most three rows."""
+    find the execution's at most three rows.
+
+    On PostgreSQL the time is cast: a parameter that is only a ``CASE`` result has no type
+    PostgreSQL could prepare the statement with (store/wire.py)."""
+    if conn.dialect.name == "postgresql":
+        wire.defer(conn, _FINISH_TIMERS, {"execution_id": execution_id, "fired": fired or "",
+                                          "now": now})
+        return
+
     def build(_: Connection) -> Any:
         is_fired = timers.c.kind == sa.bindparam("b_fired")
         return (sa.update(timers)
@@ -425,16 +482,16 @@ def end_with_messages(conn: Connection, execution_id: str, *, state: str, exit: 
                              merge_field=merge_field, now=now):
             return False, {}
         return True, add_outbox_many(conn, messages, now)
-    import json
-
-    found = conn.exec_driver_sql(_END_SQL, {
+    rows = wire.fetch(conn, _END_SQL, {
         "execution_id": execution_id, "state": state, "exit": exit,
         "merge_field": json.dumps(merge_field) if merge_field is not None else None,
         "now": now, "messages": json.dumps([
             {"dedupe_key": m["dedupe_key"], "kind": m["kind"],
              "execution_id": m["execution_id"], "payload": m["payload"]}
-            for m in messages])}).one()
-    return bool(found.ended), dict(found.queued or ())
+            for m in messages])})
+    if len(rows) != 1:
+        raise sa.exc.NoResultFound("end_with_messages answered no row")
+    return bool(rows[0]["ended"]), dict(rows[0]["queued"] or ())
 
 
 def lock_overdue(conn: Connection, now: datetime, limit: int) -> Sequence[Row[Any]]:
@@ -496,11 +553,24 @@ def claim_timers_to_arm(conn: Connection, now: datetime, until: datetime, limit:
 
 # --- agent events (idempotency) -------------------------------------------------------------
 
+_STORE_EVENT = """\
+INSERT INTO agent_events (agent_id, event_id, action, execution_id, conversation_id, result,
+                          created_at)
+VALUES (%(agent_id)s, %(event_id)s, %(action)s, %(execution_id)s, %(conversation_id)s,
+        %(result)s, %(now)s)"""
+
+
 def store_event_result(conn: Connection, *, agent_id: str, event_id: str, action: str,
                        execution_id: str | None, result: Mapping[str, Any],
                        now: datetime, conversation_id: str | None = None) -> None:
     """Record the answer to a client event. A concurrent twin makes the transaction fail
     with IntegrityError (at this statement, or at COMMIT when it travelled with it)."""
+    if conn.dialect.name == "postgresql":
+        wire.defer(conn, _STORE_EVENT, {
+            "agent_id": agent_id, "event_id": event_id, "action": action,
+            "execution_id": execution_id, "conversation_id": conversation_id,
+            "result": json.dumps(dict(result)), "now": now})
+        return
     conn.execute(agent_events.insert().inline().values(
         agent_id=agent_id, event_id=event_id, action=action, execution_id=execution_id,
         conversation_id=conversation_id, result=dict(result), created_at=now),
@@ -516,10 +586,28 @@ def audit(conn: Connection, execution_id: str, kind: str, now: datetime, *,
         detail=dict(detail) if detail else None))
 
 
+_AUDIT_MANY: dict[int, str] = {}
+
+
 def audit_many(conn: Connection, execution_id: str, now: datetime,
                entries: Sequence[tuple[str, str | None, Mapping[str, Any] | None]]) -> None:
     """Several audit events of one transaction in one statement: (kind, agent id, detail)."""
-    if entries:
+    if entries and conn.dialect.name == "postgresql":
+        # One multi-row INSERT, as SQLAlchemy's "insertmanyvalues" sends it (detail as its JSON
+        # type renders it: None as JSON ``null``), on the raw path (store/wire.py).
+        sql = _AUDIT_MANY.get(len(entries))
+        if sql is None:
+            sql = _AUDIT_MANY[len(entries)] = (
+                "INSERT INTO audit_events (execution_id, at, kind, agent_id, detail) VALUES "
+                + ", ".join(f"(%(execution_id)s, %(at)s, %(kind_{i})s, %(agent_id_{i})s, "
+                            f"%(detail_{i})s)" for i in range(len(entries))))
+        parameters: dict[str, Any] = {"execution_id": execution_id, "at": now}
+        for i, (kind, agent_id, detail) in enumerate(entries):
+            parameters[f"kind_{i}"] = kind
+            parameters[f"agent_id_{i}"] = agent_id
+            parameters[f"detail_{i}"] = json.dumps(dict(detail) if detail else None)
+        wire.defer(conn, sql, parameters)
+    elif entries:
         # ``inline()``: no implicit RETURNING of the new ids, so the insert needs no answer.
         conn.execute(audit_events.insert().inline(), [
             {"execution_id": execution_id, "at": now, "kind": kind, "agent_id": agent_id,
@@ -565,8 +653,7 @@ def relax_durability(conn: Connection) -> None:
     """
     if conn.dialect.name == "postgresql":
         # Deferred: it travels with the transaction's next statement (see store.wire).
-        conn.exec_driver_sql("SET LOCAL synchronous_commit = off",
-                             execution_options={wire.DEFER: True})
+        wire.defer(conn, "SET LOCAL synchronous_commit = off")
 
 
 MARK_SENT_SQL = """\
@@ -596,8 +683,6 @@ def mark_sent_statement(marks: Sequence[Mapping[str, Any]]) -> tuple[str, dict[s
     ``jsonb_to_recordset`` yields, and would otherwise walk the partial index of unsent rows,
     which keeps an entry for every row marked since the last vacuum (3.5 ms for 2 rows among
     20,000 marked, against 0.1 ms by primary key: docs/benchmarks.md)."""
-    import json
-
     return MARK_SENT_SQL, {"marks": json.dumps(list(marks)),
                            "ids": [int(m["id"]) for m in marks]}
 

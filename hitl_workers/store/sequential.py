@@ -91,9 +91,30 @@ def _candidate(agent_id: str, status: str, groups: Any, capacity: int | None, he
     return Candidate(view, load, max(stamps) if stamps else None)
 
 
+# The writes below as PostgreSQL text, sent on the raw path (store/wire.py).
+_SET_OFFER = """\
+INSERT INTO offers (execution_id, agent_id, status, round, updated_at)
+VALUES (%(execution_id)s, %(agent_id)s, %(status)s, %(round)s, %(now)s)
+ON CONFLICT (execution_id, agent_id) DO UPDATE
+   SET status = excluded.status, round = excluded.round, updated_at = excluded.updated_at"""
+_ARM_OFFER_TIMER = """\
+INSERT INTO timers (execution_id, kind, due_at, state, armed_at, fired_at)
+VALUES (%(execution_id)s, 'offer', %(due_at)s, 'pending', %(armed_at)s, NULL)
+ON CONFLICT (execution_id, kind) DO UPDATE
+   SET due_at = excluded.due_at, state = excluded.state, armed_at = excluded.armed_at,
+       fired_at = NULL"""
+_OFFER_TIMER_DONE = """\
+UPDATE timers SET state = 'fired', fired_at = %(now)s
+ WHERE execution_id = %(execution_id)s AND kind = 'offer' AND state = 'pending'"""
+
+
 def set_offer(conn: Connection, execution_id: str, agent_id: str, status: str,
               round_: int | None, now: datetime) -> None:
     """Write a sequential offer's status and round (a new row or the agent's earlier one)."""
+    if conn.dialect.name == "postgresql":
+        wire.defer(conn, _SET_OFFER, {"execution_id": execution_id, "agent_id": agent_id,
+                                      "status": status, "round": round_, "now": now})
+        return
     from hitl_workers.store.repo import _insert
 
     stmt = _insert(conn, offers).inline().values(
@@ -108,6 +129,10 @@ def set_offer(conn: Connection, execution_id: str, agent_id: str, status: str,
 def arm_offer_timer(conn: Connection, execution_id: str, due_at: datetime,
                     armed_at: datetime | None) -> None:
     """The ``offer`` timer (one per execution) pending again for a new hold."""
+    if conn.dialect.name == "postgresql":
+        wire.defer(conn, _ARM_OFFER_TIMER, {"execution_id": execution_id, "due_at": due_at,
+                                            "armed_at": armed_at})
+        return
     from hitl_workers.store.repo import _insert
 
     stmt = _insert(conn, timers).inline().values(
@@ -122,6 +147,9 @@ def arm_offer_timer(conn: Connection, execution_id: str, due_at: datetime,
 
 def offer_timer_done(conn: Connection, execution_id: str, now: datetime) -> None:
     """Nobody holds the step: its pending ``offer`` timer is done."""
+    if conn.dialect.name == "postgresql":
+        wire.defer(conn, _OFFER_TIMER_DONE, {"execution_id": execution_id, "now": now})
+        return
     conn.execute(sa.update(timers).where(
         timers.c.execution_id == execution_id, timers.c.kind == "offer",
         timers.c.state == "pending").values(state="fired", fired_at=now),
@@ -151,8 +179,7 @@ def _stamp(conn: Connection, agent_id: str, column: str, now: datetime) -> None:
     if conn.dialect.name != "postgresql":
         update_agent(conn, agent_id, {column: now})  # SQLite: one writer, no lock to wait on
         return
-    conn.exec_driver_sql(_STAMP.format(column=column), {"agent_id": agent_id, "now": now},
-                         execution_options=_DEFER)
+    wire.defer(conn, _STAMP.format(column=column), {"agent_id": agent_id, "now": now})
 
 
 def update_agent(conn: Connection, agent_id: str, values: Mapping[str, Any]) -> None:

@@ -32,6 +32,24 @@ From then on the connection sends ``EXECUTE name(values)``, the values rendered 
 as before, in the same messages and at the same places: statements, order, locks and
 snapshots are unchanged. A statement text holding several statements is prepared part by
 part.
+
+**The raw cursor.** SQLAlchemy's execute path costs about 50 µs of Python per statement before
+the driver sees it (docs/benchmarks.md), more than PostgreSQL spends running most of a
+transition's statements. So the transitions' hot statements (store/executions.py,
+store/dispatching.py, the writes of store/repo.py) go through :func:`fetch` and
+:func:`defer`: in a folded transaction they are rendered and sent here on the transaction's
+own DBAPI cursor, in the same messages, as the same text or ``EXECUTE`` as through SQLAlchemy,
+and counted alike; a driver error goes through SQLAlchemy's own handling (the same exception
+classes, a lost connection invalidated with its pool). Outside a folded transaction they run
+through SQLAlchemy as any statement does. Everything else keeps using SQLAlchemy, through the
+``do_execute`` hooks below.
+
+**Autocommit without an isolation switch.** The driver must send no ``BEGIN`` of its own
+inside a folded transaction. SQLAlchemy's ``isolation_level="AUTOCOMMIT"`` option does that at
+the price of an isolation-level switch and its reset at check-in (about 60 µs a transaction);
+flipping psycopg2's own ``autocommit`` flag for the transaction's length costs nothing and
+leaves SQLAlchemy's view of the connection (READ COMMITTED, transactions of its own for
+everyone else: migrations, :func:`hitl_workers.store.db.read_only`) as it was.
 """
 
 from __future__ import annotations
@@ -48,14 +66,13 @@ from typing import Any, Protocol
 
 import psycopg2
 import psycopg2.errors
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Connection, Engine
 
 log = logging.getLogger(__name__)
 
 DEFER = "hitl_defer"
 """Execution option: this write needs no answer and may wait for the next statement."""
-
-_PENDING = "hitl_wire_pending"
 
 
 @dataclass
@@ -72,6 +89,9 @@ stats = WireStats()
 
 @dataclass
 class _Pending:
+    raw: Any  # the psycopg2 connection
+    cursor: Any  # the transaction's cursor (the raw path's; riders are rendered with it)
+    prepared: set[str]  # the statements prepared on ``raw``
     chunks: list[bytes] = field(default_factory=list)
     begun: bool = False
     to_prepare: list[_Plan] = field(default_factory=list)  # seen here, not yet prepared
@@ -100,6 +120,16 @@ def folds(engine: Engine) -> bool:
     return engine.dialect.name == "postgresql" and engine.dialect.driver == "psycopg2"
 
 
+_open: dict[int, tuple[Connection, _Pending]] = {}
+"""The folded transactions open in this process, by ``id()`` of their Connection (read per
+statement: cheaper than the Connection's ``info``, and readable on an invalidated one)."""
+
+
+def _current(conn: Connection) -> _Pending | None:
+    entry = _open.get(id(conn))
+    return entry[1] if entry is not None and entry[0] is conn else None
+
+
 @contextmanager
 def folded_transaction(conn: Connection) -> Iterator[Connection]:
     """One transaction on ``conn`` with ``BEGIN`` and deferred writes folded (see above).
@@ -108,53 +138,141 @@ def folded_transaction(conn: Connection) -> Iterator[Connection]:
     its own; this sends them. Riders are told how it ended (a rolled-back transaction gives
     back what it took).
     """
-    conn.execution_options(isolation_level="AUTOCOMMIT")
-    pending = _Pending([b"BEGIN"])
     raw: Any = conn.connection.dbapi_connection
+    raw.autocommit = True
+    try:
+        yield from _folded(conn, raw)
+    finally:
+        # A statement sent through SQLAlchemy began its own record of a transaction: end it
+        # while the driver is still in autocommit mode, where its rollback sends nothing (and
+        # the benchmark's counter, bench/cost.py, rightly counts nothing).
+        if conn.in_transaction():
+            with contextlib.suppress(sa_exc.SQLAlchemyError):  # never hide the body's error
+                conn.rollback()
+        if not raw.closed:
+            with contextlib.suppress(psycopg2.Error):
+                raw.autocommit = False
+
+
+def _folded(conn: Connection, raw: Any) -> Iterator[Connection]:
+    pending = _Pending(raw, raw.cursor(), _prepared_on(raw), [b"BEGIN"])
     taken: list[Rider] = []
-    cursor = raw.cursor()
     try:
         for rider in list(_riders):
             statement = rider.take()
             if statement is not None:
-                pending.chunks.append(cursor.mogrify(*statement))
                 taken.append(rider)
-    finally:
-        cursor.close()
-    conn.info[_PENDING] = pending
+                pending.chunks.append(pending.cursor.mogrify(*statement))
+    except BaseException:
+        pending.cursor.close()
+        for rider in taken:
+            rider.confirm(False)
+        raise
+    key = id(conn)
+    _open[key] = (conn, pending)
     committed = False
     try:
         yield conn
         if pending.begun or len(pending.chunks) > 1:
-            conn.exec_driver_sql("COMMIT")
+            _execute(conn, pending, "COMMIT", None)
             stats.commits += 1
         committed = True
     except BaseException:
         if pending.begun and not conn.invalidated:
             pending.chunks.clear()
             try:
-                conn.exec_driver_sql("ROLLBACK")
+                with raw.cursor() as cursor:  # the transaction's may be closed by an error
+                    _send(cursor, pending, b"ROLLBACK")
             except Exception:
                 conn.invalidate()  # the server or the socket is gone; the pool reconnects
         raise
     finally:
-        if not conn.invalidated:
-            conn.info.pop(_PENDING, None)
+        _open.pop(key, None)
+        with contextlib.suppress(psycopg2.Error):
+            pending.cursor.close()
         for rider in taken:
             rider.confirm(committed)
     if pending.to_prepare and not conn.invalidated:
         _prepare(raw, pending.to_prepare)
 
 
+def fetch(conn: Connection, statement: str, parameters: Mapping[str, Any] | None = None
+          ) -> list[dict[str, Any]]:
+    """The rows ``statement`` answers (pyformat parameters), each a dict by column name.
+
+    In a folded transaction: sent at once on the raw cursor, with the writes deferred before
+    it (module docstring); elsewhere through SQLAlchemy.
+    """
+    pending = _current(conn)
+    if pending is None:
+        result = conn.exec_driver_sql(statement, parameters)
+        return [dict(row._mapping) for row in result] if result.returns_rows else []
+    cursor = _execute(conn, pending, statement, parameters)
+    if cursor.description is None:
+        return []
+    names = [column[0] for column in cursor.description]
+    return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+
+
+def defer(conn: Connection, statement: str, parameters: Mapping[str, Any] | None = None
+          ) -> None:
+    """A write nobody reads an answer from: in a folded transaction it waits for the next
+    statement or ``COMMIT`` (as with the execution option :data:`DEFER`)."""
+    pending = _current(conn)
+    if pending is None:
+        conn.exec_driver_sql(statement, parameters,
+                             execution_options={DEFER: True})
+        return
+    cursor = _cursor(conn, pending)
+    try:
+        pending.chunks.append(_text(cursor, statement, parameters, pending))
+    except psycopg2.Error as exc:  # a value psycopg2 cannot render
+        conn._handle_dbapi_exception(exc, statement, parameters, cursor, None)
+
+
+def _cursor(conn: Connection, pending: _Pending) -> Any:
+    if conn.invalidated:
+        # As SQLAlchemy does for a transaction whose connection was lost: never carry on
+        # (reconnected) outside it.
+        raise sa_exc.PendingRollbackError(
+            "the transaction's connection was invalidated; roll it back first")
+    if pending.cursor.closed:  # SQLAlchemy closes it after a statement's error
+        pending.cursor = pending.raw.cursor()
+    return pending.cursor
+
+
+def _text(cursor: Any, statement: str, parameters: Mapping[str, Any] | None,
+          pending: _Pending) -> bytes:
+    if not parameters:
+        return statement.encode()  # as SQLAlchemy sends it: no interpolation, no ``%%``
+    return _rendered(cursor, statement, parameters, pending)
+
+
+def _execute(conn: Connection, pending: _Pending, statement: str,
+             parameters: Mapping[str, Any] | None) -> Any:
+    """Send what is pending and ``statement`` in one message on the raw cursor."""
+    cursor = _cursor(conn, pending)
+    try:
+        _send(cursor, pending, _text(cursor, statement, parameters, pending))
+    except psycopg2.Error as exc:
+        # SQLAlchemy's own handling: its exception classes (the tasks retry its
+        # OperationalError, in_transaction its IntegrityError), a lost connection invalidated
+        # and the pool with it.
+        conn._handle_dbapi_exception(exc, statement, parameters, cursor, None)
+    except Exception:
+        raise
+    except BaseException:
+        conn.invalidate()  # interrupted mid-message: as SQLAlchemy treats an exit exception
+        raise
+    return cursor
+
+
 def _pending(context: Any) -> _Pending | None:
     try:
-        # The dialect's own first statements (its version query) run on a connection that
-        # has no ``info`` yet.
         conn = context.root_connection
-        found = None if conn.invalidated else conn.info.get(_PENDING)
-    except (AttributeError, NotImplementedError):
+        return None if conn.invalidated else _current(conn)
+    except AttributeError:
         return None
-    return found if isinstance(found, _Pending) else None
 
 
 def _deferred(context: Any) -> bool:
@@ -211,6 +329,7 @@ class _Part:
     name: str  # the prepared statement's name: from its text, the same on every connection
     sql: str  # with $1, $2 … for its parameters
     params: tuple[str, ...]  # the parameter names, in $ order
+    execute: str  # ``EXECUTE name(%s, …)``: what is sent instead, rendered by psycopg2
 
 
 @dataclass(frozen=True)
@@ -230,13 +349,13 @@ def _rendered(cursor: Any, statement: str, parameters: Any, pending: _Pending) -
     plan = _plan(statement, parameters)
     if plan is None:
         return bytes(cursor.mogrify(statement, parameters))
-    prepared = _prepared_on(cursor.connection)
+    prepared = pending.prepared
     if all(part.name in prepared for part in plan.parts):
-        return b"; ".join(
-            cursor.mogrify(f"EXECUTE {part.name}({', '.join(['%s'] * len(part.params))})",
-                           [parameters[p] for p in part.params])
-            if part.params else f"EXECUTE {part.name}".encode()
-            for part in plan.parts)
+        if len(plan.parts) == 1:
+            part = plan.parts[0]
+            return bytes(cursor.mogrify(part.execute, [parameters[p] for p in part.params]))
+        return b"; ".join(cursor.mogrify(part.execute, [parameters[p] for p in part.params])
+                          for part in plan.parts)
     if len(prepared) < MAX_PREPARED:
         pending.to_prepare.append(plan)
     return bytes(cursor.mogrify(statement, parameters))
@@ -280,7 +399,9 @@ def _make_plan(statement: str) -> _Plan | None:
 
         sql = _PARAM.sub(number, part).replace("%%", "%")
         name = "hitl_" + hashlib.sha1(sql.encode()).hexdigest()[:20]
-        made.append(_Part(name, sql, tuple(names)))
+        execute = f"EXECUTE {name}({', '.join(['%s'] * len(names))})" if names else \
+            f"EXECUTE {name}"
+        made.append(_Part(name, sql, tuple(names), execute))
     return _Plan(tuple(made))
 
 
