@@ -20,7 +20,7 @@ import redis
 from celery import Celery
 from kombu import Connection
 
-from hitl_workers.tasks.worker_events import CoalescedTaskEvents
+from hitl_workers.tasks.worker_events import FLUSH_AFTER_S, CoalescedTaskEvents
 from tests.support.steps import eventually
 
 LIFE = ("task-received", "task-started", "task-succeeded")
@@ -140,9 +140,10 @@ def test_the_events_travel_several_to_a_message(system: Any,
     # When twenty tasks run at once
     ids = set(run_at_once(system, 20))
 
-    # Then their sixty events travel in fewer messages than events (Celery alone flushed on
-    # each loop tick: about one event a message)
-    carried = []
+    # Then their sixty events travel in one message per tenth of a second they were sent over
+    # (and one per 24 events at most, Celery's limit), whatever the machine's load stretched
+    # that to (Celery alone flushed on each loop tick: about one event a message)
+    carried: list[list[dict[str, Any]]] = []
     deadline = time.monotonic() + 10
     while sum(len(c) for c in carried) < 60 and time.monotonic() < deadline:
         for _, message in raw_events.read(0.3):
@@ -151,7 +152,9 @@ def test_the_events_travel_several_to_a_message(system: Any,
             if found:
                 carried.append(found)
     assert sum(len(c) for c in carried) == 60
-    assert len(carried) <= 20, [len(c) for c in carried]
+    stamps = [e["timestamp"] for c in carried for e in c]
+    windows = (max(stamps) - min(stamps)) / FLUSH_AFTER_S + 1
+    assert len(carried) <= windows + 60 / 24, (windows, [len(c) for c in carried])
 
 
 def test_each_message_is_what_kombu_publishes_for_celerys_dispatcher(
