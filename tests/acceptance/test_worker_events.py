@@ -9,10 +9,12 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
+import os
 import threading
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -224,6 +226,59 @@ def test_a_tasks_last_events_go_out_when_the_worker_stops(system: Any) -> None:
             # with Celery alone)
             assert order.index(("worker-offline", None)) > order.index(
                 ("task-received", result.id)), order
+    finally:
+        proc.stop()
+
+
+def local_ports(pid: int) -> set[int]:
+    """The local TCP ports of process ``pid``'s sockets (/proc: its fds, then the TCP table)."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):
+            target = os.readlink(fd)
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+    ports = set()
+    for table in ("tcp", "tcp6"):
+        for line in Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[9] in inodes:
+                ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+    return ports
+
+
+def test_no_event_is_lost_when_the_worker_loses_its_broker_connection(
+        system: Any, redis_urls: dict[str, str]) -> None:
+    # Given a worker of its own, running a task every 20 ms
+    queue = f"events-lost-{uuid.uuid4().hex[:8]}"
+    proc = system.start_worker(f"events-{queue}", concurrency=2, queues=[queue])
+    broker = redis.Redis.from_url(redis_urls["broker"])
+    try:
+        with Events(system.app) as events:
+            results = []
+            for n in range(40):
+                (task, kwargs), = statuses(1)
+                results.append(system.app.send_task(task, kwargs=kwargs, queue=queue))
+                time.sleep(0.02)
+                if n in (10, 25):
+                    # When Redis drops the worker's main process's connections, events held
+                    # between flushes among them
+                    ports = local_ports(proc.popen.pid)
+                    for client in broker.client_list():
+                        if int(client["addr"].rsplit(":", 1)[1]) in ports:
+                            broker.client_kill_filter(_id=client["id"])
+            ran = [result.id for result in results if result.get(timeout=30) is not None]
+
+            # Then every task that ran has all its events (a message the lost connection
+            # gave back runs again, at least once, and is reported each time)
+            assert eventually(lambda: all(len(events.of(i)) >= 3 for i in ran), timeout=10)
+            time.sleep(0.3)
+            for task_id in ran:
+                seen = events.of(task_id)
+                assert seen[0] == "task-received", seen
+                assert seen.count("task-received") == seen.count("task-started") \
+                    == seen.count("task-succeeded") >= 1, seen
+        assert "Connection to broker lost" in proc.tail(400)
     finally:
         proc.stop()
 
