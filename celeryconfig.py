@@ -51,7 +51,8 @@ worker_consumer = "hitl_workers.tasks.consumer:GuardedConsumer"
 
 # Flower: task events on. No "task-sent" events: they would double the messages of every
 # publish (each timer wake-up and exit message too); Flower shows a task from its receipt on,
-# and queue lengths come from the broker.
+# and queue lengths come from the broker. The worker's consumer sends the task events of each
+# tenth of a second in one message (hitl_workers/tasks/worker_events.py says why).
 worker_send_task_events = True
 task_send_sent_event = False
 

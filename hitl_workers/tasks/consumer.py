@@ -17,6 +17,9 @@ instead of dropping the connection and vanishing.
 A refused message is kept as a dead letter with why, a too-deep ``hitl.request_assistance``
 with a readable top level gets its ``error`` exit, and the message is acked: redelivering it
 would only have it refused again.
+
+It also sends the worker's task events for Flower in fewer messages
+(:mod:`hitl_workers.tasks.worker_events` says how and why here).
 """
 
 from __future__ import annotations
@@ -34,15 +37,31 @@ from vine import promise
 from hitl_workers.tasks.envelope import guard_channel
 from hitl_workers.tasks.guard import TOO_DEEP, UNDECODABLE, keep_dead_letter, refusal
 from hitl_workers.tasks.refused_request import answer_refused_request
+from hitl_workers.tasks.worker_events import CoalescedTaskEvents
 
 log = logging.getLogger(__name__)
 
 
-class GuardedConsumer(Consumer):  # type: ignore[misc]
-    """Celery's consumer, with every message checked before Celery looks at its task name."""
+class GuardedConsumer(CoalescedTaskEvents, Consumer):  # type: ignore[misc]
+    """Celery's consumer, with every message checked before Celery looks at its task name,
+    and its task events sent a tenth of a second's worth to a message."""
 
     guards_every_message = True
     """Read by :class:`~hitl_workers.tasks.guard.GuardedTask`: no need to check twice."""
+
+    def stop(self) -> None:
+        # Before the Heart bootstep announces worker-offline: a task's last events first.
+        self.flush_task_events()
+        super().stop()
+
+    def shutdown(self) -> None:
+        self.flush_task_events()
+        super().shutdown()
+
+    def on_close(self) -> None:
+        # The connection is lost and the Events bootstep is about to replace the dispatcher.
+        self.keep_buffered_events_for_next_connection()
+        super().on_close()
 
     def create_task_handler(self, promise: Any = promise) -> Callable[[Any], Any]:
         handle = super().create_task_handler(promise)

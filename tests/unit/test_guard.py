@@ -15,7 +15,13 @@ from celery.worker.consumer import Consumer
 from kombu import Message
 
 from hitl_workers.tasks.envelope import envelope_problem
-from hitl_workers.tasks.guard import MAX_MESSAGE_DEPTH, TOO_DEEP, header_problem, refusal
+from hitl_workers.tasks.guard import (
+    MAX_MESSAGE_DEPTH,
+    TOO_DEEP,
+    header_problem,
+    nesting_depth,
+    refusal,
+)
 from hitl_workers.tasks.refused_request import deep_field
 
 EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
@@ -57,6 +63,33 @@ def test_a_message_nested_just_below_the_limit_passes_and_just_above_is_refused(
     assert refusal(fits) is None
     too_deep = celery_message(kwargs={"x": nested(MAX_MESSAGE_DEPTH - 2)})
     assert refusal(too_deep) == TOO_DEEP
+
+
+def depth_by_definition(value: object) -> int:
+    """Lists, tuples and objects (by their values) count one level each; scalars none."""
+    if isinstance(value, dict):
+        return 1 + max((depth_by_definition(v) for v in value.values()), default=0)
+    if isinstance(value, list | tuple):
+        return 1 + max((depth_by_definition(v) for v in value), default=0)
+    return 0
+
+
+@pytest.mark.parametrize("value", [
+    0, "text", None, [], {}, (), [1, "a"], {"a": {"b": []}}, {"[[[": "]]]"},
+    ({"task": "x", "stamps": {}}, [[], {"k": [1, {"deep": [[[]]]}]}, None]),
+    [[], [[[]]], {"a": 1}, ({"b": ({"c": []},)},)], {"a": [[[[[[1]]]]]], "b": 2},
+    nested(12), {"k": nested(7), "l": [nested(9)]},
+])
+def test_nesting_depth_counts_as_its_definition(value):
+    expected = depth_by_definition(value)
+    assert nesting_depth(value, 100) == expected
+    for limit in range(expected + 2):  # past the limit it stops, with a figure past it
+        found = nesting_depth(value, limit)
+        assert found == expected if expected <= limit else found > limit
+
+
+def test_nesting_depth_stops_at_the_limit_on_input_too_deep_to_recurse_over():
+    assert nesting_depth(nested(100_000), MAX_MESSAGE_DEPTH) == MAX_MESSAGE_DEPTH + 1
 
 
 def test_deep_headers_are_refused():
