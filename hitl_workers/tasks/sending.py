@@ -88,7 +88,9 @@ class Sender:
             message_headers = self._headers(name, task_id, kwargs, None, options)
             try:
                 with kept.producer.batch():
-                    self._publish(kept, kwargs, queue, task_id, message_headers)
+                    # No retry wrapper: nothing here talks to Redis before the flush, and a
+                    # failed flush is published again below, with the retry policy.
+                    self._publish(kept, kwargs, queue, task_id, message_headers, retry=False)
                     self._announce(kept, task_id, name, queue, kwargs)
                 return
             except Exception as exc:
@@ -102,9 +104,10 @@ class Sender:
             log.info("task-sent event for %s not published: %r", task_id, exc)
 
     def _publish(self, kept: _Kept, kwargs: dict[str, Any], queue: str, task_id: str,
-                 message_headers: dict[str, Any]) -> None:
+                 message_headers: dict[str, Any], *, retry: bool = True) -> None:
         exchange, routing_key, declare, delivery_mode = kept.route(self.app, queue)
-        retry, retry_policy = self._retry()
+        configured, retry_policy = self._retry()
+        retry = retry and configured
         try:
             kept.producer.publish(
                 ((), kwargs, EMBED), exchange=exchange, routing_key=routing_key,
@@ -238,8 +241,12 @@ class _Kept:
     def dispatcher(self, app: Celery) -> EventDispatcher:
         if self._dispatcher is None:
             # Not enabled: it opens no producer of its own; ``publish`` uses ours.
-            self._dispatcher = app.events.Dispatcher(connection=self.producer.connection,
-                                                     enabled=False)
+            dispatcher = app.events.Dispatcher(connection=self.producer.connection,
+                                               enabled=False)
+            # Its exchange bound to our channel once: kombu's maybe_declare would otherwise
+            # copy and bind it for every event.
+            dispatcher.exchange = dispatcher.exchange.bind(self.producer.channel)
+            self._dispatcher = dispatcher
         return self._dispatcher
 
 
