@@ -20,6 +20,7 @@ tracer computes ``saferepr(result, 1024)`` for the ``task-succeeded`` event and 
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 from celery import states
@@ -52,6 +53,34 @@ class ResultBackend(RedisBackend):  # type: ignore[misc]
     """Celery's Redis result backend, storing a result in one round trip (module docstring)."""
 
     _store_script: Any = None
+    _plain_meta: bool | None = None
+
+    def _get_result_meta(self, result: Any, state: str, traceback: Any, request: Any,
+                         format_date: bool = True, encode: bool = False) -> dict[str, Any]:
+        """Celery's meta, field for field, without its per-result configuration lookup and
+        time-zone conversion (a third of the store's CPU) when neither can change it: no
+        extended results, the app's time zone UTC."""
+        if self._plain_meta is None:
+            conf = self.app.conf
+            self._plain_meta = (not conf.find_value_for_key("extended", "result")
+                                and str(conf.timezone or "UTC") == "UTC")
+        if not self._plain_meta or not format_date:
+            meta: dict[str, Any] = super()._get_result_meta(
+                result, state, traceback, request, format_date=format_date, encode=encode)
+            return meta
+        meta = {
+            "status": state,
+            "result": result,
+            "traceback": traceback,
+            "children": self.current_task_children(request),
+            "date_done": (datetime.now(UTC).isoformat() if state in self.READY_STATES
+                          else None),
+        }
+        if request and getattr(request, "group", None):
+            meta["group_id"] = request.group
+        if request and getattr(request, "parent_id", None):
+            meta["parent_id"] = request.parent_id
+        return meta
 
     def _store_result(self, task_id: Any, result: Any, state: str, traceback: Any = None,
                       request: Any = None, **kwargs: Any) -> Any:

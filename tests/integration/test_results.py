@@ -54,7 +54,9 @@ def test_a_result_is_what_celerys_backend_stores_and_clients_read_it(results, re
     mine, theirs = stored(results, ours), stored(results, celerys)
     assert published is not None and json.loads(published["data"]) == mine
     assert mine.pop("task_id") == ours and theirs.pop("task_id") == celerys
-    assert mine.pop("date_done") and theirs.pop("date_done")
+    mine_done, theirs_done = mine.pop("date_done"), theirs.pop("date_done")
+    assert mine_done[19:] != "" and mine_done[-6:] == theirs_done[-6:] == "+00:00"
+    assert len(mine_done) == len(theirs_done)
     assert mine == theirs
     assert list(mine) == list(theirs)  # the same JSON, key for key
     ttl = results.ttl(f"celery-task-meta-{ours}")
@@ -97,3 +99,16 @@ def test_the_result_repr_is_celerys_saferepr():
     assert result_repr(ANSWER, 1024) == saferepr(ANSWER, 1024)
     long = {"outcome": "x", "text": "y" * 5000}
     assert result_repr(long, 1024) == saferepr(long, 1024)
+
+
+def test_a_result_meta_is_celerys_field_for_field(redis_urls):
+    """Parent and group ids, children, no date before the task is done: as Celery builds it."""
+    from types import SimpleNamespace
+
+    celerys = RedisBackend(app=app, url=redis_urls["result_backend"])
+    request = SimpleNamespace(group="g-1", parent_id="p-1", children=[], id="t-1")
+    for state in (states.SUCCESS, states.RETRY, states.STARTED, states.FAILURE):
+        mine = app.backend._get_result_meta(ANSWER, state, None, request)
+        theirs = celerys._get_result_meta(ANSWER, state, None, request)
+        assert (mine.pop("date_done") is None) == (theirs.pop("date_done") is None)
+        assert mine == theirs and list(mine) == list(theirs)
