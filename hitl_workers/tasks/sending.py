@@ -74,9 +74,10 @@ class Sender:
                        ) -> None:
         """:meth:`send` then :meth:`announce_sent`, in one round trip to a Redis broker.
 
-        Both go into one kombu publish batch (``Producer.batch``: a non-transactional
-        pipeline flushed when the block ends; other transports publish each at once). The
-        message and the event are the ones :meth:`send` and :meth:`announce_sent` publish.
+        Both go into one kombu publish batch (``Producer.batch``, kombu 5.7+ on Redis: a
+        non-transactional pipeline flushed when the block ends); on other transports they are
+        published one after the other, as before. The message and the event are the ones
+        :meth:`send` and :meth:`announce_sent` publish.
         A batch that fails is uncertain (the message may have reached the broker); then the
         message is published again the ordinary way, with the retry policy that reconnects
         (an identical copy at worst, as a retried publish could always give), and the event,
@@ -84,7 +85,7 @@ class Sender:
         """
         options = self._task_options(name)
         kept = self._kept()
-        if options is not None and getattr(kept.producer, "batch", None) is not None:
+        if options is not None and _batches(kept.producer):
             message_headers = self._headers(name, task_id, kwargs, None, options)
             try:
                 with kept.producer.batch():
@@ -203,6 +204,13 @@ class Sender:
             "ignore_result": options.get("ignore_result"),
             "replaced_task_nesting": 0, "stamped_headers": None, "stamps": {},
         }
+
+
+def _batches(producer: Any) -> bool:
+    """Whether ``producer`` defers publishes in a batch (kombu 5.7+ on Redis); RabbitMQ and
+    older kombu publish each message on its own, the ordinary way."""
+    return getattr(producer, "batch", None) is not None and bool(
+        getattr(producer, "supports_batch_publish", False))
 
 
 class _Kept:
