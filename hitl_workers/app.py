@@ -37,8 +37,10 @@ HOOK_MODULES = (
 )
 
 
-
 class HitlCelery(Celery):  # type: ignore[misc]
+    """Celery, with its Redis result backend replaced by one that stores a result in one
+    round trip."""
+
     def _get_backend(self) -> Any:
         # A Redis result backend stores each result in one round trip instead of two
         # (hitl_workers/tasks/results.py): the same JSON, key, expiry and PUBLISH. Chosen when
