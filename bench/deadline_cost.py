@@ -11,8 +11,10 @@ Redis). Nothing else runs the wake-ups: no worker consumes the queue, no beat ti
 
 Printed per fired deadline: this process's CPU (``time.process_time``), the CPU of its
 PostgreSQL backend (``/proc/<pid>/stat`` of ``pg_backend_pid()``, when the server is local),
-and the statement counter of :mod:`bench.cost`. Deterministic enough to compare two commits on
-a loaded machine; the whole-system figure (workers, broker, beat) is :mod:`bench.timer_lateness`'s.
+the statement counter of :mod:`bench.cost` and this process's round trips to Redis (the
+broker, the result store, the notification streams). Deterministic enough to compare two
+commits on a loaded machine; the whole-system figure (workers, broker, beat) is
+:mod:`bench.timer_lateness`'s.
 """
 
 from __future__ import annotations
@@ -77,6 +79,29 @@ def dispatch(count: int, prefix: str, lead_s: float) -> list[tuple[str, str]]:
     return due
 
 
+class RedisRoundTrips:
+    """Counts the round trips this process makes to Redis (broker, results, notifications):
+    each command or pipeline redis-py sends, counted where it is written to the socket."""
+
+    def __init__(self) -> None:
+        import redis.connection
+
+        self.count = 0
+        cls = redis.connection.AbstractConnection
+        original = cls.send_packed_command
+        counter = self
+
+        def send_packed_command(conn: Any, command: Any, check_health: bool = True) -> None:
+            counter.count += 1
+            original(conn, command, check_health)
+
+        cls.send_packed_command = send_packed_command  # type: ignore[method-assign]
+
+    def reset(self) -> int:
+        count, self.count = self.count, 0
+        return count
+
+
 def fire_all(due: list[tuple[str, str]]) -> list[str]:
     from hitl_workers.tasks import timers
 
@@ -102,6 +127,7 @@ def main() -> None:
     agent_tasks.upsert_agent.run(agent_id=AGENT, status="available", rule_groups=[[TAG]])
     counter = StatementCounter()
     counter.attach(get_engine())
+    redis_trips = RedisRoundTrips()
 
     lead = 1.0
     warm = dispatch(20, f"dl-warm-{uuid.uuid4().hex[:6]}-", lead)
@@ -110,6 +136,7 @@ def main() -> None:
     fire_all(warm)  # statement caches, connections, the publisher
     counter.reset()
     backends = _backend_pids()
+    redis_trips.reset()
     backend_before = sum(_backend_cpu_s(p) for p in backends)
     profiler = cProfile.Profile() if args.profile else None
     cpu, wall = time.process_time(), time.perf_counter()
@@ -121,13 +148,14 @@ def main() -> None:
     cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
     backend = sum(_backend_cpu_s(p) for p in backends) - backend_before
     counts: Counts = counter.reset()
+    trips = redis_trips.reset()
     n = args.deadlines
     fired = sum(1 for o in outcomes if o == "fired")
     print(f"{fired}/{n} fired ({ {o: outcomes.count(o) for o in set(outcomes)} })")
     print(f"per fired deadline: {cpu / n * 1000:.2f} ms CPU in this process, "
           f"{backend / n * 1000:.2f} ms CPU in its PostgreSQL backend"
           f"{'' if backends else ' (not local: not measured)'}, {wall / n * 1000:.2f} ms wall; "
-          f"{counts.per(n)}")
+          f"{counts.per(n)}; Redis {trips / n:.1f} round trips")
     print(f"statements by kind: {dict(sorted(counts.kinds.items()))}")
     if profiler:
         out = io.StringIO()

@@ -10,6 +10,7 @@ task modules import ``app`` from here, and nothing here imports them back.
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from celery import Celery
 
@@ -35,7 +36,26 @@ HOOK_MODULES = (
     "hitl_workers.observe.worker_startup",
 )
 
-app = Celery("hitl_workers", include=[*TASK_MODULES, *HOOK_MODULES])
+
+class HitlCelery(Celery):  # type: ignore[misc]
+    """Celery, with its Redis result backend replaced by one that stores a result in one
+    round trip."""
+
+    def _get_backend(self) -> Any:
+        # A Redis result backend stores each result in one round trip instead of two
+        # (hitl_workers/tasks/results.py): the same JSON, key, expiry and PUBLISH. Chosen when
+        # the backend is first used, from the URL configured then; any other backend (or a
+        # class named explicitly) is Celery's choice as usual.
+        url = self.conf.result_backend
+        if (self.backend_cls is None and isinstance(url, str)
+                and url.split("://", 1)[0].lower() in ("redis", "rediss")):
+            from hitl_workers.tasks.results import ResultBackend
+
+            return ResultBackend(app=self, url=url)
+        return super()._get_backend()
+
+
+app = HitlCelery("hitl_workers", include=[*TASK_MODULES, *HOOK_MODULES])
 app.config_from_object("celeryconfig")
 
 # Flower reads its options from FLOWER_* variables; give it the project's one, so a plain

@@ -77,8 +77,11 @@ class CeleryPublisher:
 
     def send_exit(self, *, task: str, queue: str, kwargs: dict[str, Any]) -> None:
         task_id = f"exit:{kwargs['execution_id']}"
-        sender.send(task, kwargs, queue=queue, task_id=task_id)
-        announce_exit_sent(task_id, task, queue, kwargs)
+        if _task_events():
+            # The exit and its task-sent event (below) in one round trip to the broker.
+            sender.send_announced(task, kwargs, queue=queue, task_id=task_id)
+        else:
+            sender.send(task, kwargs, queue=queue, task_id=task_id)
 
     def notify(self, agent_ids: Sequence[str], event: dict[str, Any]) -> None:
         self.streams.publish(agent_ids, event)
@@ -97,22 +100,24 @@ class CeleryPublisher:
             return False
 
 
-def announce_exit_sent(task_id: str, task: str, queue: str, kwargs: dict[str, Any]) -> None:
-    """A ``task-sent`` event for the exit message, so Flower shows every step's exit (state
+_events_on: bool | None = None
+
+
+def _task_events() -> bool:
+    """Whether the exit gets a ``task-sent`` event, so Flower shows every step's exit (state
     PENDING until a flow-engine worker with task events reports it), whatever runs the flow
     engine: a celery-node or raw AMQP consumer sends no events of its own.
 
     Only exits: ``task_send_sent_event`` stays off for everything else (a sent event for each
     wake-up and notification publish would double the messages of the hot path). Best effort:
-    the exit is already published; a lost event only hides it from Flower. It travels through
-    the producer that published the exit (:mod:`hitl_workers.tasks.sending`).
+    a lost event only hides the exit from Flower. It travels with the exit, through the same
+    producer (:meth:`hitl_workers.tasks.sending.Sender.send_announced`). Read once: a lookup
+    in Celery's layered configuration costs microseconds, and it does not change.
     """
-    if not app.conf.worker_send_task_events:
-        return
-    try:
-        sender.announce_sent(task_id, task, queue, kwargs)
-    except Exception as exc:
-        log.info("task-sent event for %s not published: %r", task_id, exc)
+    global _events_on
+    if _events_on is None:
+        _events_on = bool(app.conf.worker_send_task_events)
+    return _events_on
 
 
 _publisher: CeleryPublisher | None = None

@@ -24,6 +24,7 @@ reroutes those through its native delayed-delivery exchanges).
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import threading
 from datetime import datetime
@@ -35,6 +36,7 @@ from celery.utils.nodenames import anon_nodename
 from celery.utils.quorum_queues import detect_quorum_queues
 from celery.utils.saferepr import saferepr
 
+log = logging.getLogger(__name__)
 EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
 _PLAIN_OPTIONS = ("ignore_result", "time_limit", "soft_time_limit")
 """Options a registered task may carry that this module writes into the message as Celery
@@ -66,9 +68,47 @@ class Sender:
         message_headers = self._headers(name, task_id, kwargs, eta, options)
         if headers:
             message_headers.update(headers)
+        self._publish(self._kept(), kwargs, queue, task_id, message_headers)
+
+    def send_announced(self, name: str, kwargs: dict[str, Any], *, queue: str, task_id: str
+                       ) -> None:
+        """:meth:`send` then :meth:`announce_sent`, in one round trip to a Redis broker.
+
+        Both go into one kombu publish batch (``Producer.batch``, kombu 5.7+ on Redis: a
+        non-transactional pipeline flushed when the block ends); on other transports they are
+        published one after the other, as before. The message and the event are the ones
+        :meth:`send` and :meth:`announce_sent` publish.
+        A batch that fails is uncertain (the message may have reached the broker); then the
+        message is published again the ordinary way, with the retry policy that reconnects
+        (an identical copy at worst, as a retried publish could always give), and the event,
+        best effort, after it. A failing event alone never fails the message.
+        """
+        options = self._task_options(name)
         kept = self._kept()
+        if options is not None and _batches(kept.producer):
+            message_headers = self._headers(name, task_id, kwargs, None, options)
+            try:
+                with kept.producer.batch():
+                    # No retry wrapper: nothing here talks to Redis before the flush, and a
+                    # failed flush is published again below, with the retry policy.
+                    self._publish(kept, kwargs, queue, task_id, message_headers, retry=False)
+                    self._announce(kept, task_id, name, queue, kwargs)
+                return
+            except Exception as exc:
+                log.info("batched publish of %s failed (%r); publishing it again", task_id,
+                         exc)
+                self.drop()
+        self.send(name, kwargs, queue=queue, task_id=task_id)
+        try:
+            self.announce_sent(task_id, name, queue, kwargs)
+        except Exception as exc:  # best effort: the message is published
+            log.info("task-sent event for %s not published: %r", task_id, exc)
+
+    def _publish(self, kept: _Kept, kwargs: dict[str, Any], queue: str, task_id: str,
+                 message_headers: dict[str, Any], *, retry: bool = True) -> None:
         exchange, routing_key, declare, delivery_mode = kept.route(self.app, queue)
-        retry, retry_policy = self._retry()
+        configured, retry_policy = self._retry()
+        retry = retry and configured
         try:
             kept.producer.publish(
                 ((), kwargs, EMBED), exchange=exchange, routing_key=routing_key,
@@ -85,15 +125,19 @@ class Sender:
         producer (Celery's own ``task_send_sent_event`` path: ``EventDispatcher.publish``)."""
         kept = self._kept()
         try:
-            kept.dispatcher(self.app).publish(
-                "task-sent",
-                {"uuid": task_id, "root_id": task_id, "parent_id": None, "name": name,
-                 "args": "()", "kwargs": kwargs_repr(kwargs), "retries": 0, "eta": None,
-                 "expires": None, "queue": queue, "exchange": queue, "routing_key": queue},
-                kept.producer)
+            self._announce(kept, task_id, name, queue, kwargs)
         except BaseException:
             self.drop()
             raise
+
+    def _announce(self, kept: _Kept, task_id: str, name: str, queue: str,
+                  kwargs: dict[str, Any]) -> None:
+        kept.dispatcher(self.app).publish(
+            "task-sent",
+            {"uuid": task_id, "root_id": task_id, "parent_id": None, "name": name,
+             "args": "()", "kwargs": kwargs_repr(kwargs), "retries": 0, "eta": None,
+             "expires": None, "queue": queue, "exchange": queue, "routing_key": queue},
+            kept.producer)
 
     def drop(self) -> None:
         """Forget this thread's producer (after a failure, or before the process exits):
@@ -162,6 +206,13 @@ class Sender:
         }
 
 
+def _batches(producer: Any) -> bool:
+    """Whether ``producer`` defers publishes in a batch (kombu 5.7+ on Redis); RabbitMQ and
+    older kombu publish each message on its own, the ordinary way."""
+    return getattr(producer, "batch", None) is not None and bool(
+        getattr(producer, "supports_batch_publish", False))
+
+
 class _Kept:
     """A producer this thread keeps, with what it learned about its queues."""
 
@@ -198,8 +249,12 @@ class _Kept:
     def dispatcher(self, app: Celery) -> EventDispatcher:
         if self._dispatcher is None:
             # Not enabled: it opens no producer of its own; ``publish`` uses ours.
-            self._dispatcher = app.events.Dispatcher(connection=self.producer.connection,
-                                                     enabled=False)
+            dispatcher = app.events.Dispatcher(connection=self.producer.connection,
+                                               enabled=False)
+            # Its exchange bound to our channel once: kombu's maybe_declare would otherwise
+            # copy and bind it for every event.
+            dispatcher.exchange = dispatcher.exchange.bind(self.producer.channel)
+            self._dispatcher = dispatcher
         return self._dispatcher
 
 
