@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from tests.support.steps import audit_trail, execution, outbox_rows, request, stays
+from tests.support.steps import (
+    audit_trail,
+    eventually,
+    execution,
+    outbox_rows,
+    request,
+    stays,
+)
 
 
 def test_claim_exits_claimed_with_the_winner_in_the_merge_field(client, flow, agents, team,
@@ -259,3 +266,26 @@ def test_a_second_execution_on_a_waiting_conversation_exits_conversation_busy(cl
     # The first execution is untouched and still waiting
     assert execution(first["execution_id"]).state == "waiting"
     assert flow.count_for(first["execution_id"]) == 0
+
+
+# --- a flow engine that takes its answer from the exit alone ----------------------------------
+
+def test_a_request_sent_with_ignore_result_exits_as_usual_and_stores_no_result(
+        flow, agents, team, system):
+    # Given a flow engine that never reads the request's result (docs/contract.md §1)
+    alice = agents()
+    step = request(team, flow.reply_to)
+    sent = system.app.send_task("hitl.request_assistance", kwargs=step, ignore_result=True)
+    # When the step is dispatched and Alice claims it
+    assert eventually(lambda: getattr(execution(step["execution_id"]), "state", None)
+                      == "waiting")
+    claim = system.app.send_task("hitl.claim", kwargs={
+        "execution_id": step["execution_id"], "agent_id": alice})
+    assert claim.get(timeout=30)["outcome"] == "claimed"
+    # Then the exit reaches the flow engine once, as for any request
+    assert flow.wait_for(step["execution_id"])["exit"] == "claimed"
+    assert stays(lambda: flow.count_for(step["execution_id"]) == 1, seconds=1.0)
+    # And the worker stored no result for the request; the claim's, sent as usual, is there
+    backend = system.app.backend
+    assert backend.get(backend.get_key_for_task(sent.id)) is None
+    assert backend.get(backend.get_key_for_task(claim.id)) is not None
