@@ -27,7 +27,6 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy.engine import Connection
-from sqlalchemy.exc import MultipleResultsFound, NoResultFound
 
 from hitl_workers.domain.eligibility import AgentView
 from hitl_workers.store import repo, wire
@@ -87,22 +86,16 @@ def lock_and_read(conn: Connection, *, execution_id: str, conversation_id: str,
     """
     if conn.dialect.name != "postgresql":
         return _portable(conn, execution_id, conversation_id, tags, specific_agent_id, now)
-    row = _one(wire.fetch(conn, _LOCK_AND_READ[specific_agent_id is None], {
+    row = wire.fetch_one(conn, _LOCK_AND_READ[specific_agent_id is None], {
         "conversation_id": conversation_id, "execution_id": execution_id, "now": now,
         "tags": list(tags) if tags is not None else None,
-        "specific": specific_agent_id}))
+        "specific": specific_agent_id})
     candidates = tuple(AgentView(a, s, tuple(tuple(g) for g in groups or ()), capacity,
                                  int(load or 0))
                        for a, s, groups, capacity, load in row["candidates"] or ())
     mine = row["mine"]
     return DispatchRead(row["status"], tuple(row["tags"] or ()), row["contact"],
                         (mine[0], mine[1]) if mine else None, row["busy_with"], candidates)
-
-
-def _one(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    if len(rows) != 1:  # as SQLAlchemy's ``one()``: the statement always answers one row
-        raise NoResultFound("no row") if not rows else MultipleResultsFound("several rows")
-    return rows[0]
 
 
 def _portable(conn: Connection, execution_id: str, conversation_id: str,
@@ -141,9 +134,9 @@ def create_with_messages(conn: Connection, values: Mapping[str, Any],
             return False, {}
         return True, repo.add_outbox_many(conn, messages, now)
     row = {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in values.items()}
-    found = _one(wire.fetch(conn, _CREATE, {
+    found = wire.fetch_one(conn, _CREATE, {
         "execution": json.dumps(row), "now": now,
         "messages": json.dumps([{"dedupe_key": m["dedupe_key"], "kind": m["kind"],
                                  "execution_id": m["execution_id"], "payload": m["payload"]}
-                                for m in messages])}))
+                                for m in messages])})
     return bool(found["created"]), dict(found["queued"] or ())

@@ -482,16 +482,14 @@ def end_with_messages(conn: Connection, execution_id: str, *, state: str, exit: 
                              merge_field=merge_field, now=now):
             return False, {}
         return True, add_outbox_many(conn, messages, now)
-    rows = wire.fetch(conn, _END_SQL, {
+    row = wire.fetch_one(conn, _END_SQL, {
         "execution_id": execution_id, "state": state, "exit": exit,
         "merge_field": json.dumps(merge_field) if merge_field is not None else None,
         "now": now, "messages": json.dumps([
             {"dedupe_key": m["dedupe_key"], "kind": m["kind"],
              "execution_id": m["execution_id"], "payload": m["payload"]}
             for m in messages])})
-    if len(rows) != 1:
-        raise sa.exc.NoResultFound("end_with_messages answered no row")
-    return bool(rows[0]["ended"]), dict(rows[0]["queued"] or ())
+    return bool(row["ended"]), dict(row["queued"] or ())
 
 
 def lock_overdue(conn: Connection, now: datetime, limit: int) -> Sequence[Row[Any]]:

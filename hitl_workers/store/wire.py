@@ -214,6 +214,17 @@ def fetch(conn: Connection, statement: str, parameters: Mapping[str, Any] | None
     return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
 
 
+def fetch_one(conn: Connection, statement: str, parameters: Mapping[str, Any] | None = None
+              ) -> dict[str, Any]:
+    """:func:`fetch` of a statement that always answers exactly one row; otherwise
+    SQLAlchemy's ``one()`` errors (``NoResultFound``, ``MultipleResultsFound``)."""
+    rows = fetch(conn, statement, parameters)
+    if len(rows) != 1:
+        raise (sa_exc.NoResultFound("no row") if not rows
+               else sa_exc.MultipleResultsFound("several rows"))
+    return rows[0]
+
+
 def defer(conn: Connection, statement: str, parameters: Mapping[str, Any] | None = None
           ) -> None:
     """A write nobody reads an answer from: in a folded transaction it waits for the next
