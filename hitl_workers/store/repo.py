@@ -389,19 +389,21 @@ def set_offer(conn: Connection, execution_id: str, agent_id: str, status: str,
 
 def insert_timers(conn: Connection, execution_id: str,
                   deadlines: Iterable[tuple[str, datetime, datetime | None]]) -> None:
-    rows = [{"execution_id": execution_id, "kind": kind, "due_at": due_at, "state": "pending",
-             "armed_at": armed_at} for kind, due_at, armed_at in deadlines]
-    if rows and conn.dialect.name == "postgresql":
+    deadlines = list(deadlines)
+    if deadlines and conn.dialect.name == "postgresql":
         values = ", ".join(f"(%(execution_id)s, %(kind_{i})s, %(due_at_{i})s, 'pending', "
-                           f"%(armed_at_{i})s)" for i in range(len(rows)))
+                           f"%(armed_at_{i})s)" for i in range(len(deadlines)))
         parameters: dict[str, Any] = {"execution_id": execution_id}
-        for i, row in enumerate(rows):
-            parameters.update({f"kind_{i}": row["kind"], f"due_at_{i}": row["due_at"],
-                               f"armed_at_{i}": row["armed_at"]})
+        for i, (kind, due_at, armed_at) in enumerate(deadlines):
+            parameters.update({f"kind_{i}": kind, f"due_at_{i}": due_at,
+                               f"armed_at_{i}": armed_at})
         wire.defer(conn, "INSERT INTO timers (execution_id, kind, due_at, state, armed_at) "
                          f"VALUES {values}", parameters)
-    elif rows:
-        conn.execute(timers.insert().inline(), rows, execution_options=_DEFER)
+    elif deadlines:
+        conn.execute(timers.insert().inline(), [
+            {"execution_id": execution_id, "kind": kind, "due_at": due_at, "state": "pending",
+             "armed_at": armed_at} for kind, due_at, armed_at in deadlines],
+            execution_options=_DEFER)
 
 
 _FINISH_TIMERS = """\
