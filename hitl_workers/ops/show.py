@@ -39,6 +39,11 @@ MADE_BECAUSE = {
     "next_in_sequence": "next in sequence",
 }
 
+OTHERS_BECAUSE = {
+    "not_eligible": "cannot see the conversation (not_eligible)",
+    "not_the_specific_agent": "not the specific agent (not_the_specific_agent)",
+}
+
 
 def _round(detail: dict[str, Any]) -> str:
     """A sequential offer's round, when it has one (§9)."""
@@ -101,6 +106,11 @@ def _describe(event: dict[str, Any]) -> str:
             reasons = ", ".join(f"{a} ({r})" for a, r in skipped.items())
             more = detail.get("skipped_total", len(skipped)) - len(skipped)
             text += f"; skipped: {reasons}" + (f" and {more} more" if more > 0 else "")
+        if detail.get("others"):
+            # Dispatch never counts the directory (it asks only for who can see the
+            # conversation), so the agents it does not name get one reason, not a number.
+            others = str(detail["others"])
+            text += f"; every other agent: {OTHERS_BECAUSE.get(others, others)}"
         return text
     if kind == "offered":
         reason = str(detail.get("reason"))

@@ -125,6 +125,8 @@ def test_hitl_workers_show_tells_a_claimed_steps_story(client, flow, agents, tea
     assert f'exit claimed {{"addClaimedBy": "{alice}"}}' in text.output
     assert f"  {alice}" in text.output  # its offer
     assert "exit delivered to" in text.output
+    assert f"notified 1: {alice}; every other agent: cannot see the conversation" \
+        in text.output  # the audit's "others": dispatch names no one else
     as_json = CliRunner().invoke(main, ["show", "--json", step["execution_id"]])
     assert '"state": "exited"' in as_json.output
     missing = CliRunner().invoke(main, ["show", "no-such-execution"])
