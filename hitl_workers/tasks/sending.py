@@ -41,6 +41,7 @@ from celery.utils.quorum_queues import detect_quorum_queues
 from celery.utils.saferepr import saferepr
 from celery.utils.time import utcoffset
 from kombu.entity import maybe_delivery_mode
+from kombu.messaging import DEFAULT_BATCH_SIZE
 from kombu.serialization import dumps
 
 log = logging.getLogger(__name__)
@@ -155,7 +156,8 @@ class Sender:
         # first), declared again on a new connection after a reconnect.
         kept.producer.maybe_declare(declare[0])
         kept.producer.maybe_declare(dispatcher.exchange)
-        batch = channel.create_publish_batch(max_size=2)
+        # kombu's default size: both messages (and any PEXPIRE of the queue) in one flush.
+        batch = channel.create_publish_batch(max_size=DEFAULT_BATCH_SIZE)
         try:
             batch.publish(exit_message, exchange=exchange, routing_key=routing_key,
                           **_PUBLISH_FLAGS)
