@@ -11,10 +11,7 @@ the result backend to watch the task and builds an ``AsyncResult`` nobody reads
 ``[args, kwargs, embed]`` JSON body, the same exchange, routing key, delivery mode, retry
 policy and queue declaration as ``send_task`` would) through a producer it acquired once from
 the app's producer pool and keeps, and sends the ``task-sent`` event through that producer
-with a dispatcher it keeps too. An exit and its event (:meth:`Sender.send_announced`, on Redis)
-are handed to the producer's channel directly, as one kombu publish batch, without the per-call
-work of ``Producer.publish`` and ``EventDispatcher.publish`` (~0.1 ms a step); the channel still
-builds the envelope. Nothing the outbox promises changes: a publish still either
+with a dispatcher it keeps too. Nothing the outbox promises changes: a publish still either
 returns after the broker took the message (kombu's retry policy reconnects as before) or
 raises, and a raise leaves the row unsent for the reconciler. After a failure the kept producer
 is dropped (its connection may be half broken) and the next publish acquires a fresh one.
@@ -35,14 +32,9 @@ from typing import Any
 
 from celery import Celery
 from celery.events import EventDispatcher
-from celery.events.event import Event
 from celery.utils.nodenames import anon_nodename
 from celery.utils.quorum_queues import detect_quorum_queues
 from celery.utils.saferepr import saferepr
-from celery.utils.time import utcoffset
-from kombu.entity import maybe_delivery_mode
-from kombu.messaging import DEFAULT_BATCH_SIZE
-from kombu.serialization import dumps
 
 log = logging.getLogger(__name__)
 EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
@@ -96,9 +88,11 @@ class Sender:
         if options is not None and kept.batches:
             message_headers = self._headers(name, task_id, kwargs, None, options)
             try:
-                # No retry wrapper: nothing here talks to Redis before the flush, and a
-                # failed flush is published again below, with the retry policy.
-                self._batched(kept, kwargs, queue, task_id, message_headers, name)
+                with kept.producer.batch():
+                    # No retry wrapper: nothing here talks to Redis before the flush, and a
+                    # failed flush is published again below, with the retry policy.
+                    self._publish(kept, kwargs, queue, task_id, message_headers, retry=False)
+                    self._announce(kept, task_id, name, queue, kwargs)
                 return
             except Exception as exc:
                 log.info("batched publish of %s failed (%r); publishing it again", task_id,
@@ -125,51 +119,6 @@ class Sender:
             self.drop()
             raise
 
-    def _batched(self, kept: _Kept, kwargs: dict[str, Any], queue: str, task_id: str,
-                 message_headers: dict[str, Any], name: str) -> None:
-        """The message and its ``task-sent`` event in one kombu Redis publish batch, handed
-        to the producer's channel directly.
-
-        What ``Producer.batch()`` with ``Producer.publish`` and ``EventDispatcher.publish``
-        inside did, without their per-call work (argument defaults, a batch state per call,
-        the exchange's delivery mode looked up, the serializer found by name, the event's
-        declaration checked): the channel builds the same envelope (``prepare_message``,
-        ``basic_publish``: base64 body, delivery tag, routing, priority queue, fanout topic)
-        from the same body, headers and properties, and kombu's own ``PublishBatch`` runs
-        its commands in one pipeline. tests/integration/test_sending.py pins the message
-        and the event against ``send_task``'s and the dispatcher's.
-        """
-        channel = kept.producer.channel
-        exchange, routing_key, declare, delivery_mode = kept.route(self.app, queue)
-        exit_message = _message(channel, ((), kwargs, EMBED), message_headers, {
-            "correlation_id": task_id, "reply_to": self.app.thread_oid,
-            "delivery_mode": delivery_mode})
-        dispatcher = kept.dispatcher(self.app)
-        # As EventDispatcher.publish: its clock ticks, under its mutex (this thread's own
-        # dispatcher, but the clock is the app's, shared by every thread).
-        event = Event("task-sent", hostname=dispatcher.hostname, utcoffset=utcoffset(),
-                      pid=dispatcher.pid, clock=dispatcher.clock.forward(),
-                      **_sent_fields(task_id, name, queue, kwargs))
-        event_message = _message(channel, event, dispatcher.headers, {
-            "delivery_mode": kept.event_delivery_mode})
-        # As Producer.publish's ``declare``: cached per connection (a set lookup after the
-        # first), declared again on a new connection after a reconnect.
-        kept.producer.maybe_declare(declare[0])
-        kept.producer.maybe_declare(dispatcher.exchange)
-        # kombu's default size: both messages (and any PEXPIRE of the queue) in one flush.
-        batch = channel.create_publish_batch(max_size=DEFAULT_BATCH_SIZE)
-        try:
-            batch.publish(exit_message, exchange=exchange, routing_key=routing_key,
-                          **_PUBLISH_FLAGS)
-            batch.publish(event_message, exchange=dispatcher.exchange.name,
-                          routing_key="task.sent", **_PUBLISH_FLAGS)
-            batch.flush()
-        except BaseException:
-            batch.discard()
-            raise
-        finally:
-            batch.close()
-
     def announce_sent(self, task_id: str, name: str, queue: str, kwargs: dict[str, Any]
                       ) -> None:
         """A ``task-sent`` event for a message this process published, through the kept
@@ -184,7 +133,11 @@ class Sender:
     def _announce(self, kept: _Kept, task_id: str, name: str, queue: str,
                   kwargs: dict[str, Any]) -> None:
         kept.dispatcher(self.app).publish(
-            "task-sent", _sent_fields(task_id, name, queue, kwargs), kept.producer)
+            "task-sent",
+            {"uuid": task_id, "root_id": task_id, "parent_id": None, "name": name,
+             "args": "()", "kwargs": kwargs_repr(kwargs), "retries": 0, "eta": None,
+             "expires": None, "queue": queue, "exchange": queue, "routing_key": queue},
+            kept.producer)
 
     def drop(self) -> None:
         """Forget this thread's producer (after a failure, or before the process exits):
@@ -253,29 +206,6 @@ class Sender:
         }
 
 
-def _sent_fields(task_id: str, name: str, queue: str, kwargs: dict[str, Any]
-                 ) -> dict[str, Any]:
-    """A ``task-sent`` event's fields for a message this module published, as Celery's
-    ``task_send_sent_event`` sends them."""
-    return {"uuid": task_id, "root_id": task_id, "parent_id": None, "name": name,
-            "args": "()", "kwargs": kwargs_repr(kwargs), "retries": 0, "eta": None,
-            "expires": None, "queue": queue, "exchange": queue, "routing_key": queue}
-
-
-_PUBLISH_FLAGS: dict[str, Any] = {"mandatory": False, "immediate": False, "timeout": None,
-                                  "confirm_timeout": None}
-"""The flags ``Producer._publish`` hands the channel (kombu's defaults)."""
-
-
-def _message(channel: Any, body: Any, headers: dict[str, Any], properties: dict[str, Any]
-             ) -> dict[str, Any]:
-    """The message ``Producer.publish(body, serializer="json", headers=headers,
-    **properties)`` hands its channel (``Producer._prepare`` then ``prepare_message``)."""
-    content_type, content_encoding, payload = dumps(body, serializer="json")
-    return dict(channel.prepare_message(payload, 0, content_type, content_encoding,
-                                        dict(headers), properties))
-
-
 def _batches(producer: Any) -> bool:
     """Whether ``producer`` defers publishes in a batch (kombu 5.7+ on Redis); RabbitMQ and
     older kombu publish each message on its own, the ordinary way."""
@@ -291,11 +221,8 @@ class _Kept:
         self.pid = os.getpid()
         self._routes: dict[str, tuple[str, str, Any, Any, Any]] = {}
         self._dispatcher: EventDispatcher | None = None
-        # Asked once: kombu works it out from the transport on every call. Only a Redis
-        # channel with nothing of its own to declare on each publish takes the direct path.
-        self.batches = _batches(producer) and not (producer.auto_declare
-                                                   and producer.exchange.name)
-        self.event_delivery_mode: int | None = None
+        # Asked once: kombu works it out from the transport's connection options each time.
+        self.batches = _batches(producer)
 
     def route(self, app: Celery, queue: str) -> tuple[str, str, list[Any], Any]:
         """Exchange, routing key, entities to declare and delivery mode for ``queue``, as
@@ -311,9 +238,8 @@ class _Kept:
             else:
                 exchange = declared.exchange.name or app.amqp.default_exchange.name
                 routing_key = declared.routing_key or app.conf.task_default_routing_key
-            delivery_mode = maybe_delivery_mode(
-                (declared.exchange.delivery_mode if declared.exchange else None)
-                or app.conf.task_default_delivery_mode or self.producer.exchange.delivery_mode)
+            delivery_mode = ((declared.exchange.delivery_mode if declared.exchange else None)
+                             or app.conf.task_default_delivery_mode)
             # A copy bound to this producer's channel, once (again after a reconnect gave
             # the producer a new channel): kombu's maybe_declare then finds it declared
             # instead of copying and binding the queue for every message.
@@ -330,10 +256,6 @@ class _Kept:
             # Its exchange bound to our channel once: kombu's maybe_declare would otherwise
             # copy and bind it for every event.
             dispatcher.exchange = dispatcher.exchange.bind(self.producer.channel)
-            # What Producer.publish makes of the dispatcher's delivery mode (the exchange is
-            # passed by name, so the producer's own exchange gives the default).
-            self.event_delivery_mode = maybe_delivery_mode(
-                dispatcher.delivery_mode or self.producer.exchange.delivery_mode)
             self._dispatcher = dispatcher
         return self._dispatcher
 
