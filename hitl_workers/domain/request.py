@@ -346,7 +346,9 @@ def json_problem(value: Any, *, max_nodes: int | None = None) -> tuple[Path, str
             return (), f"holds more than {max_nodes} values"
         kind = _KINDS.get(type(item)) or _kind_of(item)
         if kind == "text":
-            problem = _text_problem(item, "text")
+            # Inline, the common case (ASCII, no NUL): the only text check that applies.
+            problem = None if item.isascii() and "\x00" not in item \
+                else _text_problem(item, "text")
             if problem is not None:
                 return _path(trail), problem
         elif kind == "int":
@@ -370,7 +372,8 @@ def json_problem(value: Any, *, max_nodes: int | None = None) -> tuple[Path, str
                     if type(key) is not str and not isinstance(key, str):
                         return _path(trail), (f"key {key!r} is not a string; object keys must "
                                               f"be strings")
-                    problem = _text_problem(key, "this key")
+                    problem = None if key.isascii() and "\x00" not in key \
+                        else _text_problem(key, "this key")
                     if problem is not None:
                         return (*_path(trail), key), problem
                     children.append((child, below, (trail, key)))
