@@ -334,50 +334,95 @@ def json_problem(value: Any, *, max_nodes: int | None = None) -> tuple[Path, str
     infinities (not JSON); integers too long to print; keys that are not strings; anything that
     is not a JSON type. With ``max_nodes``, more values than that is a problem too (at the root).
     """
-    stack: list[tuple[Path, Any]] = [((), value)]
+    # Depth-first, in document order (a dict's keys are all checked before its values). Each
+    # entry carries its depth and its path as a chain (parent chain, key): the path tuple is
+    # built only for the value a problem is found in, not for every value walked.
+    stack: list[tuple[Any, int, _Trail]] = [(value, 0, None)]
     nodes = 0
     while stack:
-        path, item = stack.pop()
+        item, depth, trail = stack.pop()
         nodes += 1
         if max_nodes is not None and nodes > max_nodes:
             return (), f"holds more than {max_nodes} values"
-        if isinstance(item, str):
-            problem = _text_problem(item, "text")
+        kind = _KINDS.get(type(item)) or _kind_of(item)
+        if kind == "text":
+            # Inline, the common case (ASCII, no NUL): the only text check that applies.
+            problem = None if item.isascii() and "\x00" not in item \
+                else _text_problem(item, "text")
             if problem is not None:
-                return path, problem
-        elif item is None or isinstance(item, bool):
-            continue
-        elif isinstance(item, int):
+                return _path(trail), problem
+        elif kind == "int":
             if item.bit_length() > _MAX_INT_BITS:
-                return path, "integer is too large; numbers of up to 4,000 digits are accepted"
-        elif isinstance(item, float):
+                return _path(trail), ("integer is too large; numbers of up to 4,000 digits "
+                                      "are accepted")
+        elif kind == "float":
             if not math.isfinite(item):
-                return path, f"{item!r} is not JSON; only finite numbers are accepted"
-        elif isinstance(item, dict | list | tuple):  # a tuple is what json.dumps makes a list
-            if len(path) >= MAX_JSON_DEPTH:
-                return path, (
+                return _path(trail), f"{item!r} is not JSON; only finite numbers are accepted"
+        elif kind == "object" or kind == "array":
+            if depth >= MAX_JSON_DEPTH:
+                return _path(trail), (
                     f"nested too deeply; lists and objects may be nested at most "
                     f"{MAX_JSON_DEPTH} levels, counting the request itself"
                 )
-            children: list[tuple[Path, Any]] = []
-            if isinstance(item, dict):
+            below = depth + 1
+            children: list[tuple[Any, int, _Trail]]
+            if kind == "object":
+                children = []
                 for key, child in item.items():
-                    if not isinstance(key, str):
-                        return path, f"key {key!r} is not a string; object keys must be strings"
-                    problem = _text_problem(key, "this key")
+                    if type(key) is not str and not isinstance(key, str):
+                        return _path(trail), (f"key {key!r} is not a string; object keys must "
+                                              f"be strings")
+                    problem = None if key.isascii() and "\x00" not in key \
+                        else _text_problem(key, "this key")
                     if problem is not None:
-                        return (*path, key), problem
-                    children.append(((*path, key), child))
-            else:
-                children = [((*path, index), child) for index, child in enumerate(item)]
+                        return (*_path(trail), key), problem
+                    children.append((child, below, (trail, key)))
+            else:  # a tuple is what json.dumps makes a list
+                children = [(child, below, (trail, index)) for index, child in enumerate(item)]
             stack.extend(reversed(children))
-        else:
-            return path, f"a {type(item).__name__} is not JSON; use strings, numbers, " \
-                "booleans, null, lists and objects"
+        elif kind == "other":
+            return _path(trail), f"a {type(item).__name__} is not JSON; use strings, " \
+                "numbers, booleans, null, lists and objects"
     return None
 
 
+_Trail = tuple[Any, str | int] | None
+"""A path as a chain: None at the root, else (the parent's chain, the key or index)."""
+
+_KINDS: dict[type, str] = {str: "text", dict: "object", list: "array", tuple: "array",
+                           int: "int", float: "float", bool: "plain", type(None): "plain"}
+"""The walk's kind of each exact JSON type (one lookup); subclasses go to :func:`_kind_of`."""
+
+
+def _kind_of(item: Any) -> str:
+    # In the order the checks always ran: bool before int, as bool is an int subclass.
+    if isinstance(item, str):
+        return "text"
+    if item is None or isinstance(item, bool):
+        return "plain"
+    if isinstance(item, int):
+        return "int"
+    if isinstance(item, float):
+        return "float"
+    if isinstance(item, dict):
+        return "object"
+    if isinstance(item, list | tuple):
+        return "array"
+    return "other"
+
+
+def _path(trail: _Trail) -> Path:
+    parts: list[str | int] = []
+    while trail is not None:
+        trail, part = trail
+        parts.append(part)
+    return tuple(reversed(parts))
+
+
 def _text_problem(text: str, what: str) -> str | None:
+    if text.isascii():  # no surrogate can be ASCII: only the NUL check applies (fast)
+        return None if "\x00" not in text else (
+            f"{what} contains the NUL character (U+0000), which cannot be stored; remove it")
     if "\x00" in text:
         return f"{what} contains the NUL character (U+0000), which cannot be stored; remove it"
     try:

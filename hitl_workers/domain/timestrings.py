@@ -1,9 +1,10 @@
 """The contract's time strings: ``10``, ``2.5``, ``1h 30m``, ``2 hours 30 minutes``, ``PT1M30S``.
 
 Pure: no I/O, no clock. Parsing is a hand-written, anchored, single-pass tokenizer (no regex, so
-no backtracking), arithmetic is exact (``Fraction``) so ``1.1h`` is 3960 s and not
-3960.0000000000005, and every rejection is a :class:`DurationError` whose message says what was
-wrong and what is accepted.
+no backtracking), arithmetic is exact so ``1.1h`` is 3960 s and not 3960.0000000000005 (whole
+numbers as ``int``, which is exact and cheap; a decimal or milliseconds as ``Fraction``; a float
+given as a number as itself, compared exactly), and every rejection is a :class:`DurationError`
+whose message says what was wrong and what is accepted.
 """
 
 from __future__ import annotations
@@ -25,14 +26,17 @@ _UNITS: dict[str, str] = {
     **dict.fromkeys(("d", "day", "days"), "d"),
     **dict.fromkeys(("w", "week", "weeks"), "w"),
 }
-_SECONDS: dict[str, Fraction] = {
+_SECONDS: dict[str, Fraction | int] = {
     "ms": Fraction(1, 1000),
-    "s": Fraction(1),
-    "m": Fraction(60),
-    "h": Fraction(3600),
-    "d": Fraction(86400),
-    "w": Fraction(604800),
+    "s": 1,
+    "m": 60,
+    "h": 3600,
+    "d": 86400,
+    "w": 604800,
 }
+Exact = Fraction | int | float
+"""A duration in exact arithmetic: Python compares ints, floats and Fractions with each other
+exactly, and ``float()`` of each rounds once, as ``float(Fraction(...))`` did."""
 # ISO-8601 designators in the order they must appear, before and after the "T".
 _ISO_DATE = ("y", "m", "w", "d")
 _ISO_TIME = ("h", "m", "s")
@@ -60,7 +64,7 @@ def parse_duration(
             raise DurationError(f"the number is too large for a duration; {_HINT}")
         shown = repr(value)
         shown = shown if len(shown) <= 40 else shown[:37] + "..."
-        return _check(Fraction(value), shown, max_s=max_s, allow_zero=allow_zero)
+        return _check(value, shown, max_s=max_s, allow_zero=allow_zero)
     if not isinstance(value, str):
         raise DurationError(f"expected a string or a number, got {type(value).__name__}; {_HINT}")
     if len(value) > MAX_LENGTH:
@@ -100,12 +104,14 @@ def format_duration(seconds: float) -> str:
     return " ".join(parts)
 
 
-def _check(total: Fraction, shown: str, *, max_s: float | None, allow_zero: bool) -> float:
+def _check(total: Exact, shown: str, *, max_s: float | None, allow_zero: bool) -> float:
     if total < 0:
         raise DurationError(f"negative durations are not allowed: {shown}; {_HINT}")
-    if total == 0 and not allow_zero:
-        raise DurationError(f"duration must be greater than zero, got {shown}; {_HINT}")
-    if max_s is not None and total > Fraction(max_s):
+    if total == 0:
+        if not allow_zero:
+            raise DurationError(f"duration must be greater than zero, got {shown}; {_HINT}")
+        return 0.0  # never -0.0 (a float given as -0.0)
+    if max_s is not None and total > max_s:  # exact for int, float and Fraction alike
         raise DurationError(
             f"duration {shown} is longer than the maximum of {_spell(max_s)} "
             f"({format_duration(max_s)})"
@@ -116,7 +122,7 @@ def _check(total: Fraction, shown: str, *, max_s: float | None, allow_zero: bool
         raise DurationError(f"duration {shown} is too large; {_HINT}") from None
 
 
-def _read_number(text: str, i: int, original: str) -> tuple[Fraction, str, int]:
+def _read_number(text: str, i: int, original: str) -> tuple[Fraction | int, str, int]:
     """Read an unsigned decimal (``10``, ``2.5``, ``.5``) at ``text[i]``.
 
     Returns its value, its text and the index just past it.
@@ -130,13 +136,14 @@ def _read_number(text: str, i: int, original: str) -> tuple[Fraction, str, int]:
         raise DurationError(f"expected a number at {found!r} in {original!r}; {_HINT}")
     if token.count(".") > 1 or token.endswith(".") or token == ".":
         raise DurationError(f"malformed number {token!r} in {original!r}; {_HINT}")
-    return Fraction(token), token, i
+    # Only ASCII digits and dots reach here: without a dot, int() is the exact value.
+    return (Fraction(token) if "." in token else int(token)), token, i
 
 
-def _parse_human(text: str, original: str) -> Fraction:
-    total = Fraction(0)
+def _parse_human(text: str, original: str) -> Fraction | int:
+    total: Fraction | int = 0
     seen: set[str] = set()
-    bare: tuple[Fraction, str] | None = None  # a number with no unit: valid only on its own
+    bare: tuple[Fraction | int, str] | None = None  # a number with no unit: valid only on its own
     i = 0
     while i < len(text):
         if text[i].isspace():
@@ -174,10 +181,10 @@ def _missing_unit(token: str, original: str) -> DurationError:
     return DurationError(f"missing unit after the number {token} in {original!r}; {_HINT}")
 
 
-def _parse_iso(text: str, original: str) -> Fraction:
+def _parse_iso(text: str, original: str) -> Fraction | int:
     """Parse ``P[nW][nD][T[nH][nM][nS]]`` (lower-cased); months and years are refused."""
     text = text.replace(",", ".")  # ISO-8601 allows a decimal comma
-    total = Fraction(0)
+    total: Fraction | int = 0
     order: tuple[str, ...] = _ISO_DATE
     done, parts, in_time = -1, 0, False
     i = 1

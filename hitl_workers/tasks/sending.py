@@ -85,7 +85,7 @@ class Sender:
         """
         options = self._task_options(name)
         kept = self._kept()
-        if options is not None and _batches(kept.producer):
+        if options is not None and kept.batches:
             message_headers = self._headers(name, task_id, kwargs, None, options)
             try:
                 with kept.producer.batch():
@@ -221,6 +221,8 @@ class _Kept:
         self.pid = os.getpid()
         self._routes: dict[str, tuple[str, str, Any, Any, Any]] = {}
         self._dispatcher: EventDispatcher | None = None
+        # Asked once: kombu works it out from the transport's connection options each time.
+        self.batches = _batches(producer)
 
     def route(self, app: Celery, queue: str) -> tuple[str, str, list[Any], Any]:
         """Exchange, routing key, entities to declare and delivery mode for ``queue``, as

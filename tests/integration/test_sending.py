@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import uuid
 from collections.abc import Iterator
 from datetime import timedelta
@@ -146,3 +147,41 @@ def test_a_batch_on_a_dropped_connection_is_published_again_the_ordinary_way(bro
     ids = [m["headers"]["id"] for m in received(broker, queue)]
     # At least once: a batch cut off after Redis ran it could leave an identical copy.
     assert ids[0] == "exit:a" and set(ids[1:]) == {"exit:b"}
+
+
+def test_a_batched_exit_is_byte_for_byte_what_send_task_sends(broker):
+    """The batched path builds its message itself (``Sender._batched``): the raw Redis entry
+    equals ``send_task``'s, key order included, but for kombu's random delivery tag."""
+    sender = Sender(app)
+    queue = f"flow-{uuid.uuid4().hex[:8]}"
+    kwargs = {"execution_id": f"x-{uuid.uuid4().hex[:8]}", "exit": "claimed",
+              "merge_fields": {"agent": "ann", "note": "é ☃"}}
+    task_id = f"exit:{kwargs['execution_id']}"
+    app.send_task("flow.exit", kwargs=kwargs, queue=queue, task_id=task_id)
+    pubsub = events_on(broker)
+    try:
+        sender.send_announced("flow.exit", kwargs, queue=queue, task_id=task_id)
+        raw_event = None
+        for _ in range(50):
+            found = pubsub.get_message(timeout=0.1)
+            if found is not None:
+                raw_event = found["data"]
+                break
+    finally:
+        pubsub.close()
+    by_send_task, by_sender = (re.sub(rb'"delivery_tag": "[^"]+"', b'"delivery_tag": "-"', raw)
+                               for raw in reversed(broker.lrange(queue, 0, -1)))
+    assert by_sender == by_send_task
+    # The event: the envelope Celery's dispatcher publishes (checked field by field against
+    # announce_sent's in the test above), here its shape and key order.
+    assert raw_event is not None
+    envelope = json.loads(raw_event)
+    assert list(envelope) == ["body", "content-encoding", "content-type", "headers",
+                              "properties"]
+    assert list(envelope["properties"]) == ["delivery_mode", "delivery_info", "priority",
+                                            "body_encoding", "delivery_tag"]
+    assert envelope["properties"]["delivery_info"] == {"exchange": "celeryev",
+                                                       "routing_key": "task.sent"}
+    event = json.loads(base64.b64decode(envelope["body"]))
+    assert event["type"] == "task-sent" and event["uuid"] == task_id
+    assert event["kwargs"] == repr(kwargs) and event["queue"] == queue

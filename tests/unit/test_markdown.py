@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import time
+import uuid
 from collections.abc import Callable
 from html.parser import HTMLParser
 
@@ -201,7 +202,7 @@ def test_the_sanitizer_removes_a_bad_href_even_if_the_markdown_parser_let_it_thr
     # Given a Markdown parser that (by a bug or a config change) accepts every link
     monkeypatch.setattr(markdown._MD, "validateLink", lambda _url: True)
     # When a hostile link is rendered
-    html = render_markdown(f"[keep me]({url})")
+    html = render_markdown.__wrapped__(f"[keep me]({url})")  # rendered now, not cached
     # Then the link keeps its text but has no href at all
     assert html == f"<p><a {REL}>keep me</a></p>\n"
 
@@ -215,7 +216,27 @@ def test_output_has_no_target_style_or_class_attributes() -> None:
 
 def test_rendering_is_deterministic() -> None:
     text = "**a** [b](https://example.com) <script>c</script>\n\n- d\n- e"
-    assert len({render_markdown(text) for _ in range(20)}) == 1
+    assert len({render_markdown.__wrapped__(text) for _ in range(20)}) == 1
+
+
+def test_a_text_rendered_again_comes_from_the_cache_and_is_what_a_fresh_render_gives() -> None:
+    text = f"**cached** {uuid.uuid4().hex} <img src=x onerror=alert(1)>"
+    first = render_markdown(text)
+    hits = render_markdown.cache_info().hits
+    # Then the second render is a cache hit with the very same HTML a fresh render gives
+    assert render_markdown(text) is first
+    assert render_markdown.cache_info().hits == hits + 1
+    assert first == render_markdown.__wrapped__(text)
+    assert_harmless(first)
+
+
+def test_the_render_cache_is_bounded() -> None:
+    # When more distinct texts than the cache holds are rendered
+    for i in range(markdown.RENDER_CACHE_SIZE + 50):
+        render_markdown(f"text number {i}")
+    # Then it keeps at most its size (a flood of distinct popups cannot grow the worker)
+    assert render_markdown.cache_info().currsize == markdown.RENDER_CACHE_SIZE
+    assert render_markdown.cache_info().maxsize == markdown.RENDER_CACHE_SIZE
 
 
 # --- size and speed -------------------------------------------------------------------------
@@ -234,8 +255,9 @@ def test_a_20000_character_text_renders_in_well_under_a_fifth_of_a_second() -> N
     # About 10 ms on a quiet machine; the bound leaves room for a loaded CI box (it renders
     # once per request at dispatch, not per agent).
     text = _realistic_text(20_000)
-    render_markdown(text)  # warm up
-    best = min(_timed(render_markdown, text) for _ in range(5))
+    render = render_markdown.__wrapped__  # the rendering itself, not the cache
+    render(text)  # warm up
+    best = min(_timed(render, text) for _ in range(5))
     assert best < 0.200, f"{best * 1000:.1f} ms"
     html = render_markdown(text)
     assert html.count(f'href="https://example.com/refunds" {REL}') > 50
@@ -249,7 +271,7 @@ def test_pathological_20000_character_texts_stay_bounded(unit: str) -> None:
     # markdown-it-py is linear but not fast on crafted input (~0.3-0.5 s worst seen);
     # this guards against a super-linear regression, not a tight budget
     text = (unit * (20_000 // len(unit) + 1))[:20_000]
-    assert _timed(render_markdown, text) < 3.0
+    assert _timed(render_markdown.__wrapped__, text) < 3.0
     assert_harmless(render_markdown(text))
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from hitl_workers.domain.timestrings import DurationError, format_duration, parse_duration
@@ -263,3 +265,13 @@ def test_format_duration(seconds: float, text: str) -> None:
 @pytest.mark.parametrize("seconds", [0.001, 0.25, 1, 59, 61, 3599, 5400, 90061.5, 30 * DAY])
 def test_formatted_durations_parse_back_to_the_same_value(seconds: float) -> None:
     assert parse_duration(format_duration(seconds)) == seconds
+
+
+def test_a_negative_zero_number_is_zero_when_zero_is_allowed() -> None:
+    result = parse_duration(-0.0, allow_zero=True)
+    assert result == 0.0 and math.copysign(1.0, result) == 1.0
+
+
+@pytest.mark.parametrize("value", ["5m", "1h 30m", "PT1M30S", "1.1h", "250ms", 7, 2.5])
+def test_durations_are_floats(value: str | int | float) -> None:
+    assert type(parse_duration(value)) is float
