@@ -2,8 +2,9 @@
 
 A transition writes in one statement. One that ends the execution writes everything in
 :func:`repo.end_with_messages` (the guarded end, its outbox rows, the offer change, its timers,
-the conversation, the winner's idle stamp and the audit), the one statement whose answer it
-needs (the outbox ids); one that does not writes its offer change and audit with
+the conversation, the winner's idle stamp, the audit and an agent event's stored answer), the
+one statement whose answer it needs (the outbox ids); one that does not writes its offer
+change, audit and stored answer with
 :func:`repo.write_changes`, which needs no answer and on PostgreSQL travels with ``COMMIT``
 (:mod:`hitl_workers.store.wire`). So a transition's writes cost one round trip, plus the
 commit. A sequential decision's own writes (:mod:`hitl_workers.services.sequence`: the hold
@@ -37,8 +38,12 @@ class InvariantBroken(HitlError):
 
 
 def apply(conn: Connection, row: LockedExecution, view: ExecutionView, decision: Decision,
-          now: datetime, *, agent_id: str | None = None, fired: str | None = None) -> Effects:
-    """Write ``decision`` for the locked execution ``row``; return what to do after commit."""
+          now: datetime, *, agent_id: str | None = None, fired: str | None = None,
+          answer: repo.StoredAnswer | None = None) -> Effects:
+    """Write ``decision`` for the locked execution ``row``; return what to do after commit.
+
+    ``answer``: an agent event's answer to store with the transition's write (its
+    ``event_id`` answers it again verbatim, services/agent_events.py)."""
     effects = Effects(execution=(view.execution_id, row.conversation_id))
     audits: list[AuditEntry] = []
     offer = decision.offer_change
@@ -56,15 +61,17 @@ def apply(conn: Connection, row: LockedExecution, view: ExecutionView, decision:
         effects.arm.append((view.execution_id, fired, view.timers[fired].due_at))
     if decision.ends(view):
         _end(conn, row, view, decision, now, effects, audits, offer=offer,
-             fired=decision.timer or fired)
+             fired=decision.timer or fired, answer=answer)
     else:
-        repo.write_changes(conn, view.execution_id, now, offer=offer, audits=audits)
+        repo.write_changes(conn, view.execution_id, now, offer=offer, audits=audits,
+                           answer=answer)
     return effects
 
 
 def _end(conn: Connection, row: LockedExecution, view: ExecutionView, decision: Decision,
          now: datetime, effects: Effects, audits: list[AuditEntry], *,
-         offer: tuple[str, str] | None, fired: str | None) -> None:
+         offer: tuple[str, str] | None, fired: str | None,
+         answer: repo.StoredAnswer | None) -> None:
     execution_id = view.execution_id
     effects.observations.append(StepEnded(decision.state, decision.exit, decision.merge_field,
                                           row.dispatched_at, now))
@@ -115,7 +122,7 @@ def _end(conn: Connection, row: LockedExecution, view: ExecutionView, decision: 
         conn, execution_id, state=decision.state, exit=decision.exit,
         merge_field=decision.merge_field, now=now, messages=messages, offer=offer,
         fired=fired, conversation=_conversation_after(row, winner),
-        claimer=winner or None, audits=audits)
+        claimer=winner or None, audits=audits, answer=answer)
     if not ended:
         raise InvariantBroken(f"execution {execution_id} was not waiting under its own lock")
     effects.outbox += [OutboxMessage(ids[m["dedupe_key"]], m["kind"], m["execution_id"],

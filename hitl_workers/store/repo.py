@@ -491,6 +491,39 @@ _OFFER_CTE = """offer AS (
 )"""
 """:data:`_SET_OFFER` (the decision's ``offer_change``; no row when there is none)."""
 
+StoredAnswer = tuple[str, str, str, str | None, str | None, Mapping[str, Any]]
+"""An agent event's answer to store (:func:`store_event_result`): (agent id, event id, action,
+execution id, conversation id, result)."""
+
+_EVENT_CTE = """answered AS (
+    INSERT INTO agent_events (agent_id, event_id, action, execution_id, conversation_id,
+                              result, created_at)
+    SELECT CAST(%(event_agent)s AS text), CAST(%(event_id)s AS text),
+           CAST(%(event_action)s AS text), CAST(%(event_execution)s AS text),
+           CAST(%(event_conversation)s AS text), CAST(%(event_result)s AS json), %(now)s
+     WHERE CAST(%(event_id)s AS text) IS NOT NULL
+)"""
+""":data:`_STORE_EVENT` (no row without an answer to store). A concurrent twin makes the
+statement fail with IntegrityError, as the INSERT on its own did."""
+
+
+def _answer_parameters(answer: StoredAnswer | None) -> dict[str, Any]:
+    if answer is None:
+        return dict.fromkeys(("event_agent", "event_id", "event_action", "event_execution",
+                              "event_conversation", "event_result"))
+    agent_id, event_id, action, execution_id, conversation_id, result = answer
+    return {"event_agent": agent_id, "event_id": event_id, "event_action": action,
+            "event_execution": execution_id, "event_conversation": conversation_id,
+            "event_result": json.dumps(dict(result))}
+
+
+def _store_answer(conn: Connection, answer: StoredAnswer | None, now: datetime) -> None:
+    if answer is not None:
+        agent_id, event_id, action, execution_id, conversation_id, result = answer
+        store_event_result(conn, agent_id=agent_id, event_id=event_id, action=action,
+                           execution_id=execution_id, result=result, now=now,
+                           conversation_id=conversation_id)
+
 # One statement for everything an ending transition writes. Each part touches rows of its own
 # table (no row is written twice in one statement, where PostgreSQL would keep only one of the
 # changes), and every row lock it waits for is one the statements it replaces waited for: the
@@ -520,7 +553,7 @@ _END_SQL = """WITH ended AS (
     UPDATE agents SET last_claimed_at = %(now)s WHERE agent_id = (
         SELECT agent_id FROM agents WHERE agent_id = CAST(%(claimer)s AS text)
            FOR UPDATE SKIP LOCKED)
-), """ + AUDIT_CTE + """
+), """ + AUDIT_CTE + ", " + _EVENT_CTE + """
 SELECT (SELECT count(*) FROM ended) AS ended,
        (SELECT json_agg(json_build_array(dedupe_key, id)) FROM queued) AS queued"""
 
@@ -530,8 +563,8 @@ def end_with_messages(conn: Connection, execution_id: str, *, state: str, exit: 
                       messages: Sequence[Mapping[str, Any]],
                       offer: tuple[str, str] | None = None, fired: str | None = None,
                       conversation: tuple[str, str, Sequence[str]] | None = None,
-                      claimer: str | None = None, audits: Sequence[AuditEntry] = ()
-                      ) -> tuple[bool, dict[str, int]]:
+                      claimer: str | None = None, audits: Sequence[AuditEntry] = (),
+                      answer: StoredAnswer | None = None) -> tuple[bool, dict[str, int]]:
     """The guarded transition out of ``waiting`` and everything else it writes, in one
     statement on PostgreSQL:
 
@@ -544,7 +577,8 @@ def end_with_messages(conn: Connection, execution_id: str, *, state: str, exit: 
     - ``conversation``: (conversation id, status to set, ``claimed_by`` as read) — with
       ``claimer``, the agent added to ``claimed_by`` as :func:`add_claimer` does, and its
       idle stamp (store/sequential.py ``stamp_claimed``);
-    - its ``audits``, in order.
+    - its ``audits``, in order;
+    - ``answer``: the agent event's answer, stored as :func:`store_event_result` does.
 
     Returns (whether this call ended it, dedupe key → id of the rows queued). SQLite runs the
     same writes one statement each.
@@ -553,7 +587,7 @@ def end_with_messages(conn: Connection, execution_id: str, *, state: str, exit: 
         return _end_portable(conn, execution_id, state=state, exit=exit,
                              merge_field=merge_field, now=now, messages=messages, offer=offer,
                              fired=fired, conversation=conversation, claimer=claimer,
-                             audits=audits)
+                             audits=audits, answer=answer)
     row = wire.fetch_one(conn, _END_SQL, {
         "execution_id": execution_id, "state": state, "exit": exit,
         "merge_field": json.dumps(merge_field) if merge_field is not None else None,
@@ -567,7 +601,7 @@ def end_with_messages(conn: Connection, execution_id: str, *, state: str, exit: 
         "conversation_id": conversation[0] if conversation is not None else None,
         "conversation_status": conversation[1] if conversation is not None else None,
         "claimer": claimer if conversation is not None else None,
-        "audits": audit_rows(audits)})
+        "audits": audit_rows(audits), **_answer_parameters(answer)})
     return bool(row["ended"]), dict(row["queued"] or ())
 
 
@@ -575,8 +609,8 @@ def _end_portable(conn: Connection, execution_id: str, *, state: str, exit: str 
                   merge_field: Mapping[str, Any] | None, now: datetime,
                   messages: Sequence[Mapping[str, Any]], offer: tuple[str, str] | None,
                   fired: str | None, conversation: tuple[str, str, Sequence[str]] | None,
-                  claimer: str | None, audits: Sequence[AuditEntry]
-                  ) -> tuple[bool, dict[str, int]]:
+                  claimer: str | None, audits: Sequence[AuditEntry],
+                  answer: StoredAnswer | None) -> tuple[bool, dict[str, int]]:
     # SQLite (BEGIN IMMEDIATE: one writer at a time): the same writes, in the same order.
     from hitl_workers.store import sequential
 
@@ -595,31 +629,34 @@ def _end_portable(conn: Connection, execution_id: str, *, state: str, exit: str 
         return False, {}
     ids = add_outbox_many(conn, messages, now)
     audit_many(conn, execution_id, now, audits)
+    _store_answer(conn, answer, now)
     return True, ids
 
 
-_CHANGE_SQL = "WITH " + _OFFER_CTE + ", " + AUDIT_CTE + "\nSELECT 1"
+_CHANGE_SQL = "WITH " + _OFFER_CTE + ", " + AUDIT_CTE + ", " + _EVENT_CTE + "\nSELECT 1"
 
 
 def write_changes(conn: Connection, execution_id: str, now: datetime, *,
-                  offer: tuple[str, str] | None = None,
-                  audits: Sequence[AuditEntry] = ()) -> None:
+                  offer: tuple[str, str] | None = None, audits: Sequence[AuditEntry] = (),
+                  answer: StoredAnswer | None = None) -> None:
     """What a transition that does not end the execution writes besides its sequential part:
-    ``offer`` (agent id, status) as :func:`set_offer` sets it, and its ``audits``, in one
-    statement that needs no answer (on PostgreSQL it travels with the next statement or
-    ``COMMIT``). Nothing is sent when there is nothing to write."""
-    if offer is None and not audits:
+    ``offer`` (agent id, status) as :func:`set_offer` sets it, its ``audits`` and the agent
+    event's ``answer`` (:func:`store_event_result`), in one statement that needs no answer
+    (on PostgreSQL it travels with the next statement or ``COMMIT``). Nothing is sent when
+    there is nothing to write."""
+    if offer is None and not audits and answer is None:
         return
     if conn.dialect.name != "postgresql":
         if offer is not None:
             set_offer(conn, execution_id, offer[0], offer[1], now)
         audit_many(conn, execution_id, now, audits)
+        _store_answer(conn, answer, now)
         return
     wire.defer(conn, _CHANGE_SQL, {
         "execution_id": execution_id, "now": now,
         "offer_agent": offer[0] if offer is not None else None,
         "offer_status": offer[1] if offer is not None else None,
-        "audits": audit_rows(audits)})
+        "audits": audit_rows(audits), **_answer_parameters(answer)})
 
 
 def lock_overdue(conn: Connection, now: datetime, limit: int) -> Sequence[Row[Any]]:

@@ -24,6 +24,7 @@ from hitl_workers.services import agents as directory
 from hitl_workers.settings import get_settings
 from hitl_workers.store import dispatching, repo, wire
 from hitl_workers.store.db import reset_engine, transaction
+from hitl_workers.store.tables import agent_events as answers
 from hitl_workers.store.tables import agents, audit_events, conversations, offers, timers
 from tests.support import databases
 
@@ -84,11 +85,12 @@ def submit(kwargs: dict[str, Any]) -> dict[str, Any]:
     return answer
 
 
-def event(action: agent_events.Action, execution_id: str, agent_id: str) -> dict[str, Any]:
+def event(action: agent_events.Action, execution_id: str, agent_id: str,
+          event_id: str | None = None) -> dict[str, Any]:
     with transaction() as conn:
         answer, _ = agent_events.handle_event(
-            conn, action, agent_events.AgentEventIn(agent_id=agent_id,
-                                                    execution_id=execution_id), utcnow())
+            conn, action, agent_events.AgentEventIn(agent_id=agent_id, execution_id=execution_id,
+                                                    event_id=event_id), utcnow())
     return answer
 
 
@@ -223,3 +225,25 @@ def test_a_reject_that_does_not_end_writes_one_statement_with_commit(
         {first: "rejected", second: "rejected"}
     assert [kind for kind, _ in audit_kinds(execution_id)][-2:] == ["rejected",
                                                                     "exit_recorded"]
+
+
+@pytest.mark.parametrize("action", ["claim", "reject"])
+def test_an_events_answer_is_stored_by_the_same_write(store: str, messages: list[list[bytes]],
+                                                      action: agent_events.Action) -> None:
+    team = f"team:{uuid.uuid4().hex[:6]}"
+    agent_id, _other = add_agents(team, 2)
+    kwargs = request(team, reject_policy="all")
+    submit(kwargs)
+    execution_id, event_id = kwargs["execution_id"], uuid.uuid4().hex
+    messages.clear()
+    answer = event(action, execution_id, agent_id, event_id)
+    sent = list(messages)
+    assert answer["outcome"] == ("claimed" if action == "claim" else "reject_recorded")
+    assert table(sa.select(answers.c.action, answers.c.execution_id, answers.c.result)
+                 .where(answers.c.agent_id == agent_id, answers.c.event_id == event_id)) == \
+        [(action, execution_id, answer)]
+    assert event(action, execution_id, agent_id, event_id) == answer  # verbatim
+    if store == "postgresql" and action == "claim":
+        assert len(sent) == 3 and len(sent[1]) == 1 and sent[2] == [b"COMMIT"]
+    elif store == "postgresql":
+        assert len(sent) == 2 and len(sent[1]) == 2 and sent[1][1] == b"COMMIT"
