@@ -507,10 +507,14 @@ _EVENT_CTE = """answered AS (
 statement fail with IntegrityError, as the INSERT on its own did."""
 
 
-def _answer_parameters(answer: StoredAnswer | None) -> dict[str, Any]:
+_NO_ANSWER: Mapping[str, Any] = dict.fromkeys((
+    "event_agent", "event_id", "event_action", "event_execution", "event_conversation",
+    "event_result"))
+
+
+def _answer_parameters(answer: StoredAnswer | None) -> Mapping[str, Any]:
     if answer is None:
-        return dict.fromkeys(("event_agent", "event_id", "event_action", "event_execution",
-                              "event_conversation", "event_result"))
+        return _NO_ANSWER
     agent_id, event_id, action, execution_id, conversation_id, result = answer
     return {"event_agent": agent_id, "event_id": event_id, "event_action": action,
             "event_execution": execution_id, "event_conversation": conversation_id,
