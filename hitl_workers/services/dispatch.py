@@ -255,6 +255,10 @@ def _dispatch(conn: Connection, request: AssistanceRequest, now: datetime,
     # gets an ETA wake-up: whichever deadline fires first ends the step and cancels the other,
     # so a wake-up for the later one could only ever find it cancelled.
     timers = [(kind, due, now if due <= horizon else None) for kind, due in deadlines]
+    if hold is not None:
+        # §9 sequential: the holder's offer timer (one per execution), armed as sequence.arm
+        # arms it (its wake-up is published after commit, below).
+        timers.append(("offer", hold.due_at, sequence.armed_at(hold.due_at, now)))
     audits: list[repo.AuditEntry] = [
         ("requested", None, {
             "timeout_at": timeout_at.isoformat(),
@@ -265,16 +269,19 @@ def _dispatch(conn: Connection, request: AssistanceRequest, now: datetime,
         audits.append(("offered", hold.agent_id, {"reason": "at_dispatch", "round": 1,
                                                   "expires_at": hold.due_at.isoformat()}))
     # One statement writes the execution and, only if this inserted it, everything else:
-    # outbox, conversation, broadcast offers, timers, audit (store/dispatching.py).
+    # outbox, conversation, the offers (or the sequential hold and its holder's idle stamp),
+    # the timers, the audit (store/dispatching.py).
     created, ids = dispatching.create_with_messages(
         conn, values, messages, now,
         conversation={"status": "needs_action", "tags": tags, "contact": contact},
-        offers=offered if hold is None else (), timers=timers, audits=audits)
+        offers=offered if hold is None else (),
+        hold=hold.agent_id if hold is not None else None, timers=timers, audits=audits)
     if not created:
         # The same execution_id sent for another conversation at this very moment: the other
         # request locked a different conversation row, so only the primary key stops this one.
         return _duplicate(conn, execution_id), Effects()
-    _record_offers(conn, effects, execution_id, offered, hold, now)
+    _record_offers(effects, execution_id, offered, timers[-1] if hold is not None else None,
+                   now)
     kind, due = min(deadlines, key=lambda deadline: deadline[1])
     if due <= horizon:
         effects.arm.append((execution_id, kind, due))
@@ -282,15 +289,14 @@ def _dispatch(conn: Connection, request: AssistanceRequest, now: datetime,
     return result(execution_id, "waiting", None, False), effects
 
 
-def _record_offers(conn: Connection, effects: Effects, execution_id: str, offered: list[str],
-                   hold: _Hold | None, now: datetime) -> None:
-    """What the offers made at dispatch add: a sequential hold's own writes (they need no
-    answer: on PostgreSQL they travel with ``COMMIT``), the metrics. (Broadcast offers, and
-    the hold's audit entry, are written with the execution.)"""
-    if hold is not None:
-        sequential.set_offer(conn, execution_id, hold.agent_id, "offered", 1, now)
-        sequential.stamp_offered(conn, hold.agent_id, now)
-        sequence.arm(conn, effects, execution_id, hold.due_at, now)
+def _record_offers(effects: Effects, execution_id: str, offered: list[str],
+                   offer_timer: tuple[str, datetime, datetime | None] | None,
+                   now: datetime) -> None:
+    """What the offers made at dispatch add after commit (they are written with the
+    execution): a sequential hold's offer-timer wake-up when it is inside the horizon (as
+    sequence.arm), the metrics."""
+    if offer_timer is not None and offer_timer[2] is not None:
+        effects.arm.append((execution_id, "offer", offer_timer[1]))
     if offered:
         effects.observations.append(OffersChanged("made", "at_dispatch", len(offered)))
         effects.observations.append(FirstOffer(now, now))

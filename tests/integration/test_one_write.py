@@ -247,3 +247,35 @@ def test_an_events_answer_is_stored_by_the_same_write(store: str, messages: list
         assert len(sent) == 3 and len(sent[1]) == 1 and sent[2] == [b"COMMIT"]
     elif store == "postgresql":
         assert len(sent) == 2 and len(sent[1]) == 2 and sent[1][1] == b"COMMIT"
+
+
+def test_a_sequential_dispatch_writes_its_hold_with_the_execution(
+        store: str, messages: list[list[bytes]]) -> None:
+    team = f"team:{uuid.uuid4().hex[:6]}"
+    able = add_agents(team, 2)
+    kwargs = request(team, offer={"strategy": "sequential", "offer_timeout": "10s"})
+    messages.clear()
+    with transaction() as conn:
+        answer, effects = dispatch.submit(conn, (), kwargs, task_id=None, now=utcnow(),
+                                          defaults=DEFAULTS)
+    sent = list(messages)
+    assert answer["state"] == "waiting"
+    execution_id = kwargs["execution_id"]
+
+    held = table(sa.select(offers.c.agent_id, offers.c.status, offers.c.round)
+                 .where(offers.c.execution_id == execution_id))
+    assert len(held) == 1 and held[0][0] in able and held[0][1:] == ("offered", 1)
+    holder = held[0][0]
+    stamp = table(sa.select(agents.c.last_offered_at).where(agents.c.agent_id == holder))
+    assert stamp[0][0] is not None  # §9 longest_idle: the holder's idle stamp
+    deadlines = {kind: (state, armed is not None) for kind, state, armed in table(
+        sa.select(timers.c.kind, timers.c.state, timers.c.armed_at)
+        .where(timers.c.execution_id == execution_id))}
+    assert deadlines["offer"] == ("pending", True)
+    assert [kind for _, kind, _ in effects.arm] == ["offer", "countdown"]  # as before
+    assert audit_kinds(execution_id) == [("requested", None), ("notified", None),
+                                         ("offered", holder)]
+    if store == "postgresql":
+        # The read (and the pool read the next-holder choice needs), the one write, COMMIT.
+        write, commit = sent[-2:]
+        assert len(write) == 1 and commit == [b"COMMIT"]
