@@ -87,17 +87,17 @@ def handle_event(conn: Connection, action: Action, event: AgentEventIn, now: dat
     if found.row is None or found.view is None:
         return event_result("not_found", event.execution_id), Effects()
     decision = machine.decide(found.view, _EVENTS[action](event.agent_id, found.agent), now)
-    effects = apply(conn, found.row, found.view, decision, now, agent_id=event.agent_id)
+    answer = event_result(decision.outcome, found.row.execution_id, decision.state,
+                          decision.exit, decision.merge_field)
+    # The answer is stored by the transition's own write (one statement).
+    stored = (event.agent_id, event.event_id, action, answer["execution_id"],
+              event.conversation_id, answer) if event.event_id is not None else None
+    effects = apply(conn, found.row, found.view, decision, now, agent_id=event.agent_id,
+                    answer=stored)
     if decision.outcome == "claimed" and found.agent is not None \
             and found.agent.capacity is not None:
         # §9: one more conversation held; at capacity its open offers are withdrawn.
         effects.reassess.append((event.agent_id, "slot_filled"))
-    answer = event_result(decision.outcome, found.row.execution_id, decision.state,
-                          decision.exit, decision.merge_field)
-    if event.event_id is not None:
-        repo.store_event_result(conn, agent_id=event.agent_id, event_id=event.event_id,
-                                action=action, execution_id=answer["execution_id"],
-                                conversation_id=event.conversation_id, result=answer, now=now)
     return answer, effects
 
 

@@ -111,17 +111,16 @@ def _fail(conn: Connection, execution_id: str, kwargs: dict[str, Any], error: di
         "requested_at": now, "ended_at": now, "errors": errors,
     }
     message = exit_message_for(SimpleNamespace(**values), "error", {"error": error}, now)
-    created, ids = dispatching.create_with_messages(conn, values, [message] if message else [],
-                                                    now)
+    created, ids = dispatching.create_with_messages(
+        conn, values, [message] if message else [], now, audits=[
+            ("request_invalid", None, {"error": error}),
+            ("exit_recorded", None, {"exit": "error", "merge_field": {"error": error},
+                                     "reply": bool(reply_task)})])
     if not created:
         return _duplicate(conn, execution_id), Effects()
     effects = Effects()
     effects.observations.append(StepEnded("failed", "error", {"error": error}, None, now))
     _queued(effects, [message] if message else [], ids)
-    repo.audit_many(conn, execution_id, now, [
-        ("request_invalid", None, {"error": error}),
-        ("exit_recorded", None, {"exit": "error", "merge_field": {"error": error},
-                                 "reply": bool(reply_task)})])
     return result(execution_id, "failed", "error", False), effects
 
 
@@ -212,16 +211,16 @@ def _dispatch(conn: Connection, request: AssistanceRequest, now: datetime,
         values.update(state="exited", exit="not_claimed", merge_field=merge_field, ended_at=now)
         message = exit_message_for(SimpleNamespace(**values), "not_claimed", merge_field, now)
         messages = [message] if message else []
-        created, ids = dispatching.create_with_messages(conn, values, messages, now)
+        created, ids = dispatching.create_with_messages(
+            conn, values, messages, now,
+            conversation={"tags": tags, "contact": contact}
+            if request.conversation is not None else None,
+            audits=[("requested", None, None), notified,
+                    ("exit_recorded", None, {"exit": "not_claimed",
+                                             "merge_field": merge_field})])
         if not created:
             return _duplicate(conn, execution_id), Effects()
         effects.observations.append(StepEnded("exited", "not_claimed", merge_field, now, now))
-        if request.conversation is not None:
-            repo.update_conversation(conn, request.conversation_id, now, tags=tags,
-                                     contact=contact)
-        repo.audit_many(conn, execution_id, now, [
-            ("requested", None, None), notified,
-            ("exit_recorded", None, {"exit": "not_claimed", "merge_field": merge_field})])
         _queued(effects, messages, ids)
         return result(execution_id, "exited", "not_claimed", False), effects
 
@@ -247,16 +246,6 @@ def _dispatch(conn: Connection, request: AssistanceRequest, now: datetime,
                  "execution_id": execution_id,
                  "payload": {"agents": offered, "event": dict(event)}}
                 ] if offered else []
-    created, ids = dispatching.create_with_messages(conn, values, messages, now)
-    if not created:
-        # The same execution_id sent for another conversation at this very moment: the other
-        # request locked a different conversation row, so only the primary key stops this one.
-        return _duplicate(conn, execution_id), Effects()
-    # Everything below needs no answer: on PostgreSQL it travels with COMMIT.
-    repo.update_conversation(conn, request.conversation_id, now, status="needs_action",
-                             tags=tags, contact=contact)
-    audits = _record_offers(conn, effects, execution_id, offered, hold, now)
-
     horizon = now + timedelta(seconds=defaults.timer_horizon_s)
     deadlines = [("timeout", timeout_at)]
     if countdown_at is not None:
@@ -265,39 +254,52 @@ def _dispatch(conn: Connection, request: AssistanceRequest, now: datetime,
     # after-commit publishing, the reconciler fires them when overdue. Only the earliest one
     # gets an ETA wake-up: whichever deadline fires first ends the step and cancels the other,
     # so a wake-up for the later one could only ever find it cancelled.
-    repo.insert_timers(conn, execution_id, [
-        (kind, due, now if due <= horizon else None) for kind, due in deadlines])
-    kind, due = min(deadlines, key=lambda deadline: deadline[1])
-    if due <= horizon:
-        effects.arm.append((execution_id, kind, due))
-
-    _queued(effects, messages, ids)
-    repo.audit_many(conn, execution_id, now, [
+    timers = [(kind, due, now if due <= horizon else None) for kind, due in deadlines]
+    if hold is not None:
+        # §9 sequential: the holder's offer timer (one per execution), armed as sequence.arm
+        # arms it (its wake-up is published after commit, below).
+        timers.append(("offer", hold.due_at, sequence.armed_at(hold.due_at, now)))
+    audits: list[repo.AuditEntry] = [
         ("requested", None, {
             "timeout_at": timeout_at.isoformat(),
             "countdown_at": countdown_at.isoformat() if countdown_at else None,
             "display_until": display_until.isoformat() if display_until else None}),
-        notified, *audits])
+        notified]
+    if hold is not None:
+        audits.append(("offered", hold.agent_id, {"reason": "at_dispatch", "round": 1,
+                                                  "expires_at": hold.due_at.isoformat()}))
+    # One statement writes the execution and, only if this inserted it, everything else:
+    # outbox, conversation, the offers (or the sequential hold and its holder's idle stamp),
+    # the timers, the audit (store/dispatching.py).
+    created, ids = dispatching.create_with_messages(
+        conn, values, messages, now,
+        conversation={"status": "needs_action", "tags": tags, "contact": contact},
+        offers=offered if hold is None else (),
+        hold=hold.agent_id if hold is not None else None, timers=timers, audits=audits)
+    if not created:
+        # The same execution_id sent for another conversation at this very moment: the other
+        # request locked a different conversation row, so only the primary key stops this one.
+        return _duplicate(conn, execution_id), Effects()
+    _record_offers(effects, execution_id, offered, timers[-1] if hold is not None else None,
+                   now)
+    kind, due = min(deadlines, key=lambda deadline: deadline[1])
+    if due <= horizon:
+        effects.arm.append((execution_id, kind, due))
+    _queued(effects, messages, ids)
     return result(execution_id, "waiting", None, False), effects
 
 
-def _record_offers(conn: Connection, effects: Effects, execution_id: str, offered: list[str],
-                   hold: _Hold | None, now: datetime
-                   ) -> list[tuple[str, str | None, dict[str, Any] | None]]:
-    """Write the offers made at dispatch; return their audit entries (a sequential one's)."""
-    audits: list[tuple[str, str | None, dict[str, Any] | None]] = []
-    if hold is not None:
-        sequential.set_offer(conn, execution_id, hold.agent_id, "offered", 1, now)
-        sequential.stamp_offered(conn, hold.agent_id, now)
-        sequence.arm(conn, effects, execution_id, hold.due_at, now)
-        audits.append(("offered", hold.agent_id, {"reason": "at_dispatch", "round": 1,
-                                                  "expires_at": hold.due_at.isoformat()}))
-    else:
-        repo.insert_offers(conn, execution_id, offered, now)
+def _record_offers(effects: Effects, execution_id: str, offered: list[str],
+                   offer_timer: tuple[str, datetime, datetime | None] | None,
+                   now: datetime) -> None:
+    """What the offers made at dispatch add after commit (they are written with the
+    execution): a sequential hold's offer-timer wake-up when it is inside the horizon (as
+    sequence.arm), the metrics."""
+    if offer_timer is not None and offer_timer[2] is not None:
+        effects.arm.append((execution_id, "offer", offer_timer[1]))
     if offered:
         effects.observations.append(OffersChanged("made", "at_dispatch", len(offered)))
         effects.observations.append(FirstOffer(now, now))
-    return audits
 
 
 @dataclass(frozen=True)

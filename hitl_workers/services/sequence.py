@@ -65,10 +65,15 @@ def arm(conn: Connection, effects: Effects, execution_id: str, due_at: datetime,
         now: datetime) -> None:
     """The offer timer pending for ``due_at``; a wake-up published after commit when it is
     inside the horizon (else the reconciler arms it when it gets there, as any deadline)."""
-    inside = due_at <= now + timedelta(seconds=get_settings().timer_horizon_s)
-    sequential.arm_offer_timer(conn, execution_id, due_at, now if inside else None)
-    if inside:
+    armed = armed_at(due_at, now)
+    sequential.arm_offer_timer(conn, execution_id, due_at, armed)
+    if armed is not None:
         effects.arm.append((execution_id, "offer", due_at))
+
+
+def armed_at(due_at: datetime, now: datetime) -> datetime | None:
+    """An offer timer's ``armed_at`` (see :func:`arm`): now when it is inside the horizon."""
+    return now if due_at <= now + timedelta(seconds=get_settings().timer_horizon_s) else None
 
 
 def _notify(conn: Connection, row: LockedExecution, view: machine.ExecutionView,

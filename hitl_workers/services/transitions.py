@@ -1,9 +1,16 @@
 """Applying a :class:`Decision` inside the transaction that holds the execution's lock.
 
-Every write here needs no answer except the last: the guarded end of the execution together
-with its outbox rows (one statement, :func:`repo.end_with_messages`). On PostgreSQL the others
-travel with it or with ``COMMIT`` (:mod:`hitl_workers.store.wire`), so a transition's writes
-cost one round trip, plus the commit.
+A transition writes in one statement. One that ends the execution writes everything in
+:func:`repo.end_with_messages` (the guarded end, its outbox rows, the offer change, its timers,
+the conversation, the winner's idle stamp, the audit and an agent event's stored answer), the
+one statement whose answer it needs (the outbox ids); one that does not writes its offer
+change, audit and stored answer with
+:func:`repo.write_changes`, which needs no answer and on PostgreSQL travels with ``COMMIT``
+(:mod:`hitl_workers.store.wire`). So a transition's writes cost one round trip, plus the
+commit. A sequential decision's own writes (:mod:`hitl_workers.services.sequence`: the hold
+passing, the offer timer, a missed holder's status) stay statements of their own, sent in the
+same message before it: they may touch the very offer and timer rows the one write touches,
+and PostgreSQL keeps only one of two changes to a row in one statement.
 """
 
 from __future__ import annotations
@@ -20,10 +27,10 @@ from hitl_workers.errors import HitlError
 from hitl_workers.notify import events as notifications
 from hitl_workers.services import sequence
 from hitl_workers.services.effects import Effects, OutboxMessage, StepEnded, TimerFired
-from hitl_workers.store import repo, sequential
+from hitl_workers.store import repo
 from hitl_workers.store.executions import LockedExecution
 
-AuditEntry = tuple[str, str | None, Mapping[str, Any] | None]
+AuditEntry = repo.AuditEntry
 
 
 class InvariantBroken(HitlError):
@@ -31,13 +38,20 @@ class InvariantBroken(HitlError):
 
 
 def apply(conn: Connection, row: LockedExecution, view: ExecutionView, decision: Decision,
-          now: datetime, *, agent_id: str | None = None, fired: str | None = None) -> Effects:
-    """Write ``decision`` for the locked execution ``row``; return what to do after commit."""
+          now: datetime, *, agent_id: str | None = None, fired: str | None = None,
+          answer: repo.StoredAnswer | None = None) -> Effects:
+    """Write ``decision`` for the locked execution ``row``; return what to do after commit.
+
+    ``answer``: an agent event's answer to store with the transition's write (its
+    ``event_id`` answers it again verbatim, services/agent_events.py)."""
     effects = Effects(execution=(view.execution_id, row.conversation_id))
     audits: list[AuditEntry] = []
-    if decision.offer_change is not None:
-        offer_agent, status = decision.offer_change
-        repo.set_offer(conn, view.execution_id, offer_agent, status, now)
+    offer = decision.offer_change
+    if offer is not None and decision.offer_changes:
+        # The sequential writes below may change the same offer row: this one goes first, in
+        # a statement of its own, as it always did (module docstring).
+        repo.set_offer(conn, view.execution_id, offer[0], offer[1], now)
+        offer = None
     if decision.audit is not None:
         audits.append((decision.audit, agent_id, decision.detail))
     # Sequential offers (§9): the holder out, the next one in, the offer timer, notices.
@@ -46,14 +60,18 @@ def apply(conn: Connection, row: LockedExecution, view: ExecutionView, decision:
     if decision.outcome == "early" and fired is not None:
         effects.arm.append((view.execution_id, fired, view.timers[fired].due_at))
     if decision.ends(view):
-        _end(conn, row, view, decision, now, effects, audits, fired=decision.timer or fired)
-    repo.audit_many(conn, view.execution_id, now, audits)
+        _end(conn, row, view, decision, now, effects, audits, offer=offer,
+             fired=decision.timer or fired, answer=answer)
+    else:
+        repo.write_changes(conn, view.execution_id, now, offer=offer, audits=audits,
+                           answer=answer)
     return effects
 
 
 def _end(conn: Connection, row: LockedExecution, view: ExecutionView, decision: Decision,
          now: datetime, effects: Effects, audits: list[AuditEntry], *,
-         fired: str | None) -> None:
+         offer: tuple[str, str] | None, fired: str | None,
+         answer: repo.StoredAnswer | None) -> None:
     execution_id = view.execution_id
     effects.observations.append(StepEnded(decision.state, decision.exit, decision.merge_field,
                                           row.dispatched_at, now))
@@ -61,18 +79,17 @@ def _end(conn: Connection, row: LockedExecution, view: ExecutionView, decision: 
         effects.observations.append(TimerFired(fired, timer.due_at, now))
     pending = sorted((t.due_at, kind) for kind, t in view.timers.items()
                      if t.state == "pending" and kind != fired and kind != "offer")
-    repo.finish_timers_later(conn, execution_id, fired=fired, now=now)
+    # (Its timers are finished by the one write below: ``fired`` fired, the others cancelled.)
     if pending and fired is None:
         # Only the earliest deadline ever gets a wake-up (see dispatch), so only it can be
         # revoked; a step ended by a deadline had no other wake-up out. Revoking is an
         # optimisation: a wake-up that escapes it finds its timer cancelled and does nothing.
         effects.revoke.append((execution_id, pending[0][1]))
-    if (offer := view.timers.get("offer")) is not None and offer.state == "pending" \
-            and fired != "offer":
+    if (offer_timer := view.timers.get("offer")) is not None \
+            and offer_timer.state == "pending" and fired != "offer":
         effects.revoke.append((execution_id, "offer"))  # the holder's wake-up, likewise
 
     winner = (decision.merge_field or {}).get("addClaimedBy") if decision.exit else None
-    _release_conversation(conn, row, now, winner=winner)
 
     # Everyone notified at dispatch, and the winner, learn that the request is gone.
     offers = dict(view.offers)
@@ -103,7 +120,9 @@ def _end(conn: Connection, row: LockedExecution, view: ExecutionView, decision: 
             messages.append(exit_message)
     ended, ids = repo.end_with_messages(
         conn, execution_id, state=decision.state, exit=decision.exit,
-        merge_field=decision.merge_field, now=now, messages=messages)
+        merge_field=decision.merge_field, now=now, messages=messages, offer=offer,
+        fired=fired, conversation=_conversation_after(row, winner),
+        claimer=winner or None, audits=audits, answer=answer)
     if not ended:
         raise InvariantBroken(f"execution {execution_id} was not waiting under its own lock")
     effects.outbox += [OutboxMessage(ids[m["dedupe_key"]], m["kind"], m["execution_id"],
@@ -111,17 +130,16 @@ def _end(conn: Connection, row: LockedExecution, view: ExecutionView, decision: 
                        for m in messages if m["dedupe_key"] in ids]
 
 
-def _release_conversation(conn: Connection, row: LockedExecution, now: datetime, *,
-                          winner: str | None) -> None:
+def _conversation_after(row: LockedExecution, winner: str | None
+                        ) -> tuple[str, str, tuple[str, ...]] | None:
+    """What the step's end writes to its conversation (None: it has none): claimed by the
+    winner (added to ``claimed_by`` as it stands when written, repo.add_claimer; §9
+    ``longest_idle`` stamps the winner too), or back to the status it had before the step.
+    (conversation id, status, ``claimed_by`` as read), for repo.end_with_messages."""
     if row.conversation_id is None or row.conversation_status is None:
-        return
-    if winner:
-        repo.add_claimer(conn, row.conversation_id, row.claimed_by, winner, now)
-        # §9 longest_idle: no answer needed, so it travels with the claim's one write.
-        sequential.stamp_claimed(conn, winner, now)
-    else:
-        repo.update_conversation(conn, row.conversation_id, now,
-                                 status=row.conversation_prev_status or "open")
+        return None
+    status = "claimed" if winner else row.conversation_prev_status or "open"
+    return row.conversation_id, status, row.claimed_by
 
 
 def exit_message_for(row: Any, exit: str, merge_field: Mapping[str, Any], now: datetime

@@ -14,8 +14,10 @@ directory of any size costs about what the groups keyed by the conversation's ta
 :func:`hitl_workers.domain.eligibility.select_agents` still decides, from those agents,
 who is offered the step and why the others are not.
 
-Write: :func:`create_with_messages` inserts the execution and its outbox rows in one statement;
-offers, timers, the conversation and the audit travel with ``COMMIT``.
+Write: :func:`create_with_messages` inserts the execution, its outbox rows, its offers (or a
+sequential step's hold), its timers and its audit and updates the conversation, all in one
+statement (each part only if
+the execution was inserted); ``COMMIT`` follows on its own (docs/architecture.md says why).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from typing import Any
 from sqlalchemy.engine import Connection
 
 from hitl_workers.domain.eligibility import AgentView
-from hitl_workers.store import repo, wire
+from hitl_workers.store import repo, sequential, wire
 from hitl_workers.store.executions import LOAD_SQL
 
 
@@ -113,30 +115,94 @@ def _portable(conn: Connection, execution_id: str, conversation_id: str,
                         busy_with, candidates)
 
 
+# Each part writes only if the execution was inserted (``FROM created``, or ``EXISTS``), as
+# the statements it replaces were only sent then. Offers and timers reference the execution
+# row inserted by this same statement: PostgreSQL checks their foreign keys at its end, when
+# that row is there. The conversation's row lock is ours already (the read's upsert). A
+# sequential holder's idle stamp skips a locked agent row (SKIP LOCKED: an ordering hint never
+# waited for, see store/sequential.py ``_stamp``); every other row is new.
 _CREATE = """\
 WITH created AS (
     INSERT INTO executions
     SELECT * FROM json_populate_record(NULL::executions, %(execution)s::json)
     ON CONFLICT (execution_id) DO NOTHING
     RETURNING execution_id
-), """ + repo.queue_messages_cte("created") + """
+), """ + repo.queue_messages_cte("created") + """, conversation AS (
+    UPDATE conversations
+       SET updated_at = %(now)s,
+           status = coalesce(CAST(%(conversation_status)s AS text), status),
+           tags = CAST(%(tags)s AS jsonb), contact = CAST(%(contact)s AS json)
+     WHERE conversation_id = %(conversation_id)s AND CAST(%(set_conversation)s AS boolean)
+       AND EXISTS (SELECT 1 FROM created)
+), offered AS (
+    INSERT INTO offers (execution_id, agent_id, status, updated_at)
+    SELECT c.execution_id, a, 'offered', %(now)s
+      FROM created c, unnest(CAST(%(offers)s AS varchar[])) AS a
+), held AS (
+    INSERT INTO offers (execution_id, agent_id, status, round, updated_at)
+    SELECT c.execution_id, CAST(%(hold)s AS text), 'offered', 1, %(now)s
+      FROM created c WHERE CAST(%(hold)s AS text) IS NOT NULL
+), stamped AS (
+    UPDATE agents SET last_offered_at = %(now)s
+     WHERE agent_id = (SELECT agent_id FROM agents WHERE agent_id = CAST(%(hold)s AS text)
+                          AND EXISTS (SELECT 1 FROM created) FOR UPDATE SKIP LOCKED)
+), timed AS (
+    INSERT INTO timers (execution_id, kind, due_at, state, armed_at)
+    SELECT c.execution_id, t.v->>0, CAST(t.v->>1 AS timestamptz), 'pending',
+           CAST(t.v->>2 AS timestamptz)
+      FROM created c, json_array_elements(CAST(%(timers)s AS json)) AS t(v)
+), audited AS (
+    INSERT INTO audit_events (execution_id, at, kind, agent_id, detail)
+    SELECT c.execution_id, %(now)s, e.v->>0, e.v->>1, CAST(e.v->2 AS jsonb)
+      FROM created c,
+           json_array_elements(CAST(%(audits)s AS json)) WITH ORDINALITY AS e(v, n)
+     ORDER BY e.n
+)
 SELECT (SELECT count(*) FROM created) AS created,
        (SELECT json_agg(json_build_array(dedupe_key, id)) FROM queued) AS queued"""
 
 
 def create_with_messages(conn: Connection, values: Mapping[str, Any],
-                         messages: Sequence[Mapping[str, Any]], now: datetime
+                         messages: Sequence[Mapping[str, Any]], now: datetime, *,
+                         conversation: Mapping[str, Any] | None = None,
+                         offers: Sequence[str] = (), hold: str | None = None,
+                         timers: Sequence[tuple[str, datetime, datetime | None]] = (),
+                         audits: Sequence[repo.AuditEntry] = ()
                          ) -> tuple[bool, dict[str, int]]:
-    """Insert the execution unless its id exists, and (only if it was inserted) its outbox
-    rows, in one statement. Returns (created, dedupe key → outbox id)."""
+    """Insert the execution unless its id exists, and (only if it was inserted) everything
+    dispatch writes with it, in one statement: its outbox rows, the ``conversation``'s
+    columns (``tags`` and ``contact``, and ``status`` when given), its ``offers`` (agent ids)
+    or, for a sequential step, the ``hold`` (the agent offered it first, round 1, and its idle
+    stamp), its ``timers`` ((kind, due, armed at)) and its ``audits``, in order. Returns
+    (created, dedupe key → outbox id)."""
     if conn.dialect.name != "postgresql":
+        # SQLite (BEGIN IMMEDIATE: one writer at a time): the same writes one by one.
         if not repo.insert_execution(conn, values):
             return False, {}
-        return True, repo.add_outbox_many(conn, messages, now)
+        ids = repo.add_outbox_many(conn, messages, now)
+        if conversation is not None:
+            repo.update_conversation(conn, values["conversation_id"], now, **conversation)
+        repo.insert_offers(conn, values["execution_id"], offers, now)
+        if hold is not None:
+            sequential.set_offer(conn, values["execution_id"], hold, "offered", 1, now)
+            sequential.stamp_offered(conn, hold, now)
+        repo.insert_timers(conn, values["execution_id"], timers)
+        repo.audit_many(conn, values["execution_id"], now, audits)
+        return True, ids
     row = {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in values.items()}
     found = wire.fetch_one(conn, _CREATE, {
         "execution": json.dumps(row), "now": now,
         "messages": json.dumps([{"dedupe_key": m["dedupe_key"], "kind": m["kind"],
                                  "execution_id": m["execution_id"], "payload": m["payload"]}
-                                for m in messages])})
+                                for m in messages]),
+        "conversation_id": values["conversation_id"],
+        "set_conversation": conversation is not None,
+        "conversation_status": (conversation or {}).get("status"),
+        # As SQLAlchemy's JSON types write them (``json.dumps``; None as JSON ``null``).
+        "tags": json.dumps(conversation["tags"]) if conversation is not None else None,
+        "contact": json.dumps(conversation["contact"]) if conversation is not None else None,
+        "offers": list(offers), "hold": hold,
+        "timers": json.dumps([[kind, due.isoformat(), armed.isoformat() if armed else None]
+                              for kind, due, armed in timers]),
+        "audits": repo.audit_rows(audits)})
     return bool(found["created"]), dict(found["queued"] or ())

@@ -460,38 +460,207 @@ def queue_messages_cte(only_if: str) -> str:
 )"""
 
 
+AuditEntry = tuple[str, str | None, Mapping[str, Any] | None]
+"""An audit event of a transition: (kind, agent id, detail)."""
+
+
+def audit_rows(entries: Sequence[AuditEntry]) -> str:
+    """``entries`` as the JSON array :data:`AUDIT_CTE` inserts (detail as SQLAlchemy's JSON
+    type writes it: None as JSON ``null``)."""
+    return json.dumps([[kind, agent_id, dict(detail) if detail else None]
+                       for kind, agent_id, detail in entries])
+
+
+AUDIT_CTE = """audited AS (
+    INSERT INTO audit_events (execution_id, at, kind, agent_id, detail)
+    SELECT %(execution_id)s, %(now)s, e.v->>0, e.v->>1, CAST(e.v->2 AS jsonb)
+      FROM json_array_elements(CAST(%(audits)s AS json)) WITH ORDINALITY AS e(v, n)
+     ORDER BY e.n
+)"""
+"""The audit rows of a transition's one write, in their order (``ORDER BY`` the array's: the
+ids, which order the trail, are drawn in it)."""
+
+_OFFER_CTE = """offer AS (
+    INSERT INTO offers (execution_id, agent_id, status, updated_at)
+    SELECT %(execution_id)s, CAST(%(offer_agent)s AS text), CAST(%(offer_status)s AS text),
+           %(now)s
+     WHERE CAST(%(offer_agent)s AS text) IS NOT NULL
+    ON CONFLICT (execution_id, agent_id) DO UPDATE
+       SET status = excluded.status, updated_at = excluded.updated_at
+     WHERE offers.status != excluded.status
+)"""
+""":data:`_SET_OFFER` (the decision's ``offer_change``; no row when there is none)."""
+
+StoredAnswer = tuple[str, str, str, str | None, str | None, Mapping[str, Any]]
+"""An agent event's answer to store (:func:`store_event_result`): (agent id, event id, action,
+execution id, conversation id, result)."""
+
+_EVENT_CTE = """answered AS (
+    INSERT INTO agent_events (agent_id, event_id, action, execution_id, conversation_id,
+                              result, created_at)
+    SELECT CAST(%(event_agent)s AS text), CAST(%(event_id)s AS text),
+           CAST(%(event_action)s AS text), CAST(%(event_execution)s AS text),
+           CAST(%(event_conversation)s AS text), CAST(%(event_result)s AS json), %(now)s
+     WHERE CAST(%(event_id)s AS text) IS NOT NULL
+)"""
+""":data:`_STORE_EVENT` (no row without an answer to store). A concurrent twin makes the
+statement fail with IntegrityError, as the INSERT on its own did."""
+
+
+_NO_ANSWER: Mapping[str, Any] = dict.fromkeys((
+    "event_agent", "event_id", "event_action", "event_execution", "event_conversation",
+    "event_result"))
+
+
+def _answer_parameters(answer: StoredAnswer | None) -> Mapping[str, Any]:
+    if answer is None:
+        return _NO_ANSWER
+    agent_id, event_id, action, execution_id, conversation_id, result = answer
+    return {"event_agent": agent_id, "event_id": event_id, "event_action": action,
+            "event_execution": execution_id, "event_conversation": conversation_id,
+            "event_result": json.dumps(dict(result))}
+
+
+def _store_answer(conn: Connection, answer: StoredAnswer | None, now: datetime) -> None:
+    if answer is not None:
+        agent_id, event_id, action, execution_id, conversation_id, result = answer
+        store_event_result(conn, agent_id=agent_id, event_id=event_id, action=action,
+                           execution_id=execution_id, result=result, now=now,
+                           conversation_id=conversation_id)
+
+# One statement for everything an ending transition writes. Each part touches rows of its own
+# table (no row is written twice in one statement, where PostgreSQL would keep only one of the
+# changes), and every row lock it waits for is one the statements it replaces waited for: the
+# execution's is already ours (the read), the timers and offers are the execution's (only
+# ever written under its lock), the conversation's is waited for as before (a release
+# committed meanwhile is re-read: ``claimed_by`` is extended as it stands then), and the idle
+# stamp skips a locked agent row (SKIP LOCKED, see store/sequential.py ``_stamp``).
 _END_SQL = """WITH ended AS (
     UPDATE executions SET state = %(state)s, exit = %(exit)s,
                           merge_field = %(merge_field)s::jsonb, ended_at = %(now)s
      WHERE execution_id = %(execution_id)s AND state = 'waiting'
     RETURNING execution_id
-), """ + queue_messages_cte("ended") + """
+), """ + queue_messages_cte("ended") + """, """ + _OFFER_CTE + """, finished AS (
+    UPDATE timers SET state = CASE WHEN kind = %(fired)s THEN 'fired' ELSE 'cancelled' END,
+                      fired_at = CASE WHEN kind = %(fired)s THEN CAST(%(now)s AS timestamptz)
+                                 END
+     WHERE execution_id = %(execution_id)s AND state != 'fired' AND state != 'cancelled'
+), conversation AS (
+    UPDATE conversations SET status = %(conversation_status)s, updated_at = %(now)s,
+           claimed_by = CASE WHEN CAST(%(claimer)s AS text) IS NULL
+                               OR claimed_by @> jsonb_build_array(CAST(%(claimer)s AS text))
+                             THEN claimed_by
+                             ELSE claimed_by || jsonb_build_array(CAST(%(claimer)s AS text))
+                        END
+     WHERE conversation_id = %(conversation_id)s
+), stamped AS (
+    UPDATE agents SET last_claimed_at = %(now)s WHERE agent_id = (
+        SELECT agent_id FROM agents WHERE agent_id = CAST(%(claimer)s AS text)
+           FOR UPDATE SKIP LOCKED)
+), """ + AUDIT_CTE + ", " + _EVENT_CTE + """
 SELECT (SELECT count(*) FROM ended) AS ended,
        (SELECT json_agg(json_build_array(dedupe_key, id)) FROM queued) AS queued"""
 
 
 def end_with_messages(conn: Connection, execution_id: str, *, state: str, exit: str | None,
                       merge_field: Mapping[str, Any] | None, now: datetime,
-                      messages: Sequence[Mapping[str, Any]]) -> tuple[bool, dict[str, int]]:
-    """The guarded transition out of ``waiting`` and its outbox rows, in one statement.
+                      messages: Sequence[Mapping[str, Any]],
+                      offer: tuple[str, str] | None = None, fired: str | None = None,
+                      conversation: tuple[str, str, Sequence[str]] | None = None,
+                      claimer: str | None = None, audits: Sequence[AuditEntry] = (),
+                      answer: StoredAnswer | None = None) -> tuple[bool, dict[str, int]]:
+    """The guarded transition out of ``waiting`` and everything else it writes, in one
+    statement on PostgreSQL:
 
-    Returns (whether this call ended it, dedupe key → id of the rows queued). The messages
-    are queued only if the guarded update happened (``WHERE EXISTS (SELECT 1 FROM ended)``);
-    the caller holds the row lock, so it always does unless something is broken.
+    - its outbox ``messages``, queued only if the guarded update happened (``WHERE EXISTS
+      (SELECT 1 FROM ended)``; the caller holds the row lock, so it always does unless
+      something is broken);
+    - ``offer``: (agent id, status) set as :func:`set_offer` does;
+    - its timers finished, ``fired`` (if given) fired and the others cancelled
+      (:func:`finish_timers_later`);
+    - ``conversation``: (conversation id, status to set, ``claimed_by`` as read) — with
+      ``claimer``, the agent added to ``claimed_by`` as :func:`add_claimer` does, and its
+      idle stamp (store/sequential.py ``stamp_claimed``);
+    - its ``audits``, in order;
+    - ``answer``: the agent event's answer, stored as :func:`store_event_result` does.
+
+    Returns (whether this call ended it, dedupe key → id of the rows queued). SQLite runs the
+    same writes one statement each.
     """
     if conn.dialect.name != "postgresql":
-        if not end_execution(conn, execution_id, state=state, exit=exit,
-                             merge_field=merge_field, now=now):
-            return False, {}
-        return True, add_outbox_many(conn, messages, now)
+        return _end_portable(conn, execution_id, state=state, exit=exit,
+                             merge_field=merge_field, now=now, messages=messages, offer=offer,
+                             fired=fired, conversation=conversation, claimer=claimer,
+                             audits=audits, answer=answer)
     row = wire.fetch_one(conn, _END_SQL, {
         "execution_id": execution_id, "state": state, "exit": exit,
         "merge_field": json.dumps(merge_field) if merge_field is not None else None,
         "now": now, "messages": json.dumps([
             {"dedupe_key": m["dedupe_key"], "kind": m["kind"],
              "execution_id": m["execution_id"], "payload": m["payload"]}
-            for m in messages])})
+            for m in messages]),
+        "offer_agent": offer[0] if offer is not None else None,
+        "offer_status": offer[1] if offer is not None else None,
+        "fired": fired or "",
+        "conversation_id": conversation[0] if conversation is not None else None,
+        "conversation_status": conversation[1] if conversation is not None else None,
+        "claimer": claimer if conversation is not None else None,
+        "audits": audit_rows(audits), **_answer_parameters(answer)})
     return bool(row["ended"]), dict(row["queued"] or ())
+
+
+def _end_portable(conn: Connection, execution_id: str, *, state: str, exit: str | None,
+                  merge_field: Mapping[str, Any] | None, now: datetime,
+                  messages: Sequence[Mapping[str, Any]], offer: tuple[str, str] | None,
+                  fired: str | None, conversation: tuple[str, str, Sequence[str]] | None,
+                  claimer: str | None, audits: Sequence[AuditEntry],
+                  answer: StoredAnswer | None) -> tuple[bool, dict[str, int]]:
+    # SQLite (BEGIN IMMEDIATE: one writer at a time): the same writes, in the same order.
+    from hitl_workers.store import sequential
+
+    if offer is not None:
+        set_offer(conn, execution_id, offer[0], offer[1], now)
+    finish_timers_later(conn, execution_id, fired=fired, now=now)
+    if conversation is not None:
+        conversation_id, status, claimed_by = conversation
+        if claimer:
+            add_claimer(conn, conversation_id, claimed_by, claimer, now)
+            sequential.stamp_claimed(conn, claimer, now)
+        else:
+            update_conversation(conn, conversation_id, now, status=status)
+    if not end_execution(conn, execution_id, state=state, exit=exit,
+                         merge_field=merge_field, now=now):
+        return False, {}
+    ids = add_outbox_many(conn, messages, now)
+    audit_many(conn, execution_id, now, audits)
+    _store_answer(conn, answer, now)
+    return True, ids
+
+
+_CHANGE_SQL = "WITH " + _OFFER_CTE + ", " + AUDIT_CTE + ", " + _EVENT_CTE + "\nSELECT 1"
+
+
+def write_changes(conn: Connection, execution_id: str, now: datetime, *,
+                  offer: tuple[str, str] | None = None, audits: Sequence[AuditEntry] = (),
+                  answer: StoredAnswer | None = None) -> None:
+    """What a transition that does not end the execution writes besides its sequential part:
+    ``offer`` (agent id, status) as :func:`set_offer` sets it, its ``audits`` and the agent
+    event's ``answer`` (:func:`store_event_result`), in one statement that needs no answer
+    (on PostgreSQL it travels with the next statement or ``COMMIT``). Nothing is sent when
+    there is nothing to write."""
+    if offer is None and not audits and answer is None:
+        return
+    if conn.dialect.name != "postgresql":
+        if offer is not None:
+            set_offer(conn, execution_id, offer[0], offer[1], now)
+        audit_many(conn, execution_id, now, audits)
+        _store_answer(conn, answer, now)
+        return
+    wire.defer(conn, _CHANGE_SQL, {
+        "execution_id": execution_id, "now": now,
+        "offer_agent": offer[0] if offer is not None else None,
+        "offer_status": offer[1] if offer is not None else None,
+        "audits": audit_rows(audits), **_answer_parameters(answer)})
 
 
 def lock_overdue(conn: Connection, now: datetime, limit: int) -> Sequence[Row[Any]]:

@@ -346,6 +346,8 @@ class _Part:
 @dataclass(frozen=True)
 class _Plan:
     parts: tuple[_Part, ...]
+    execute: str = ""  # every part's ``EXECUTE``, ``; ``-joined: rendered in one call
+    params: tuple[str, ...] = ()  # the parameter names of ``execute``, in order
 
 
 _plans: dict[str, _Plan | None] = {}  # statement text -> how to prepare it (None: never)
@@ -362,11 +364,7 @@ def _rendered(cursor: Any, statement: str, parameters: Any, pending: _Pending) -
         return bytes(cursor.mogrify(statement, parameters))
     prepared = pending.prepared
     if all(part.name in prepared for part in plan.parts):
-        if len(plan.parts) == 1:
-            part = plan.parts[0]
-            return bytes(cursor.mogrify(part.execute, [parameters[p] for p in part.params]))
-        return b"; ".join(cursor.mogrify(part.execute, [parameters[p] for p in part.params])
-                          for part in plan.parts)
+        return bytes(cursor.mogrify(plan.execute, [parameters[p] for p in plan.params]))
     if len(prepared) < MAX_PREPARED:
         pending.to_prepare.append(plan)
     return bytes(cursor.mogrify(statement, parameters))
@@ -413,7 +411,8 @@ def _make_plan(statement: str) -> _Plan | None:
         execute = f"EXECUTE {name}({', '.join(['%s'] * len(names))})" if names else \
             f"EXECUTE {name}"
         made.append(_Part(name, sql, tuple(names), execute))
-    return _Plan(tuple(made))
+    return _Plan(tuple(made), "; ".join(part.execute for part in made),
+                 tuple(p for part in made for p in part.params))
 
 
 def _split(statement: str) -> list[str] | None:
