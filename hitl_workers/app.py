@@ -27,12 +27,14 @@ TASK_MODULES = (
 )
 
 # The worker hooks (Celery signal handlers, hitl_workers/observe/): task arguments Flower can
-# search, task ids on log lines, business metrics, the schema check and fresh engines at start.
-# Beat loads them too, so its log lines get the same format.
+# search, task ids on log lines, business metrics (task_run: the receivers around every task
+# run), the schema check and fresh engines at start. Beat loads them too, so its log lines get
+# the same format.
 HOOK_MODULES = (
     "hitl_workers.observe.flower_search",
     "hitl_workers.observe.log_format",
     "hitl_workers.observe.metrics",
+    "hitl_workers.observe.task_run",
     "hitl_workers.observe.worker_startup",
 )
 

@@ -31,8 +31,6 @@ from pathlib import Path
 from typing import Any
 
 from celery.signals import (
-    task_postrun,
-    task_prerun,
     worker_init,
     worker_process_shutdown,
     worker_ready,
@@ -59,54 +57,76 @@ _LABEL_VALUE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 
 # --- counted in worker processes ------------------------------------------------------------
 
+class _Children:
+    """A labelled metric's children, found by their label values in one dict lookup.
+
+    prometheus-client's ``labels()`` checks the count, converts every value with ``str()`` and
+    takes a lock on each call: several microseconds, several times a task in a pool process
+    (docs/benchmarks.md). The children are the library's own (made by ``labels()`` the first
+    time), so this holds no series the metric does not already keep. No lock: two threads
+    missing at once both call ``labels()``, which returns the same child to both."""
+
+    __slots__ = ("_found", "metric")
+
+    def __init__(self, metric: Any) -> None:
+        self.metric = metric
+        self._found: dict[tuple[str, ...], Any] = {}
+
+    def __call__(self, *values: str) -> Any:
+        child = self._found.get(values)
+        if child is None:
+            child = self._found[values] = self.metric.labels(*values)
+        return child
+
+
 class _WorkerMetrics:
     """Created on first use, after :func:`use_multiprocess` chose where values live. Not
     registered anywhere: readers merge the processes' files (:class:`NodesCollector`)."""
 
     def __init__(self) -> None:
-        self.exits = Counter(
+        self.exits = _Children(Counter(
             "hitl_exits", "Exits recorded, by exit and reason (once per execution).",
-            ["exit", "reason"], registry=None)
+            ["exit", "reason"], registry=None))
         self.cancellations = Counter(
             "hitl_cancellations", "Executions cancelled by the flow engine (no exit).",
             registry=None)
         self.time_to_claim = Histogram(
             "hitl_time_to_claim_seconds", "From dispatch to the winning claim.",
             buckets=WAIT_BUCKETS, registry=None)
-        self.step_duration = Histogram(
+        self.step_duration = _Children(Histogram(
             "hitl_step_duration_seconds", "From dispatch to the exit, by exit.", ["exit"],
-            buckets=WAIT_BUCKETS, registry=None)
-        self.timer_lateness = Histogram(
+            buckets=WAIT_BUCKETS, registry=None))
+        self.timer_lateness = _Children(Histogram(
             "hitl_timer_lateness_seconds",
             "How late a deadline fired (fired_at - due_at), by timer kind and by what fired "
             "it: its ETA wake-up or the reconciler.", ["kind", "via"],
-            buckets=LATENESS_BUCKETS, registry=None)
-        self.wakeups = Counter(
+            buckets=LATENESS_BUCKETS, registry=None))
+        self.wakeups = _Children(Counter(
             "hitl_timer_wakeups", "Timer wake-up tasks by outcome (fired, early, stale, …).",
-            ["outcome"], registry=None)
-        self.offers = Counter(
+            ["outcome"], registry=None))
+        self.offers = _Children(Counter(
             "hitl_offers", "Offers made (at dispatch, when an agent became able to claim, next "
             "in a sequence), withdrawn (the agent could no longer claim, or rejected a "
             "sequential offer it held) and missed (a sequential offer's timeout passed), by "
             "why (§9).",
-            ["change", "reason"], registry=None)
+            ["change", "reason"], registry=None))
         self.time_to_first_offer = Histogram(
             "hitl_time_to_first_offer_seconds",
             "From the request to the step's first offer, broadcast or sequential (once per "
             "step).", buckets=WAIT_BUCKETS, registry=None)
-        self.agent_events = Counter(
+        self.agent_events = _Children(Counter(
             "hitl_agent_events", "Claim, reject and close tasks by outcome.",
-            ["action", "outcome"], registry=None)
-        self.tasks = Counter(
+            ["action", "outcome"], registry=None))
+        self.tasks = _Children(Counter(
             "hitl_tasks", "Task runs by task name and final state.", ["task", "state"],
-            registry=None)
-        self.webhook_attempts = Counter(
+            registry=None))
+        self.webhook_attempts = _Children(Counter(
             "hitl_webhook_attempts", "Webhook exit POSTs by outcome: delivered (a 2xx), "
             "failed (another status, a timeout, a refused connection; retried), gave_up (the "
-            "last one, 24 hours after the exit).", ["outcome"], registry=None)
-        self.task_duration = Histogram(
+            "last one, 24 hours after the exit).", ["outcome"], registry=None))
+        self.task_duration = _Children(Histogram(
             "hitl_task_duration_seconds", "Task run time, by task name.", ["task"],
-            buckets=TASK_BUCKETS, registry=None)
+            buckets=TASK_BUCKETS, registry=None))
 
 
 _worker_metrics: _WorkerMetrics | None = None
@@ -143,10 +163,10 @@ def count_step_ended(*, state: str, exit: str | None, merge_field: Mapping[str, 
         if state == "cancelled":
             m.cancellations.inc()
         return
-    m.exits.labels(exit, exit_reason(exit, merge_field)).inc()
+    m.exits(exit, exit_reason(exit, merge_field)).inc()
     if dispatched_at is not None:
         waited = max(0.0, (now - dispatched_at).total_seconds())
-        m.step_duration.labels(exit).observe(waited)
+        m.step_duration(exit).observe(waited)
         if exit == "claimed":
             m.time_to_claim.observe(waited)
 
@@ -156,18 +176,18 @@ def count_timer_fired(*, kind: str, due_at: datetime, now: datetime) -> None:
     context = task_context.current()
     via = TIMER_VIA.get(context.task_name, "other") if context else "other"
     lateness = max(0.0, (now - due_at).total_seconds())
-    _m().timer_lateness.labels(_label(kind), via).observe(lateness)
+    _m().timer_lateness(_label(kind), via).observe(lateness)
 
 
 def count_webhook_attempt(outcome: str) -> None:
     """Count a webhook exit POST (``delivered``, ``failed`` or ``gave_up``), once recorded."""
-    _m().webhook_attempts.labels(_label(outcome)).inc()
+    _m().webhook_attempts(_label(outcome)).inc()
 
 
 def count_offers(*, change: str, reason: str, count: int = 1) -> None:
     """Count offers made or withdrawn (after the transaction that wrote them committed)."""
     # status_not_allowed:<status> keeps its status: three values at most.
-    _m().offers.labels(_label(change), _label(reason)).inc(count)
+    _m().offers(_label(change), _label(reason)).inc(count)
 
 
 def count_first_offer(*, requested_at: datetime, now: datetime) -> None:
@@ -175,30 +195,24 @@ def count_first_offer(*, requested_at: datetime, now: datetime) -> None:
     _m().time_to_first_offer.observe(max(0.0, (now - requested_at).total_seconds()))
 
 
-_started: dict[str, float] = {}
-
-
-@task_prerun.connect
-def _task_started(task_id: str | None = None, **_: Any) -> None:
-    if task_id is not None:
-        _started[task_id] = time.perf_counter()
-
-
-@task_postrun.connect
-def _task_finished(task_id: str | None = None, task: Any = None, retval: Any = None,
-                   state: str | None = None, **_: Any) -> None:
-    started = _started.pop(task_id, None) if task_id is not None else None
-    name = str(getattr(task, "name", ""))
+def count_task_run(context: task_context.TaskContext | None, name: str, state: str | None,
+                   retval: Any) -> None:
+    """Count a finished run of task ``name`` (``hitl.*`` only): its final state, its run time
+    from ``context.started`` (the context the run started with), and a claim's, reject's,
+    close's or wake-up's outcome. Called once per task by :mod:`hitl_workers.observe.task_run`.
+    """
     if not name.startswith("hitl."):
         return
     m = _m()
-    m.tasks.labels(name, _label(state)).inc()
-    if started is not None:
-        m.task_duration.labels(name).observe(time.perf_counter() - started)
-    if name in AGENT_EVENT_TASKS and isinstance(retval, dict):
-        m.agent_events.labels(AGENT_EVENT_TASKS[name], _label(retval.get("outcome"))).inc()
+    m.tasks(name, _label(state)).inc()
+    if context is not None:
+        m.task_duration(name).observe(time.perf_counter() - context.started)
+    action = AGENT_EVENT_TASKS.get(name)
+    if action is not None:
+        if isinstance(retval, dict):
+            m.agent_events(action, _label(retval.get("outcome"))).inc()
     elif name == "hitl.fire_timer" and state == "SUCCESS":
-        m.wakeups.labels(_label(retval)).inc()
+        m.wakeups(_label(retval)).inc()
 
 
 # --- where worker processes keep their values -----------------------------------------------

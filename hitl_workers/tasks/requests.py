@@ -7,15 +7,24 @@ from typing import Any
 from hitl_workers.app import app
 from hitl_workers.clock import utcnow
 from hitl_workers.services import agent_events, dispatch
-from hitl_workers.settings import get_settings
+from hitl_workers.settings import Settings, get_settings
 from hitl_workers.tasks.common import RETRY, after_commit, dead_letter, in_transaction
 from hitl_workers.tasks.guard import GuardedTask
 
+_defaults_of: tuple[Settings, dispatch.Defaults] | None = None
+
 
 def _defaults() -> dispatch.Defaults:
+    """What a request leaves out, from the settings. Built once per settings object (they are
+    read once per process): the webhook policy parses its host list each time it is built,
+    a few microseconds on every request otherwise."""
+    global _defaults_of
     settings = get_settings()
-    return dispatch.Defaults(settings.default_reply_task, settings.default_reply_queue,
-                             settings.timer_horizon_s, settings.webhook_policy())
+    if _defaults_of is None or _defaults_of[0] is not settings:
+        _defaults_of = (settings, dispatch.Defaults(
+            settings.default_reply_task, settings.default_reply_queue,
+            settings.timer_horizon_s, settings.webhook_policy()))
+    return _defaults_of[1]
 
 
 @app.task(name="hitl.request_assistance", base=GuardedTask, bind=True, **RETRY)

@@ -165,3 +165,25 @@ def test_the_worker_runs_the_guarded_consumer():
 
     consumer = symbol_by_name(app.conf.worker_consumer)
     assert consumer is GuardedConsumer and issubclass(consumer, Consumer)
+
+
+@pytest.mark.parametrize(("header_levels", "refused"), [
+    (MAX_MESSAGE_DEPTH - 2, False), (MAX_MESSAGE_DEPTH - 1, True)])
+def test_a_shallow_body_still_has_its_headers_counted_to_the_limit(header_levels, refused):
+    # (headers, body) > headers > the nested list: MAX_MESSAGE_DEPTH levels fit, one more not
+    message = celery_message(kwargs={"agent_id": "a", "execution_id": "e"})
+    message.headers["x-deep"] = nested(header_levels)
+    assert refusal(message) == (TOO_DEEP if refused else None)
+
+
+def test_brackets_inside_strings_do_not_make_a_shallow_message_too_deep():
+    # More brackets in the text than the limit, all of them in strings: the value is walked
+    message = celery_message(kwargs={"execution_id": "e", "note": "[{" * MAX_MESSAGE_DEPTH})
+    assert refusal(message) is None
+
+
+def test_a_deep_body_is_refused_whatever_its_content_encoding_says():
+    body = json.dumps([[], {"x": nested(MAX_MESSAGE_DEPTH + 5)}, {}]).encode()
+    message = raw_message(body)
+    message.content_encoding = "binary"  # decoded from the bytes as they are
+    assert refusal(message) == TOO_DEEP

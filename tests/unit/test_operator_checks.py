@@ -143,3 +143,27 @@ def test_flower_sees_the_ids_first_even_in_a_long_request() -> None:
                             "conversation_id": "c-1", "execution_id": "e-1"})
     assert text.startswith("{'execution_id': 'e-1', 'conversation_id': 'c-1', 'settings'")
     assert len(text) <= 1100
+
+
+def test_a_task_run_sets_its_context_counts_its_state_and_time_and_clears_it() -> None:
+    from celery import signals
+
+    from hitl_workers.observe import task_run  # noqa: F401  (connects the receivers)
+
+    task = type("Task", (), {"name": "hitl.claim"})()  # what the receivers read of a task
+    runs = metrics._m().tasks("hitl.claim", "SUCCESS")
+    outcomes = metrics._m().agent_events("claim", "claimed")
+    durations = metrics._m().task_duration("hitl.claim")
+    before = (runs._value.get(), outcomes._value.get(), durations._sum.get())
+
+    signals.task_prerun.send(sender=task, task_id="t-9", task=task, args=(),
+                             kwargs={"conversation_id": "c-9", "agent_id": "a"})
+    context = task_context.current()
+    assert context is not None and (context.task_id, context.conversation_id) == ("t-9", "c-9")
+    signals.task_postrun.send(sender=task, task_id="t-9", task=task, args=(), kwargs={},
+                              retval={"outcome": "claimed"}, state="SUCCESS")
+
+    assert task_context.current() is None
+    assert runs._value.get() == before[0] + 1
+    assert outcomes._value.get() == before[1] + 1
+    assert durations._sum.get() > before[2]
