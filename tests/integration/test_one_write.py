@@ -10,9 +10,7 @@ on both stores) and, on PostgreSQL, what travels in each message (store/wire.py 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,29 +19,12 @@ import sqlalchemy as sa
 from hitl_workers.clock import utcnow
 from hitl_workers.services import agent_events, dispatch
 from hitl_workers.services import agents as directory
-from hitl_workers.settings import get_settings
 from hitl_workers.store import dispatching, repo, wire
-from hitl_workers.store.db import reset_engine, transaction
+from hitl_workers.store.db import transaction
 from hitl_workers.store.tables import agent_events as answers
 from hitl_workers.store.tables import agents, audit_events, conversations, offers, timers
-from tests.support import databases
 
 DEFAULTS = dispatch.Defaults("flow.exit", "flow.exits", 600.0)
-
-
-@pytest.fixture(params=["postgresql", "sqlite"])
-def store(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-          ) -> Iterator[str]:
-    if request.param == "postgresql":
-        url = request.getfixturevalue("database_url")
-    else:
-        url = databases.fresh(f"sqlite:///{tmp_path / 'one-write.db'}")
-        monkeypatch.setattr(get_settings(), "database_url", url)
-    reset_engine()
-    with transaction() as conn:
-        assert conn.dialect.name == request.param
-    yield request.param
-    reset_engine()
 
 
 @pytest.fixture

@@ -44,6 +44,27 @@ def database_url() -> str:
     return url
 
 
+@pytest.fixture(params=["postgresql", "sqlite"])
+def store(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+          ) -> Iterator[str]:
+    """The application's store on the session's PostgreSQL, then on a fresh SQLite file
+    (``make run``'s embedded default): a test taking it runs once on each, and gets the
+    dialect's name."""
+    from hitl_workers.settings import get_settings
+    from hitl_workers.store.db import reset_engine, transaction
+
+    if request.param == "postgresql":
+        request.getfixturevalue("database_url")
+    else:
+        url = databases.fresh(f"sqlite:///{tmp_path / 'store.db'}")
+        monkeypatch.setattr(get_settings(), "database_url", url)
+    reset_engine()
+    with transaction() as conn:
+        assert conn.dialect.name == request.param
+    yield request.param
+    reset_engine()
+
+
 @pytest.fixture(scope="session")
 def redis_urls() -> dict[str, str]:
     urls = {name: os.environ[f"HITL_{name.upper()}_URL"]
