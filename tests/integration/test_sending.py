@@ -92,10 +92,10 @@ def events_on(broker: redis.Redis) -> Any:
     return pubsub
 
 
-def next_event(pubsub: Any, task_id: str) -> dict[str, Any]:
-    """The ``task-sent`` event of ``task_id``. The channel is the broker's: in a full run the
-    session's worker sends its heartbeats and (batched) task events on it too, so others are
-    passed over."""
+def raw_task_sent(pubsub: Any, task_id: str) -> bytes:
+    """The message (as published) carrying the ``task-sent`` event of ``task_id``. The channel
+    is the broker's: in a full run the session's worker sends its heartbeats and (batched)
+    task events on it too, so the others are passed over."""
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:
         found = pubsub.get_message(timeout=0.1)
@@ -104,8 +104,14 @@ def next_event(pubsub: Any, task_id: str) -> dict[str, Any]:
         body = json.loads(base64.b64decode(json.loads(found["data"])["body"]))
         for event in body if isinstance(body, list) else [body]:
             if event.get("type") == "task-sent" and event.get("uuid") == task_id:
-                return dict(event)
+                return bytes(found["data"])
     raise AssertionError(f"no task-sent event for {task_id} arrived")
+
+
+def next_event(pubsub: Any, task_id: str) -> dict[str, Any]:
+    """The ``task-sent`` event of ``task_id`` (see :func:`raw_task_sent`), decoded."""
+    message = json.loads(raw_task_sent(pubsub, task_id))
+    return dict(json.loads(base64.b64decode(message["body"])))
 
 
 def test_an_exit_and_its_task_sent_event_go_out_together(broker):
@@ -169,12 +175,7 @@ def test_a_batched_exit_is_byte_for_byte_what_send_task_sends(broker):
     pubsub = events_on(broker)
     try:
         sender.send_announced("flow.exit", kwargs, queue=queue, task_id=task_id)
-        raw_event = None
-        for _ in range(50):
-            found = pubsub.get_message(timeout=0.1)
-            if found is not None:
-                raw_event = found["data"]
-                break
+        raw_event = raw_task_sent(pubsub, task_id)
     finally:
         pubsub.close()
     by_send_task, by_sender = (re.sub(rb'"delivery_tag": "[^"]+"', b'"delivery_tag": "-"', raw)
