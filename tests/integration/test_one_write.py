@@ -18,11 +18,11 @@ import sqlalchemy as sa
 
 from hitl_workers.clock import utcnow
 from hitl_workers.services import agent_events, dispatch
-from hitl_workers.services import agents as directory
 from hitl_workers.store import dispatching, repo, wire
 from hitl_workers.store.db import transaction
 from hitl_workers.store.tables import agent_events as answers
 from hitl_workers.store.tables import agents, audit_events, conversations, offers, timers
+from tests.support.steps import add_agents
 
 DEFAULTS = dispatch.Defaults("flow.exit", "flow.exits", 600.0)
 
@@ -39,15 +39,6 @@ def messages(monkeypatch: pytest.MonkeyPatch) -> list[list[bytes]]:
 
     monkeypatch.setattr(wire, "_send", recording)
     return sent
-
-
-def add_agents(team: str, count: int) -> list[str]:
-    ids = sorted(f"agent-{uuid.uuid4().hex[:10]}" for _ in range(count))
-    with transaction() as conn:
-        for agent_id in ids:
-            directory.upsert_agent(conn, directory.UpsertAgentIn(
-                agent_id=agent_id, status="available", rule_groups=[[team]]), utcnow())
-    return ids
 
 
 def request(team: str, **settings: Any) -> dict[str, Any]:

@@ -16,17 +16,9 @@ from hitl_workers.services import agents as directory
 from hitl_workers.store import bell, repo
 from hitl_workers.store.db import transaction
 from hitl_workers.store.tables import agents, offers, timers
+from tests.support.steps import add_agents
 
 DEFAULTS = dispatch.Defaults("flow.exit", "flow.exits", 600.0)
-
-
-def add_agents(team: str, count: int) -> list[str]:
-    ids = sorted(f"agent-{uuid.uuid4().hex[:10]}" for _ in range(count))
-    with transaction() as conn:
-        for agent_id in ids:
-            directory.upsert_agent(conn, directory.UpsertAgentIn(
-                agent_id=agent_id, status="available", rule_groups=[[team]]), utcnow())
-    return ids
 
 
 def start(team: str, **offer: Any) -> tuple[str, Any]:

@@ -15,6 +15,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from hitl_workers.clock import utcnow
 from hitl_workers.store import repo
 from hitl_workers.store.db import transaction
 from hitl_workers.store.tables import dead_letters
@@ -156,3 +157,16 @@ def protocol2_body(kwargs_json: str, args_json: str = "[]") -> str:
     """A protocol-2 body ``[args, kwargs, embed]`` built from already-encoded JSON parts."""
     embed = json.dumps({"callbacks": None, "errbacks": None, "chain": None, "chord": None})
     return f"[{args_json},{kwargs_json},{embed}]"
+
+
+def add_agents(team: str, count: int) -> list[str]:
+    """``count`` available agents who see ``team``'s conversations, written through the
+    directory service in this process (no worker needed); their ids, sorted."""
+    from hitl_workers.services import agents as directory
+
+    ids = sorted(f"agent-{uuid.uuid4().hex[:10]}" for _ in range(count))
+    with transaction() as conn:
+        for agent_id in ids:
+            directory.upsert_agent(conn, directory.UpsertAgentIn(
+                agent_id=agent_id, status="available", rule_groups=[[team]]), utcnow())
+    return ids
