@@ -127,8 +127,8 @@ class Simulator:
     def sequential_step(self, done: Callable[[dict[str, Any]], None]) -> None:
         """§9 sequential: one holder at a time. The first holder lets its offer time out (a
         missed offer: withdrawn, its status set to busy), the next agent is offered the step
-        and claims it. Who holds first depends on the order (longest idle), so it is read
-        from the notifications, not assumed."""
+        and claims it, and the first is set available again. Who holds first depends on the
+        order (longest idle), so it is read from the notifications, not assumed."""
         eid = self.request("sequential", ["team:returns"], timeout="1m",
                            popup={"text": "A **return**, one agent at a time"},
                            offer=SEQUENTIAL)
@@ -144,13 +144,15 @@ class Simulator:
         withdrawn = self._wait_for(first, eid, "assistance.withdrawn")
         self.say(first, f"console got assistance.withdrawn state={withdrawn.get('state')} "
                         "(missed)")
-        status = self.call("hitl.set_agent_status", agent_id=first, status="available")
-        self.say(first, f"back to {status['status']} (on_missed set it to busy)")
         holder, offer = self._holder(eid, (second,))
         self.say(holder, f"console shows the offer alone: round {offer['round']}, "
                          f"expires {offer['expires_at']}")
+        # The claim first: the new holder has only the offer timeout to take it (on a slow
+        # machine, a status change before it could let this offer lapse too).
         self.agent(holder, "claim", eid)
         done(self.exit(eid))
+        status = self.call("hitl.set_agent_status", agent_id=first, status="available")
+        self.say(first, f"back to {status['status']} (on_missed set it to busy)")
 
     def _holder(self, execution_id: str, candidates: tuple[str, ...]
                 ) -> tuple[str, dict[str, Any]]:

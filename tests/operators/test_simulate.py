@@ -27,15 +27,20 @@ def test_the_sequential_scenario_passes_the_offer_on_when_it_is_missed(system):
             simulator.call("hitl.upsert_agent", agent_id=agent, name=agent.title(),
                            status="available", rule_groups=[["team:returns"]])
         # When the sequential step plays
-        simulator.sequential_step(exits.append)
+        try:
+            simulator.sequential_step(exits.append)
+        except TimeoutError as exc:  # what the simulator saw, in the failure's message
+            raise AssertionError("\n".join([str(exc), *lines])) from exc
     text = "\n".join(lines)
     # Then one agent held it alone, the other could not claim before its turn, the holder's
-    # offer was withdrawn when it timed out, and the other then claimed
+    # offer was withdrawn when it timed out, the other then claimed, and the first is
+    # available again
     holders = re.findall(r"(frank|grace)\s+console shows the offer alone: round (\d+)", text)
     assert len(holders) == 2 and holders[0][0] != holders[1][0], text
     first, second = holders[0][0], holders[1][0]
     assert re.search(rf"{second}\s+claim -> not_eligible", text), text
     assert re.search(rf"{first}\s+console got assistance.withdrawn state=waiting", text), text
     assert re.search(rf"{second}\s+claim -> claimed", text), text
+    assert re.search(rf"{first}\s+back to available", text), text
     [message] = exits
     assert (message["exit"], message["merge_field"]) == ("claimed", {"addClaimedBy": second})
