@@ -116,11 +116,13 @@ def _portable(conn: Connection, execution_id: str, conversation_id: str,
 
 
 # Each part writes only if the execution was inserted (``FROM created``, or ``EXISTS``), as
-# the statements it replaces were only sent then. Offers and timers reference the execution
-# row inserted by this same statement: PostgreSQL checks their foreign keys at its end, when
-# that row is there. The conversation's row lock is ours already (the read's upsert). A
-# sequential holder's idle stamp skips a locked agent row (SKIP LOCKED: an ordering hint never
-# waited for, see store/sequential.py ``_stamp``); every other row is new.
+# the statements it replaces were only sent then. Timers reference the execution row inserted
+# by this same statement: PostgreSQL checks their foreign key at its end, when that row is
+# there. (Offers name it without a key, revision 0008: one check per offer was most of a
+# fan-out's insert; an offer is written only here or under the execution's lock.) The
+# conversation's row lock is ours already (the read's upsert). A sequential holder's idle
+# stamp skips a locked agent row (SKIP LOCKED: an ordering hint never waited for, see
+# store/sequential.py ``_stamp``); every other row is new.
 _CREATE = """\
 WITH created AS (
     INSERT INTO executions

@@ -32,7 +32,8 @@ from hitl_workers.store.tables import (
 
 ENDED_STATES = tuple(state for state in EXECUTION_STATES if state != "waiting")
 CHILD_TABLES = (offers, timers, audit_events, outbox)
-"""The rows that hang off an execution, deleted with it (offers and timers reference it)."""
+"""The rows that hang off an execution, deleted with it, before it (timers reference it;
+offers name it without a key, revision 0008)."""
 
 
 @dataclass

@@ -180,8 +180,10 @@ offers = sa.Table(
     "offers",
     metadata,
     # The agents notified at dispatch; under reject_policy=all, those who must reject.
-    sa.Column("execution_id", sa.String(ID_LEN), sa.ForeignKey("executions.execution_id"),
-              primary_key=True),
+    # No foreign key to executions (revision 0008): its per-row check was most of a 1,000-agent
+    # fan-out's insert. An offer is written only with its execution (dispatch's one statement)
+    # or under that execution's row lock, and retention deletes the two together.
+    sa.Column("execution_id", sa.String(ID_LEN), primary_key=True),
     sa.Column("agent_id", sa.String(ID_LEN), primary_key=True),
     sa.Column("status", sa.String(16), nullable=False, server_default="offered"),
     sa.Column("updated_at", UTCDateTime, nullable=False),
