@@ -341,6 +341,36 @@ def own_gateway(system):
     gateway.stop()
 
 
+def test_a_stream_the_browser_gave_up_on_is_reopened_and_misses_nothing(
+        console, agents, put_up, own_gateway):
+    # Given Alice's console on a gateway of its own, before any notification reached her
+    alice = agents()
+    at_alice = console(alice, at=own_gateway)
+    # When the gateway crashes and her stream is answered with an error while it is away (the
+    # browser then gives up on the stream, and the console reconnects by itself, with no
+    # position of its own to resume from)
+    refused: list[str] = []
+
+    def refuse(route: Any) -> None:
+        refused.append(route.request.url)
+        route.fulfill(status=503, content_type="application/json", body='{"detail": "away"}')
+
+    at_alice.page.route("**/agents/*/events?*", refuse)
+    own_gateway.kill()
+    expect(at_alice.page.locator("#connection")).to_have_attribute("data-state", "offline")
+    # and a step is put up meanwhile
+    during = put_up(popup=popup_settings())
+    own_gateway.start()
+    at_alice.page.unroute("**/agents/*/events?*", refuse)
+    # Then her console shows it once it is back, then what comes next, each once
+    expect(at_alice.popup(during["execution_id"])).to_be_visible(timeout=20000)
+    at_alice.wait_live()
+    after = put_up(popup=popup_settings())
+    expect(at_alice.popup(after["execution_id"])).to_be_visible()
+    expect(at_alice.page.locator('[role="dialog"]')).to_have_count(2)
+    assert refused
+
+
 @pytest.mark.parametrize("how", ["restart", "crash"])
 def test_gateway_restarted_mid_stream_the_page_reconnects_and_misses_nothing(
         console, agents, put_up, own_gateway, how):

@@ -222,10 +222,17 @@
     // The browser resends Last-Event-ID by itself on its own reconnects; this is for ours.
     if (state.lastEventId) params.set("last_event_id", state.lastEventId);
     const url = `/agents/${encodeURIComponent(state.agentId)}/events?${params}`;
+    // Our own reconnect with no position (the browser gave up on the stream before any
+    // notification came: the id of the "connected" line is the browser's, not ours) starts at
+    // "now", so what was put up while we were away would never come. The list asked right
+    // after the stream opens brings each waiting request's popup instead, as when the page
+    // opens; one already shown is not shown again (state.seen).
+    const catchUp = state.openedPopups && !state.lastEventId;
     const source = new EventSource(url);
     state.source = source;
     source.onopen = () => {
       setConnection("live", "Live");
+      if (catchUp) state.openedPopups = false;
       refreshBell();
       refreshMe();
     };
