@@ -16,7 +16,7 @@ import pytest
 import redis
 
 from hitl_workers.notify.streams import stream_key
-from tests.gateway.harness import Gateway, bearer, sse
+from tests.gateway.harness import Gateway, bearer, close_all, sse
 
 
 def test_events_beyond_the_rate_get_429_and_other_agents_are_not_slowed(gateway, agents):
@@ -115,6 +115,8 @@ def test_streams_share_a_bounded_set_of_redis_connections(own_redis_gateway, age
         # 60 streams: 12 agents with 5 each
         readers = {agent: [open_streams.enter_context(sse(gateway, agent)) for _ in range(5)]
                    for agent in people}
+        # (runs first on the way out: all sixty closed at once, not one at a time)
+        open_streams.callback(close_all, [s for streams in readers.values() for s in streams])
         for streams in readers.values():
             for stream in streams:
                 assert stream.status == 200
