@@ -61,8 +61,36 @@ def store(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.Mo
     reset_engine()
     with transaction() as conn:
         assert conn.dialect.name == request.param
+        before = _waiting(conn)
     yield request.param
+    if request.param == "postgresql":
+        _cancel_left_waiting(before)
     reset_engine()
+
+
+def _waiting(conn: Any) -> set[str]:
+    from hitl_workers.store.tables import executions
+
+    return set(conn.execute(executions.select().with_only_columns(executions.c.execution_id)
+                            .where(executions.c.state == "waiting")).scalars())
+
+
+def _cancel_left_waiting(before: set[str]) -> None:
+    """Cancel the steps a store-level test left waiting in the session's database. The
+    session's worker and beat, when an earlier test started them, would otherwise fire their
+    deadlines for minutes (a sequential step passes its offer on at every offer timeout),
+    which other tests then see in the whole system's metrics: CI once counted nine offers
+    missed in a test that made one."""
+    from hitl_workers.clock import utcnow
+    from hitl_workers.services.agent_events import CancelIn, handle_cancel
+    from hitl_workers.store.db import transaction
+
+    with transaction() as conn:
+        left = _waiting(conn) - before
+    for execution_id in sorted(left):
+        with transaction() as conn:
+            handle_cancel(conn, CancelIn(execution_id=execution_id, reason="test over"),
+                          utcnow())
 
 
 @pytest.fixture(scope="session")
