@@ -14,6 +14,7 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.mmap_dict import MmapedDict
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
@@ -49,8 +50,7 @@ class NodesCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         families: dict[str, Metric] = {}
         for path in self._dirs():
-            files = [str(f) for f in path.glob("*.db")]
-            for metric in MultiProcessCollector.merge(files, accumulate=True):
+            for metric in _merge(_readable(path.glob("*.db"))):
                 family = families.get(metric.name)
                 if family is None:
                     family = families[metric.name] = Metric(
@@ -61,6 +61,39 @@ class NodesCollector(Collector):
 
     def describe(self) -> list[Metric]:
         return []  # series appear as workers write them
+
+
+def _readable(files: Iterable[Path]) -> list[str]:
+    """The files with something to read. prometheus-client creates a process's file before it
+    sizes it, so one is empty for a moment, and for good when its process is killed in that
+    moment (a ``kill -9``, an OOM kill): reading it raises ``struct.error`` and the whole merge
+    with it, every node's counters lost to one file (prometheus/client_python issue 1199). An
+    empty file has nothing recorded yet; it is left out."""
+    found = []
+    for file in files:
+        try:
+            if file.stat().st_size > 0:
+                found.append(str(file))
+        except OSError:
+            continue  # gone since the directory was listed: its process's files were removed
+    return found
+
+
+def _merge(files: list[str]) -> Iterable[Metric]:
+    """The files' values merged; a file that cannot be read is left out, with a warning,
+    rather than taking every other file's values with it."""
+    try:
+        return MultiProcessCollector.merge(files, accumulate=True)
+    except Exception:  # any read error: find the file, keep the rest
+        good = []
+        for file in files:
+            try:
+                list(MmapedDict.read_all_values_from_file(file))  # it reads lazily
+            except Exception as exc:
+                log.warning("metrics: left out %s, which cannot be read: %r", file, exc)
+            else:
+                good.append(file)
+        return MultiProcessCollector.merge(good, accumulate=True)
 
 
 class DatabaseCollector(Collector):
