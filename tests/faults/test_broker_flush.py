@@ -9,6 +9,8 @@ Redis restarting empty would: the workers reconnect and their held wake-ups are 
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
 
 from hitl_workers.services.effects import timer_task_id
@@ -27,6 +29,8 @@ from tests.faults.harness import (
 STEPS = 200
 SLACK_S = 2.0
 """Beyond one reconcile interval: the consumers' reconnection, and a loaded CI machine."""
+IN_FLIGHT = timedelta(seconds=1)
+"""How long after its connection is dropped a worker may still run a wake-up it held."""
 WORKERS = {"flush-requests": (("hitl.requests", "hitl.events"), 3),
            "flush-timers": (("hitl.timers", "hitl.outbox"), 2)}
 
@@ -46,6 +50,7 @@ def test_every_step_exits_once_on_time_after_the_broker_loses_everything(fx):
     # When the broker's database is flushed and its connections dropped
     lost_at = utc_now()
     dropped = lose_the_broker(fx.redis)
+    dropped_at = utc_now()
     wait_until(lambda: workers_answer(fx.app, WORKERS), 30, "the workers to reconnect")
     recovered_at = utc_now()
     # Then every step exits exactly once, on time
@@ -54,9 +59,13 @@ def test_every_step_exits_once_on_time_after_the_broker_loses_everything(fx):
         "broker_back_after_s": round((recovered_at - lost_at).total_seconds(), 2)})
     assert_each_exits_once_on_time(fx.db, fx.listener, steps, report, slack_s=SLACK_S,
                                    recovered_at=recovered_at)
-    # And the wake-ups were indeed lost: the reconciler fired the deadlines after the loss
+    # And the wake-ups were indeed lost: the reconciler fired the deadlines after the loss.
+    # (Not those due while the connections were being dropped, or just after: a worker whose
+    # connection is still up fires a held wake-up that comes due, and one already handed to
+    # its pool runs to the end. CI once saw one, 3.2 s after its dispatch.)
     deadlines = fx.db.timers([s.execution_id for s in steps])
-    after_loss = [s for s in steps if deadlines[s.execution_id][_kind(s)].due_at > lost_at]
+    after_loss = [s for s in steps if deadlines[s.execution_id][_kind(s)].due_at
+                  > dropped_at + IN_FLIGHT]
     by_wake_up = [s for s in after_loss if "'fired'" in [
         e.get("result") for e in fx.events.of(timer_task_id(s.execution_id, _kind(s)),
                                                 "task-succeeded")]]
