@@ -129,7 +129,11 @@ class SSEReader:
 
     def close(self) -> None:
         self.stop()
-        self._thread.join(timeout=5)
+        self.join()
+
+    def join(self, timeout: float = 5) -> None:
+        """Wait for the reading thread to end (it ends when its closed socket next wakes)."""
+        self._thread.join(timeout=timeout)
 
     def stop(self) -> None:
         """Close the stream without waiting for its reading thread (see :func:`close_all`)."""
@@ -204,7 +208,7 @@ def close_all(readers: Iterable[SSEReader]) -> None:
     for reader in readers:
         reader.stop()
     for reader in readers:
-        reader.close()
+        reader.join()
 
 
 def sse(gateway: Gateway, agent_id: str, *, token: str | None = None,
